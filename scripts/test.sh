@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian machine with Node/npm, as root.
+# Installs what is missing (apt, npm ci), builds bin/ratchet, starts a throwaway etcd on
+# loopback, runs the type check and `bun test`, stops everything it started, and prints
+# "N passed, N failed" alone on its last line.
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+
+say() { printf '== %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: the tests create network namespaces and links: run as root" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+# --- dependencies ------------------------------------------------------------------------
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v unshare >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  say "apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || {
+    echo "scripts/test.sh: could not install ${need[*]}" >&2; echo "0 passed, 1 failed"; exit 1; }
+fi
+if [ ! -x node_modules/.bin/bun ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund >&2 || { echo "0 passed, 1 failed"; exit 1; }
+fi
+BUN="$repo/node_modules/.bin/bun"
+
+# --- state to clean up, whatever happens ----------------------------------------------------
+work="$(mktemp -d /tmp/ratchet-ci.XXXXXX)"
+etcd_pid=""
+cleanup() {
+  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  # Safety net: tests remove what they create, but a crashed test must not leave state behind.
+  pkill -f -- "$work/" 2>/dev/null
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^rtt-'); do ip netns delete "$ns" 2>/dev/null; done
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^rtt'); do ip link delete "$l" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- build -------------------------------------------------------------------------------
+passed=0; failed=0
+say "build"
+if ./scripts/build >&2; then passed=$((passed+1)); else failed=$((failed+1)); echo "$passed passed, $failed failed"; exit 1; fi
+
+say "typecheck"
+if node_modules/.bin/tsc --noEmit -p . >&2; then passed=$((passed+1)); else failed=$((failed+1)); fi
+
+# --- etcd on loopback, free ports, data in a temp dir ------------------------------------------
+free_port() { "$BUN" -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true);'; }
+client_port="$(free_port)"; peer_port="$(free_port)"
+say "etcd on 127.0.0.1:$client_port"
+etcd --name ratchet-test --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "ratchet-test=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+etcd_pid=$!
+export RATCHET_TEST_ETCD="http://127.0.0.1:$client_port"
+for _ in $(seq 100); do
+  curl -fsS "$RATCHET_TEST_ETCD/health" >/dev/null 2>&1 && break
+  "$BUN" -e "await fetch('$RATCHET_TEST_ETCD/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && break
+  sleep 0.1
+done
+export RATCHET_TEST_WORK="$work"
+
+# --- tests -------------------------------------------------------------------------------
+say "bun test"
+"$BUN" test --reporter=junit --reporter-outfile="$work/junit.xml" "$@" >&2
+rc=$?
+if [ -s "$work/junit.xml" ]; then
+  read -r tests failures skipped < <(sed -n 's/.*<testsuites[^>]* tests="\([0-9]*\)"[^>]* failures="\([0-9]*\)" skipped="\([0-9]*\)".*/\1 \2 \3/p' "$work/junit.xml" | head -1)
+  passed=$((passed + tests - failures - skipped)); failed=$((failed + failures))
+  [ "$rc" != 0 ] && [ "$failures" = 0 ] && failed=$((failed+1))   # e.g. an error outside any test
+else
+  failed=$((failed+1))
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,89 @@
+// Entry point: picks the mode and nothing else. In a compiled Bun binary process.argv[0]
+// is "bun" and process.execPath resolves symlinks, so only process.argv0 keeps the name
+// the binary was invoked by (ratchet or the ratchet-child symlink).
+import { basename } from "node:path";
+import { BUILD_ID, COMMIT, VERSION } from "./version.ts";
+
+export type Mode = "parent" | "child";
+
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** The mode from the invoked name, overridden by --mode=; returns the remaining arguments. */
+export function pickMode(argv0: string, args: readonly string[]): { mode: Mode; rest: string[] } {
+  let mode: Mode = basename(argv0) === "ratchet-child" ? "child" : "parent";
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    let value: string | undefined;
+    if (a.startsWith("--mode=")) value = a.slice("--mode=".length);
+    else if (a === "--mode") {
+      value = args[++i];
+      if (value === undefined) throw new UsageError("--mode needs a value: parent or child");
+    } else {
+      rest.push(a);
+      continue;
+    }
+    if (value !== "parent" && value !== "child") throw new UsageError(`unknown mode ${JSON.stringify(value)}: expected parent or child`);
+    mode = value;
+  }
+  return { mode, rest };
+}
+
+export const USAGE: Record<Mode, string> = {
+  parent: `ratchet ${VERSION}: CNI plugin giving pods point-to-point links (veth, VXLAN)
+
+Usage:
+  ratchet                     run as a CNI plugin: CNI_* environment, config on stdin
+  ratchet --mode=child [...]  run the node agent (same as ratchet-child)
+  ratchet --version | --help
+`,
+  child: `ratchet-child ${VERSION}: the ratchet node agent
+
+Usage:
+  ratchet-child --config FILE          run the agent in the foreground, logs on stderr
+  ratchet-child --check --config FILE  check that etcd answers, print JSON, exit
+  ratchet-child --version | --help
+`,
+};
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  let picked: { mode: Mode; rest: string[] };
+  try {
+    picked = pickMode(process.argv0, args);
+  } catch (err) {
+    process.stderr.write(`ratchet: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const { mode, rest } = picked;
+  if (rest.includes("--version")) {
+    process.stdout.write(`ratchet ${VERSION} (commit ${COMMIT}, build ${BUILD_ID}, mode ${mode})\n`);
+    return 0;
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    process.stdout.write(USAGE[mode]);
+    return 0;
+  }
+  if (mode === "child") {
+    const { runChild } = await import("./child/main.ts");
+    return runChild(rest);
+  }
+  const { runParent } = await import("./parent/main.ts");
+  return runParent(rest, {
+    env: process.env,
+    readStdin: () => Bun.stdin.text(),
+    write: (s) => process.stdout.write(s),
+  });
+}
+
+if (import.meta.main) {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`ratchet: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

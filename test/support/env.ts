@@ -1,0 +1,54 @@
+// Shared test harness: where the binary is, the etcd to use, and process helpers.
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export const REPO = join(import.meta.dir, "..", "..");
+export const BIN = process.env.RATCHET_BIN ?? join(REPO, "bin", "ratchet");
+export const BUN = process.execPath;
+
+/** The etcd that scripts/test.sh started for this run. */
+export function etcdEndpoint(): string {
+  const url = process.env.RATCHET_TEST_ETCD;
+  if (!url) throw new Error("RATCHET_TEST_ETCD is not set: run the tests through ./scripts/test.sh");
+  return url;
+}
+
+export function requireBinary(): string {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run ./scripts/build (./scripts/test.sh does)`);
+  return BIN;
+}
+
+/** A temporary directory removed on dispose. Outside the checkout on purpose. */
+export function tempDir(prefix = "ratchet-test-"): { path: string; [Symbol.dispose](): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program with the given argv0, env and stdin; never through a shell. */
+export async function run(
+  cmd: string[],
+  opts: { env?: Record<string, string | undefined>; stdin?: string; argv0?: string; timeoutMs?: number } = {},
+): Promise<RunResult> {
+  const proc = Bun.spawn({
+    cmd,
+    env: opts.env ?? (process.env as Record<string, string>),
+    stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+    ...(opts.argv0 ? { argv0: opts.argv0 } : {}),
+    timeout: opts.timeoutMs ?? 30_000,
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
