@@ -36,13 +36,16 @@ BUN="$repo/node_modules/.bin/bun"
 
 # --- state to clean up, whatever happens ----------------------------------------------------
 work="$(mktemp -d /tmp/ratchet-ci.XXXXXX)"
+# Every netns and host link a test creates starts with this prefix (short: link names are
+# at most 15 bytes), so the safety net below removes only this run's leftovers.
+export RATCHET_TEST_PREFIX="${RATCHET_TEST_PREFIX:-rt$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')}"
 etcd_pid=""
 cleanup() {
   [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
   # Safety net: tests remove what they create, but a crashed test must not leave state behind.
   pkill -f -- "$work/" 2>/dev/null
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^rtt-'); do ip netns delete "$ns" 2>/dev/null; done
-  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^rtt'); do ip link delete "$l" 2>/dev/null; done
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$RATCHET_TEST_PREFIX"); do ip netns delete "$ns" 2>/dev/null; done
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$RATCHET_TEST_PREFIX"); do ip link delete "$l" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -52,3 +52,15 @@ export async function run(
   ]);
   return { code, stdout, stderr };
 }
+
+let counter = 0;
+/**
+ * A unique name for a netns or host link this test run creates: the run's prefix (so
+ * scripts/test.sh can remove leftovers of this run only) plus a counter; at most 15 bytes.
+ */
+export function uniqueName(tag = ""): string {
+  const prefix = process.env.RATCHET_TEST_PREFIX ?? "rtdev";
+  const name = `${prefix}${tag}${(counter++).toString(36)}${process.pid.toString(36).slice(-2)}`;
+  if (name.length > 15) throw new Error(`test name ${name} is longer than 15 bytes: shorten the tag`);
+  return name;
+}
