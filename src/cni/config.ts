@@ -107,7 +107,10 @@ export function parseNetConf(input: unknown): NetConf {
   if (res.success) return res.output;
   const lines = res.issues.map((issue) => {
     const path = v.getDotPath(issue) ?? "(config)";
-    const got = issue.input === undefined ? "missing" : `got ${show(issue.input)}`;
+    // A cross-field check reports the whole object as its input: show the named field instead.
+    const keys = issue.path?.map((p) => p.key) ?? [];
+    const value = keys.reduce<unknown>((o, k) => (o && typeof o === "object" ? (o as Record<string, unknown>)[String(k)] : undefined), input);
+    const got = value === undefined ? "missing" : `got ${show(value)}`;
     return `field ${path}: ${issue.message} (${got})`;
   });
   throw new CniError(Code.InvalidConfig, `invalid network configuration: ${lines[0]}`, lines.join("; "));

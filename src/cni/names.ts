@@ -39,7 +39,7 @@ export function namespaceProblem(name: string): string | undefined {
 
 /** Renders a value for an error message: quoted, control characters escaped, long values cut. */
 export function show(value: unknown): string {
-  const s = typeof value === "string" ? value : JSON.stringify(value) ?? String(value);
-  const cut = s.length > 80 ? `${s.slice(0, 80)}...` : s;
-  return JSON.stringify(cut);
+  if (typeof value === "string") return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}...` : value);
+  const s = JSON.stringify(value) ?? String(value);
+  return s.length > 80 ? `${s.slice(0, 80)}...` : s;
 }

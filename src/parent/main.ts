@@ -1,4 +1,12 @@
+// The CNI plugin: reads the environment and the config, runs one command, and prints its
+// result or a CNI error on stdout. Logs go to the log file, never to stdout.
+import { parseNetConf, type NetConf } from "../cni/config.ts";
+import { parseEnv, type CniEnv } from "../cni/env.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
+import { LATEST_VERSION, requireCommandInVersion, requireSupportedVersion, SUPPORTED_VERSIONS } from "../cni/versions.ts";
+import { Logger } from "../log.ts";
+import { passthroughAgent, type Agent } from "./classify.ts";
+import { cmdAdd, cmdCheck, cmdDel, cmdGc, cmdStatus, type Context } from "./commands.ts";
 
 export interface ParentIO {
   env: Record<string, string | undefined>;
@@ -6,20 +14,90 @@ export interface ParentIO {
   write: (s: string) => void;
 }
 
-export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
+/** Larger configs are refused before parsing (a runtime never sends one this big). */
+export const MAX_CONFIG_BYTES = 1 << 20;
 
-/** Runs one CNI command; returns the exit code. */
-export async function runParent(_args: string[], io: ParentIO): Promise<number> {
-  const command = io.env.CNI_COMMAND;
+/** The cniVersion the caller asked for, read leniently so even an error can be written in it. */
+function requestedVersion(parsed: unknown): string {
+  const v = (parsed as { cniVersion?: unknown } | undefined)?.cniVersion;
+  return typeof v === "string" && v !== "" ? v : LATEST_VERSION;
+}
+
+function parseJson(text: string): unknown {
+  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES) {
+    throw new CniError(Code.DecodeFailure, `network configuration on stdin is ${Buffer.byteLength(text)} bytes; the limit is ${MAX_CONFIG_BYTES}`);
+  }
   try {
-    await io.readStdin();
-    if (command === "VERSION") {
-      io.write(`${JSON.stringify({ cniVersion: "1.1.0", supportedVersions: SUPPORTED_VERSIONS })}\n`);
+    return JSON.parse(text);
+  } catch (err) {
+    throw new CniError(Code.DecodeFailure, `network configuration on stdin is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+export async function runParent(_args: string[], io: ParentIO, agent: Agent = passthroughAgent): Promise<number> {
+  const started = performance.now();
+  let version = LATEST_VERSION;
+  let log: Logger | undefined;
+  let env: CniEnv | undefined;
+  try {
+    const stdin = await io.readStdin();
+    let parsed: unknown;
+    let parseError: unknown;
+    try {
+      parsed = parseJson(stdin);
+      version = requestedVersion(parsed);
+    } catch (err) {
+      parseError = err;
+    }
+    env = parseEnv(io.env);
+    if (env.command === "VERSION") {
+      io.write(`${JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS })}\n`);
       return 0;
     }
-    throw new CniError(Code.InvalidEnv, `CNI_COMMAND ${JSON.stringify(command ?? "")} is not supported`);
+    if (parseError) throw parseError;
+    const conf: NetConf = parseNetConf(parsed);
+    version = conf.cniVersion;
+    requireSupportedVersion(conf.cniVersion);
+    requireCommandInVersion(env.command, conf.cniVersion);
+    log = new Logger("parent", conf.log_level, conf.log_file);
+    const ctx: Context = { env, rawEnv: io.env, conf, agent, log };
+
+    switch (env.command) {
+      case "ADD": {
+        const result = await cmdAdd(ctx);
+        io.write(`${JSON.stringify(result)}\n`);
+        break;
+      }
+      case "DEL":
+        await cmdDel(ctx);
+        break;
+      case "CHECK":
+        await cmdCheck(ctx);
+        break;
+      case "STATUS":
+        await cmdStatus(ctx);
+        break;
+      case "GC":
+        await cmdGc(ctx);
+        break;
+    }
+    log.info(`${env.command} done`, fields(env, started));
+    return 0;
   } catch (err) {
-    io.write(`${JSON.stringify(toCniError(err).toJSON("1.1.0"))}\n`);
+    const e = toCniError(err);
+    log?.error(`${env?.command ?? "command"} failed`, { ...fields(env, started), code: e.code, error: e.message, details: e.details });
+    io.write(`${JSON.stringify(e.toJSON(version))}\n`);
     return 1;
+  } finally {
+    log?.close();
   }
+}
+
+function fields(env: CniEnv | undefined, started: number): Record<string, unknown> {
+  return {
+    containerId: env?.containerId || undefined,
+    ifname: env?.ifname || undefined,
+    pod: env?.pod ? `${env.pod.namespace}/${env.pod.name}` : undefined,
+    ms: Math.round((performance.now() - started) * 10) / 10,
+  };
 }

@@ -1,0 +1,126 @@
+// The one place in src/ that runs another program: a CNI plugin found in CNI_PATH by its
+// `type`, with the runtime's environment, CNI_COMMAND set, and its config on stdin.
+import { accessSync, constants, statSync } from "node:fs";
+import { join } from "node:path";
+import type { PluginConf } from "./config.ts";
+import type { Command } from "./env.ts";
+import { CniError, Code } from "./errors.ts";
+import { show } from "./names.ts";
+import { bestCommonVersion } from "./versions.ts";
+
+export interface PluginRun {
+  /** The embedded config, completed (cniVersion, name, prevResult, ...). */
+  conf: Record<string, unknown>;
+  command: Command;
+  /** The runtime's environment: passed on unchanged but for CNI_COMMAND. */
+  env: Record<string, string | undefined>;
+  path: readonly string[];
+}
+
+/** Finds `type` in CNI_PATH. Names with "/" never get here (the config schema rejects them). */
+export function findPlugin(type: string, path: readonly string[]): string {
+  if (type.includes("/") || type === "." || type === "..") {
+    throw new CniError(Code.InvalidConfig, `plugin type ${show(type)} must be a plain name, without '/'`);
+  }
+  for (const dir of path) {
+    const file = join(dir, type);
+    try {
+      if (statSync(file).isFile()) {
+        accessSync(file, constants.X_OK);
+        return file;
+      }
+    } catch {
+      // Not in this directory (or not executable): try the next one.
+    }
+  }
+  throw new CniError(Code.DelegateFailed, `failed to find plugin ${show(type)} in CNI_PATH`, `searched: ${path.join(":")}`);
+}
+
+function pluginEnv(env: Record<string, string | undefined>, command: Command): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) out[k] = v;
+  out.CNI_COMMAND = command;
+  return out;
+}
+
+/** Runs a plugin; returns its parsed stdout (undefined when empty). A failure keeps the plugin's code and message. */
+export async function execPlugin(run: PluginRun): Promise<unknown> {
+  const type = String(run.conf.type);
+  const file = findPlugin(type, run.path);
+  let proc: ReturnType<typeof Bun.spawn<"pipe", "pipe", "inherit">>;
+  try {
+    proc = Bun.spawn({
+      cmd: [file],
+      env: pluginEnv(run.env, run.command),
+      stdin: "pipe",
+      stdout: "pipe",
+      stderr: "inherit",
+    });
+  } catch (err) {
+    throw new CniError(Code.DelegateFailed, `failed to run plugin ${show(type)} (${file}): ${(err as Error).message}`, "", { cause: err });
+  }
+  proc.stdin.write(JSON.stringify(run.conf));
+  await proc.stdin.end();
+  const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+  let parsed: unknown;
+  if (stdout.trim() !== "") {
+    try {
+      parsed = JSON.parse(stdout);
+    } catch {
+      if (code === 0) throw new CniError(Code.DecodeFailure, `plugin ${show(type)} ${run.command} printed something that is not JSON: ${show(stdout)}`);
+    }
+  }
+  if (code !== 0) {
+    const e = parsed as { code?: unknown; msg?: unknown; details?: unknown } | undefined;
+    if (e && typeof e.code === "number" && typeof e.msg === "string") {
+      const details = typeof e.details === "string" && e.details ? `${e.details}; ` : "";
+      throw new CniError(e.code, e.msg, `${details}from plugin ${type} ${run.command}`);
+    }
+    throw new CniError(Code.DelegateFailed, `plugin ${show(type)} ${run.command} failed with exit code ${code}`, stdout.trim().slice(0, 500));
+  }
+  return parsed;
+}
+
+/** Asks a plugin which spec versions it supports. */
+export async function pluginVersions(type: string, env: Record<string, string | undefined>, path: readonly string[]): Promise<string[]> {
+  const out = (await execPlugin({ conf: { cniVersion: "0.1.0", name: "version-probe", type }, command: "VERSION", env, path })) as
+    | { supportedVersions?: unknown }
+    | undefined;
+  const list = out?.supportedVersions;
+  return Array.isArray(list) ? list.filter((v): v is string => typeof v === "string") : [];
+}
+
+/**
+ * Runs an embedded plugin config, filling in the top-level cniVersion and name when it lacks
+ * them. When it was given our version and refuses it (code 1, e.g. a 1.0.0 plugin under a
+ * 1.1.0 config), asks the plugin's VERSION and retries once with the best common version;
+ * `prepare` completes the config for the version finally used (prevResult, ...).
+ */
+export async function delegate(
+  sub: PluginConf,
+  top: { cniVersion: string; name: string },
+  command: Command,
+  env: Record<string, string | undefined>,
+  path: readonly string[],
+  prepare: (conf: Record<string, unknown>, version: string) => Record<string, unknown> = (c) => c,
+): Promise<{ output: unknown; version: string; skipped?: boolean }> {
+  const fixed = typeof sub.cniVersion === "string" && sub.cniVersion !== "";
+  let version = fixed ? (sub.cniVersion as string) : top.cniVersion;
+  const make = (v: string) => prepare({ ...sub, cniVersion: v, name: sub.name ?? top.name }, v);
+  if (command === "STATUS" || command === "GC") {
+    // Plugins older than 1.1.0 do not know these commands (and do not even fail with code 1):
+    // the spec treats such a plugin as always ready with nothing to collect.
+    if (!(await pluginVersions(sub.type, env, path)).includes("1.1.0")) return { output: undefined, version, skipped: true };
+    version = "1.1.0";
+    return { output: await execPlugin({ conf: make(version), command, env, path }), version };
+  }
+  try {
+    return { output: await execPlugin({ conf: make(version), command, env, path }), version };
+  } catch (err) {
+    if (fixed || !(err instanceof CniError) || err.code !== Code.IncompatibleVersion) throw err;
+    const common = bestCommonVersion(await pluginVersions(sub.type, env, path), top.cniVersion);
+    if (!common || common === version) throw err;
+    version = common;
+    return { output: await execPlugin({ conf: make(version), command, env, path }), version };
+  }
+}

@@ -1,0 +1,33 @@
+import type { NetConf } from "../cni/config.ts";
+import type { CniEnv } from "../cni/env.ts";
+import type { Interface } from "../cni/result.ts";
+
+/** What ratchet decided for one pod: pass it through, or give it links. */
+export interface Classification {
+  eligible: boolean;
+}
+
+/** The ratchet interfaces made for a container during its ADD, for the result. */
+export interface AttachedInterface {
+  iface: Interface;
+  ips: string[];
+}
+
+/**
+ * The seam between the CNI commands and the node agent. The parent handlers only talk to
+ * this interface; the agent behind it reads pods, etcd and the kernel.
+ */
+export interface Agent {
+  classify(env: CniEnv, conf: NetConf): Promise<Classification>;
+  /** Registers the container and builds the links whose peers are ready. */
+  attach(env: CniEnv, conf: NetConf): Promise<AttachedInterface[]>;
+  /** Removes the container's links and records; true when ratchet had attached it. */
+  detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined>;
+}
+
+/** Until an agent answers, every pod is passed through untouched. */
+export const passthroughAgent: Agent = {
+  classify: async () => ({ eligible: false }),
+  attach: async () => [],
+  detach: async () => false,
+};

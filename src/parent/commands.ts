@@ -1,0 +1,127 @@
+// One handler per CNI command. Config and env are already validated; the handlers decide
+// which plugin serves the pod (delegate, or boot_network plus ratchet's links) and build the
+// result in the requested version.
+import type { NetConf, PluginConf } from "../cni/config.ts";
+import { delegate } from "../cni/delegate.ts";
+import type { CniEnv, Command } from "../cni/env.ts";
+import { CniError, Code } from "../cni/errors.ts";
+import { appendInterfaces, emptyResult, formatResult, parseResult, type Result } from "../cni/result.ts";
+import type { Logger } from "../log.ts";
+import type { Agent } from "./classify.ts";
+
+export interface Context {
+  env: CniEnv;
+  /** The runtime's environment, passed on to plugins unchanged. */
+  rawEnv: Record<string, string | undefined>;
+  conf: NetConf;
+  agent: Agent;
+  log: Logger;
+}
+
+/** Standalone: ratchet runs `delegate` itself. Chained: no delegate, another plugin ran before. */
+const chained = (conf: NetConf) => conf.delegate === undefined;
+
+function prevResult(conf: NetConf): Result | undefined {
+  return conf.prevResult === undefined || conf.prevResult === null ? undefined : parseResult(conf.prevResult, "prevResult");
+}
+
+/** Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its capabilities, args. */
+function forward(ctx: Context, command: Command, extra: Record<string, unknown> = {}) {
+  return (conf: Record<string, unknown>, version: string): Record<string, unknown> => {
+    const out = { ...conf, ...extra };
+    const prev = prevResult(ctx.conf);
+    if (prev && (command === "DEL" || command === "CHECK")) out.prevResult = formatResult(prev, version);
+    const caps = conf.capabilities;
+    const rc = ctx.conf.runtimeConfig;
+    if (caps && typeof caps === "object" && rc && typeof rc === "object") {
+      const wanted = Object.entries(caps as Record<string, unknown>).filter(([, on]) => on === true).map(([k]) => k);
+      const picked = Object.fromEntries(Object.entries(rc as Record<string, unknown>).filter(([k]) => wanted.includes(k)));
+      if (Object.keys(picked).length > 0) out.runtimeConfig = picked;
+    }
+    if (ctx.conf.args !== undefined && out.args === undefined) out.args = ctx.conf.args;
+    return out;
+  };
+}
+
+async function run(ctx: Context, sub: PluginConf, command: Command, extra?: Record<string, unknown>) {
+  const top = { cniVersion: ctx.conf.cniVersion, name: ctx.conf.name };
+  ctx.log.debug("running plugin", { plugin: sub.type, command, containerId: ctx.env.containerId });
+  return delegate(sub, top, command, ctx.rawEnv, ctx.env.path, forward(ctx, command, extra));
+}
+
+async function runAdd(ctx: Context, sub: PluginConf): Promise<Result> {
+  const { output } = await run(ctx, sub, "ADD");
+  return parseResult(output, `plugin ${sub.type}`);
+}
+
+/** Undoes an ADD that succeeded in a plugin when a later step failed; errors are logged, not raised. */
+async function undoAdd(ctx: Context, sub: PluginConf): Promise<void> {
+  try {
+    await run(ctx, sub, "DEL");
+  } catch (err) {
+    ctx.log.warn("rollback DEL failed", { plugin: sub.type, containerId: ctx.env.containerId, error: (err as Error).message });
+  }
+}
+
+export async function cmdAdd(ctx: Context): Promise<Record<string, unknown>> {
+  const { conf } = ctx;
+  const prev = prevResult(conf);
+  if (chained(conf) && !prev) {
+    throw new CniError(
+      Code.InvalidConfig,
+      "invalid network configuration: field delegate: missing, and no prevResult either",
+      "ratchet needs a delegate, or to be chained after a plugin that produces a result",
+    );
+  }
+  const { eligible } = await ctx.agent.classify(ctx.env, conf);
+  if (!eligible) {
+    const result = chained(conf) ? (prev as Result) : await runAdd(ctx, conf.delegate as PluginConf);
+    return formatResult(result, conf.cniVersion);
+  }
+  const boot = chained(conf) ? undefined : conf.boot_network;
+  const base = boot ? await runAdd(ctx, boot) : (prev ?? emptyResult());
+  try {
+    const attached = await ctx.agent.attach(ctx.env, conf);
+    return formatResult(appendInterfaces(base, attached), conf.cniVersion);
+  } catch (err) {
+    if (boot) await undoAdd(ctx, boot);
+    throw err;
+  }
+}
+
+/** The plugins that may hold state for this container, for DEL, CHECK and GC. */
+function servingPlugins(conf: NetConf, ratchetOwned: boolean | undefined): PluginConf[] {
+  if (chained(conf)) return [];
+  const delegateConf = conf.delegate as PluginConf;
+  if (ratchetOwned === false || !conf.boot_network) return [delegateConf];
+  if (ratchetOwned === true) return [conf.boot_network];
+  // Unknown (the agent could not say): DEL both; each tolerates a container it never saw.
+  const same = JSON.stringify(conf.boot_network) === JSON.stringify(delegateConf);
+  return same ? [delegateConf] : [conf.boot_network, delegateConf];
+}
+
+export async function cmdDel(ctx: Context): Promise<void> {
+  const owned = await ctx.agent.detach(ctx.env, ctx.conf);
+  for (const sub of servingPlugins(ctx.conf, owned)) await run(ctx, sub, "DEL");
+}
+
+export async function cmdCheck(ctx: Context): Promise<void> {
+  const { eligible } = await ctx.agent.classify(ctx.env, ctx.conf);
+  if (!prevResult(ctx.conf)) {
+    throw new CniError(Code.InvalidConfig, "invalid network configuration: field prevResult: CHECK needs the result of the ADD (missing)");
+  }
+  for (const sub of servingPlugins(ctx.conf, eligible)) await run(ctx, sub, "CHECK");
+}
+
+export async function cmdStatus(ctx: Context): Promise<void> {
+  const { conf } = ctx;
+  const plugins = chained(conf) ? [] : [conf.delegate as PluginConf, ...(conf.boot_network ? [conf.boot_network] : [])];
+  for (const sub of plugins) await run(ctx, sub, "STATUS");
+}
+
+export async function cmdGc(ctx: Context): Promise<void> {
+  const { conf } = ctx;
+  const valid = conf["cni.dev/valid-attachments"] ?? conf["cni.dev/attachments"];
+  const extra = valid === undefined ? {} : { "cni.dev/valid-attachments": valid };
+  for (const sub of servingPlugins(conf, undefined)) await run(ctx, sub, "GC", extra);
+}

@@ -1,0 +1,54 @@
+// An ADD that fails after its boot_network ADD succeeded must undo that ADD (bridge.go's
+// "success" flag, here around the agent's attach). Run in-process with an agent that fails.
+import { expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+import { CniError, Code } from "../../src/cni/errors.ts";
+import type { Agent } from "../../src/parent/classify.ts";
+import { runParent } from "../../src/parent/main.ts";
+import { run, tempDir, uniqueName } from "../support/env.ts";
+import { linkInfo, makeNetns } from "../support/netns.ts";
+
+test("ADD failing after boot_network ADD runs boot_network DEL and reports the failure", async () => {
+  using dir = tempDir();
+  await using ns = await makeNetns();
+  const bridge = uniqueName("b");
+  const dataDir = join(dir.path, "ipam");
+  const conf = {
+    cniVersion: "1.0.0",
+    name: "rb",
+    type: "ratchet",
+    etcd_host: "127.0.0.1",
+    log_file: join(dir.path, "log"),
+    delegate: { type: "loopback" },
+    boot_network: { type: "bridge", bridge, ipam: { type: "host-local", subnet: "10.206.0.0/24", dataDir } },
+  };
+  const agent: Agent = {
+    classify: async () => ({ eligible: true }),
+    attach: async () => {
+      throw new CniError(Code.TryAgainLater, "etcd unreachable (test)");
+    },
+    detach: async () => undefined,
+  };
+  let out = "";
+  try {
+    const code = await runParent(
+      [],
+      {
+        env: { PATH: process.env.PATH, CNI_COMMAND: "ADD", CNI_CONTAINERID: "rb1", CNI_NETNS: ns.path, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" },
+        readStdin: async () => JSON.stringify(conf),
+        write: (s) => {
+          out += s;
+        },
+      },
+      agent,
+    );
+    expect(code).toBe(1);
+    expect(JSON.parse(out)).toEqual({ cniVersion: "1.0.0", code: 11, msg: "etcd unreachable (test)" });
+    // The boot network's interface and address are gone again.
+    expect(await linkInfo(ns.name, "eth0")).toBeUndefined();
+    expect(readdirSync(join(dataDir, "rb")).filter((f) => /^\d/.test(f))).toEqual([]);
+  } finally {
+    await run(["ip", "link", "delete", bridge]);
+  }
+});
