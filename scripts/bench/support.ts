@@ -1,0 +1,34 @@
+// Shared pieces of the benchmark scripts: timing a spawned command, medians, a table.
+export interface Timed {
+  ms: number;
+  maxRssKiB: number;
+  code: number;
+  stdout: string;
+}
+
+/** Runs a program with env and stdin; wall time in ms and its peak RSS (from wait4). */
+export async function timed(cmd: string[], env: Record<string, string>, stdin: string): Promise<Timed> {
+  const t0 = performance.now();
+  const proc = Bun.spawn({ cmd, env, stdin: new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
+  const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+  const ms = performance.now() - t0;
+  const usage = proc.resourceUsage();
+  // Bun reports maxRSS in bytes on Linux (ru_maxrss is KiB; Bun scales it).
+  const maxRssKiB = usage ? Math.round(usage.maxRSS / 1024) : 0;
+  if (code !== 0) throw new Error(`${cmd.join(" ")} failed (${code}): ${stdout}`);
+  return { ms, maxRssKiB, code, stdout };
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+export function table(rows: Array<Record<string, string | number>>): string {
+  const cols = Object.keys(rows[0] ?? {});
+  const cell = (v: string | number) => (typeof v === "number" ? v.toFixed(v < 10 ? 2 : 1) : v);
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(cell(r[c] ?? "")).length)));
+  const line = (vals: string[]) => vals.map((v, i) => v.padEnd(width[i] as number)).join("  ");
+  return [line(cols), line(width.map((w) => "-".repeat(w))), ...rows.map((r) => line(cols.map((c) => String(cell(r[c] ?? "")))))].join("\n");
+}
