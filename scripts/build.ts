@@ -49,7 +49,8 @@ async function gitCommit(): Promise<string> {
 export async function build(outfile = join(root, "bin", "ratchet")): Promise<string> {
   const pkg = (await Bun.file(join(root, "package.json")).json()) as { version: string };
   const commit = await gitCommit();
-  const buildId = `${pkg.version}-${commit}-${Date.now().toString(36)}`;
+  const buildTime = Date.now();
+  const buildId = `${pkg.version}-${commit}-${buildTime.toString(36)}`;
   mkdirSync(dirname(outfile), { recursive: true });
   const result = await Bun.build({
     entrypoints: [join(root, "src", "main.ts")],
@@ -74,6 +75,7 @@ export async function build(outfile = join(root, "bin", "ratchet")): Promise<str
       RATCHET_VERSION: JSON.stringify(pkg.version),
       RATCHET_COMMIT: JSON.stringify(commit),
       RATCHET_BUILD_ID: JSON.stringify(buildId),
+      RATCHET_BUILD_TIME: String(buildTime),
     },
   });
   if (!result.success) {

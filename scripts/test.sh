@@ -47,6 +47,10 @@ cleanup() {
   [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
   # Safety net: tests remove what they create, but a crashed test must not leave state behind.
   pkill -f -- "$work/" 2>/dev/null
+  # Node agents the tests started log (stdout) into $work: stop any still running.
+  for fd1 in /proc/[0-9]*/fd/1; do
+    case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac
+  done
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$RATCHET_TEST_PREFIX"); do ip netns delete "$ns" 2>/dev/null; done
   for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$RATCHET_TEST_PREFIX"); do ip link delete "$l" 2>/dev/null; done
   rm -rf "$work"
@@ -80,7 +84,8 @@ export RATCHET_TEST_WORK="$work"
 
 # --- tests -------------------------------------------------------------------------------
 say "bun test"
-"$BUN" test --reporter=junit --reporter-outfile="$work/junit.xml" "$@" >&2
+# Integration tests create namespaces and start agents: each gets up to 2 minutes.
+"$BUN" test --timeout 120000 --reporter=junit --reporter-outfile="$work/junit.xml" "$@" >&2
 rc=$?
 if [ -s "$work/junit.xml" ]; then
   read -r tests failures skipped < <(sed -n 's/.*<testsuites[^>]* tests="\([0-9]*\)"[^>]* failures="\([0-9]*\)" skipped="\([0-9]*\)".*/\1 \2 \3/p' "$work/junit.xml" | head -1)

@@ -1,6 +1,13 @@
-import { readFileSync } from "node:fs";
-import { parseNetConf, etcdEndpoints, type NetConf } from "../cni/config.ts";
-import { toCniError } from "../cni/errors.ts";
+import { mkdirSync, readFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { etcdEndpoints, parseNetConf, type NetConf } from "../cni/config.ts";
+import { CniError, Code, toCniError } from "../cni/errors.ts";
+import { Logger } from "../log.ts";
+import type { CallParams } from "../rpc/protocol.ts";
+import { BUILD_ID } from "../version.ts";
+import { ChildAgentHandlers, requestKey } from "./agent.ts";
+import { SocketLock } from "./lock.ts";
+import { Server } from "./server.ts";
 
 function option(args: string[], name: string): string | undefined {
   const i = args.findIndex((a) => a === name || a.startsWith(`${name}=`));
@@ -9,10 +16,10 @@ function option(args: string[], name: string): string | undefined {
   return a.includes("=") ? a.slice(name.length + 1) : args[i + 1];
 }
 
+/** Reads a network config file; in a .conflist, the ratchet entry with the list's name and version. */
 export function loadConfigFile(path: string): NetConf {
   const text = readFileSync(path, "utf8");
   const json: unknown = JSON.parse(text);
-  // A .conflist holds ratchet as one of its plugins: take that entry, with the list's name and version.
   if (json && typeof json === "object" && Array.isArray((json as { plugins?: unknown }).plugins)) {
     const list = json as { name?: string; cniVersion?: string; plugins: Array<Record<string, unknown>> };
     const mine = list.plugins.find((p) => p.type === "ratchet");
@@ -38,20 +45,71 @@ async function check(conf: NetConf): Promise<number> {
   }
 }
 
-export async function runChild(args: string[]): Promise<number> {
-  const configPath = option(args, "--config");
-  if (!configPath) {
-    process.stderr.write("ratchet-child: --config FILE is required\n");
-    return 2;
+/**
+ * Serves the parent on the child socket until idle (when spawned on demand), drained by a
+ * newer binary, or signalled. In the foreground it logs on stderr and never idles out.
+ */
+async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boolean }): Promise<number> {
+  const log = new Logger("child", conf.log_level, opts.foreground ? undefined : conf.log_file);
+  mkdirSync(dirname(conf.child_socket), { recursive: true, mode: 0o700 });
+  const lock = await SocketLock.acquire(`${conf.child_socket}.lock`, opts.takeover ? 15_000 : 0);
+  if (!lock) {
+    // Another child serves this socket (several parents started one at once): nothing to do.
+    log.debug("another node agent holds the socket lock; exiting", { socket: conf.child_socket });
+    return 0;
   }
+  let finish: (code: number) => void = () => undefined;
+  const done = new Promise<number>((r) => {
+    finish = r;
+  });
+  let server: Server | undefined;
+  const shutdown = async (why: string) => {
+    if (!server || server.draining) return;
+    server.draining = true;
+    log.info("node agent stopping", { why, pid: process.pid });
+    server.stopListening();
+    await server.idle();
+    finish(0);
+  };
+  const handlers = new ChildAgentHandlers(log, {
+    classify: async (_p: CallParams) => ({ eligible: false, links: 0 }),
+    drain: () => void shutdown("drain"),
+  });
+  server = new Server({ socket: conf.child_socket, log, handle: (req, signal) => handlers.handle(req, signal), keyOf: requestKey });
+  server.listen();
+  log.info("node agent serving", { socket: conf.child_socket, pid: process.pid, build: BUILD_ID, foreground: opts.foreground });
+
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+  let timer: Timer | undefined;
+  if (!opts.foreground) {
+    const idleMs = conf.child_idle_seconds * 1000;
+    timer = setInterval(() => {
+      if (server && !server.busy && Date.now() - server.lastActivity >= idleMs) void shutdown(`idle for ${conf.child_idle_seconds} s`);
+    }, Math.min(Math.max(idleMs / 4, 100), 10_000));
+  }
+  const code = await done;
+  clearInterval(timer);
+  lock.release();
+  log.close();
+  return code;
+}
+
+export async function runChild(args: string[]): Promise<number> {
+  const spawned = args.includes("--spawned");
   let conf: NetConf;
   try {
-    conf = loadConfigFile(configPath);
+    if (spawned) {
+      conf = parseNetConf(JSON.parse(await Bun.stdin.text()));
+    } else {
+      const configPath = option(args, "--config");
+      if (!configPath) throw new CniError(Code.InvalidConfig, "--config FILE is required");
+      conf = loadConfigFile(configPath);
+    }
   } catch (err) {
     process.stderr.write(`ratchet-child: ${toCniError(err).message}\n`);
     return 2;
   }
   if (args.includes("--check")) return check(conf);
-  process.stderr.write("ratchet-child: the agent loop is not built yet; use --check\n");
-  return 2;
+  return serve(conf, { foreground: !spawned, takeover: args.includes("--takeover") });
 }

@@ -24,10 +24,3 @@ export interface Agent {
   /** Removes the container's links and records; true when ratchet had attached it. */
   detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined>;
 }
-
-/** Until an agent answers, every pod is passed through untouched. */
-export const passthroughAgent: Agent = {
-  classify: async () => ({ eligible: false }),
-  attach: async () => [],
-  detach: async () => false,
-};

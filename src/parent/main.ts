@@ -5,7 +5,8 @@ import { parseEnv, type CniEnv } from "../cni/env.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import { LATEST_VERSION, requireCommandInVersion, requireSupportedVersion, SUPPORTED_VERSIONS } from "../cni/versions.ts";
 import { Logger } from "../log.ts";
-import { passthroughAgent, type Agent } from "./classify.ts";
+import { ChildAgent } from "./agent-client.ts";
+import type { Agent } from "./classify.ts";
 import { cmdAdd, cmdCheck, cmdDel, cmdGc, cmdStatus, type Context } from "./commands.ts";
 
 export interface ParentIO {
@@ -34,11 +35,14 @@ function parseJson(text: string): unknown {
   }
 }
 
-export async function runParent(_args: string[], io: ParentIO, agent: Agent = passthroughAgent): Promise<number> {
+export type AgentFactory = (log: Logger) => Agent & { close?: () => void };
+
+export async function runParent(_args: string[], io: ParentIO, makeAgent: AgentFactory = (log) => new ChildAgent(log)): Promise<number> {
   const started = performance.now();
   let version = LATEST_VERSION;
   let log: Logger | undefined;
   let env: CniEnv | undefined;
+  let agent: ReturnType<AgentFactory> | undefined;
   try {
     const stdin = await io.readStdin();
     let parsed: unknown;
@@ -60,6 +64,7 @@ export async function runParent(_args: string[], io: ParentIO, agent: Agent = pa
     requireSupportedVersion(conf.cniVersion);
     requireCommandInVersion(env.command, conf.cniVersion);
     log = new Logger("parent", conf.log_level, conf.log_file);
+    agent = makeAgent(log);
     const ctx: Context = { env, rawEnv: io.env, conf, agent, log };
 
     switch (env.command) {
@@ -90,6 +95,7 @@ export async function runParent(_args: string[], io: ParentIO, agent: Agent = pa
     io.write(`${JSON.stringify(e.toJSON(version))}\n`);
     return 1;
   } finally {
+    agent?.close?.();
     log?.close();
   }
 }

@@ -1,15 +1,21 @@
 // Every validation rule: the exact CNI error JSON on stdout, exit 1, and nothing created.
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { tempDir } from "../support/env.ts";
 import { cni, type Invocation } from "../support/cni.ts";
 import { linkInfo, makeNetns } from "../support/netns.ts";
+
+const scratch = tempDir("ratchet-errors-");
+afterAll(() => scratch[Symbol.dispose]());
 
 const good = {
   cniVersion: "1.0.0",
   name: "net",
   type: "ratchet",
   etcd_host: "127.0.0.1",
-  log_file: "/tmp/ratchet-test-errors.log",
-  delegate: { type: "ptp", ipam: { type: "host-local", subnet: "10.205.0.0/24", dataDir: "/tmp/ratchet-test-errors-ipam" } },
+  log_file: join(scratch.path, "ratchet.log"),
+  child_socket: join(scratch.path, "child.sock"),
+  delegate: { type: "ptp", ipam: { type: "host-local", subnet: "10.205.0.0/24", dataDir: join(scratch.path, "ipam") } },
 };
 const ids = { containerId: "abc", netns: "/var/run/netns/none", ifname: "eth0" };
 

@@ -6,9 +6,13 @@ import { join } from "node:path";
 import { assertValidResult, cni, CNI_PATH, VERSIONS, type CniResultJson } from "../support/cni.ts";
 import { run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, linkInfo, makeNetns } from "../support/netns.ts";
+import { killChildren } from "../support/child.ts";
 
 const scratch = tempDir("ratchet-cni-");
-afterAll(() => scratch[Symbol.dispose]());
+afterAll(async () => {
+  await killChildren(join(scratch.path, "ratchet.log"));
+  scratch[Symbol.dispose]();
+});
 let subnetCounter = 10;
 
 /** A bridge + host-local delegate on its own bridge and subnet; the bridge is removed on dispose. */
@@ -39,6 +43,7 @@ function ratchetConf(version: string, extra: Record<string, unknown>): Record<st
     type: "ratchet",
     etcd_host: "127.0.0.1",
     log_file: join(scratch.path, "ratchet.log"),
+    child_socket: join(scratch.path, "run", "child.sock"),
     ...extra,
   };
 }

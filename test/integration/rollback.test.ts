@@ -41,7 +41,7 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
           out += s;
         },
       },
-      agent,
+      () => agent,
     );
     expect(code).toBe(1);
     expect(JSON.parse(out)).toEqual({ cniVersion: "1.0.0", code: 11, msg: "etcd unreachable (test)" });

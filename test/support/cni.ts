@@ -1,5 +1,5 @@
 // Drives the compiled plugin exactly as a container runtime does: env + config on stdin.
-import { BIN, run, type RunResult } from "./env.ts";
+import { hiddenCheckout, installedBin, run, type RunResult } from "./env.ts";
 
 export const CNI_PATH = "/usr/lib/cni";
 export const VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
@@ -14,8 +14,10 @@ export interface Invocation {
   path?: string;
   /** Extra or overriding variables; undefined removes one. */
   env?: Record<string, string | undefined>;
+  /** Defaults to the installed copy of bin/ratchet. */
   bin?: string;
-  argv0?: string;
+  /** Run with the checkout visible (default: hidden, as on a node). */
+  visible?: boolean;
 }
 
 export function cniEnv(inv: Invocation): Record<string, string | undefined> {
@@ -35,7 +37,8 @@ export function cniEnv(inv: Invocation): Record<string, string | undefined> {
 
 export async function cni(inv: Invocation): Promise<RunResult & { json: unknown }> {
   const stdin = typeof inv.conf === "string" ? inv.conf : JSON.stringify(inv.conf);
-  const r = await run([inv.bin ?? BIN], { env: cniEnv(inv), stdin, ...(inv.argv0 ? { argv0: inv.argv0 } : {}) });
+  const bin = inv.bin ?? installedBin();
+  const r = await run(inv.visible ? [bin] : hiddenCheckout([bin]), { env: cniEnv(inv), stdin });
   let json: unknown;
   try {
     json = r.stdout.trim() ? JSON.parse(r.stdout) : undefined;

@@ -1,5 +1,5 @@
 // Shared test harness: where the binary is, the etcd to use, and process helpers.
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -21,7 +21,9 @@ export function requireBinary(): string {
 
 /** A temporary directory removed on dispose. Outside the checkout on purpose. */
 export function tempDir(prefix = "ratchet-test-"): { path: string; [Symbol.dispose](): void } {
-  const path = mkdtempSync(join(tmpdir(), prefix));
+  // Under scripts/test.sh's work directory when there is one: its safety net then finds
+  // (and stops) any node agent whose log lives here.
+  const path = mkdtempSync(join(process.env.RATCHET_TEST_WORK ?? tmpdir(), prefix));
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
 }
 
@@ -63,4 +65,29 @@ export function uniqueName(tag = ""): string {
   const name = `${prefix}${tag}${(counter++).toString(36)}${process.pid.toString(36).slice(-2)}`;
   if (name.length > 15) throw new Error(`test name ${name} is longer than 15 bytes: shorten the tag`);
   return name;
+}
+
+let installedDir: string | undefined;
+/**
+ * The binary as a node has it: copied out of the checkout into a CNI bin directory with the
+ * ratchet-child link beside it (what scripts/install.sh makes). Removed when the run ends.
+ */
+export function installedBin(): string {
+  if (!installedDir) {
+    requireBinary();
+    const dir = mkdtempSync(join(tmpdir(), "ratchet-bin-"));
+    copyFileSync(BIN, join(dir, "ratchet"));
+    symlinkSync("ratchet", join(dir, "ratchet-child"));
+    installedDir = dir;
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return join(installedDir, "ratchet");
+}
+
+/**
+ * The argv that runs `cmd` the way a node runs ratchet: in a private mount namespace where
+ * an empty tmpfs hides the checkout, so nothing from the source tree or node_modules helps.
+ */
+export function hiddenCheckout(cmd: string[]): string[] {
+  return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", 'mount -t tmpfs ratchet-hide "$0" && exec "$@"', REPO, ...cmd];
 }

@@ -1,0 +1,208 @@
+// The parent's side of the child protocol: connect to the child's socket, start the child
+// when nothing answers, replace an older child, and turn every failure into code 11.
+import { dirname, join } from "node:path";
+import type { NetConf } from "../cni/config.ts";
+import type { CniEnv } from "../cni/env.ts";
+import { CniError, Code } from "../cni/errors.ts";
+import type { Logger } from "../log.ts";
+import { LineReader, type CallParams, type Method, type Methods, type Response } from "../rpc/protocol.ts";
+import { BUILD_ID, BUILD_TIME } from "../version.ts";
+import type { Agent, AttachedInterface, Classification } from "./classify.ts";
+
+/** How long the parent waits for a child it started to answer. */
+export const START_TIMEOUT_MS = 5000;
+/** How long one request may take before the parent gives up (the runtime retries the call). */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
+type Sock = Awaited<ReturnType<typeof Bun.connect>>;
+
+/** One connection to the child; requests go one after another. */
+class Connection {
+  private next = 1;
+  private readonly reader = new LineReader();
+  private waiting: { resolve: (r: Response) => void; reject: (e: Error) => void } | undefined;
+  private closed: Error | undefined;
+  private constructor(private sock: Sock | undefined) {}
+
+  static async open(path: string): Promise<Connection> {
+    const conn = new Connection(undefined);
+    conn.sock = await Bun.connect({
+      unix: path,
+      socket: {
+        data: (_s, chunk) => conn.onData(chunk),
+        close: () => conn.fail(new Error("the child closed the connection")),
+        error: (_s, err) => conn.fail(err),
+      },
+    });
+    return conn;
+  }
+
+  private onData(chunk: Uint8Array): void {
+    try {
+      for (const line of this.reader.push(chunk)) {
+        const w = this.waiting;
+        this.waiting = undefined;
+        w?.resolve(JSON.parse(line) as Response);
+      }
+    } catch (err) {
+      this.fail(err as Error);
+    }
+  }
+
+  private fail(err: Error): void {
+    this.closed ??= err;
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.reject(err);
+  }
+
+  async call<M extends Method>(method: M, params: Methods[M]["params"], timeoutMs: number): Promise<Methods[M]["result"]> {
+    if (this.closed) throw this.closed;
+    const id = this.next++;
+    const deadline = Date.now() + timeoutMs;
+    const reply = new Promise<Response>((resolve, reject) => {
+      this.waiting = { resolve, reject };
+    });
+    this.sock?.write(`${JSON.stringify({ id, method, deadline, params })}\n`);
+    let timer: Timer | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer to ${method} within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      const res = await Promise.race([reply, timeout]);
+      if (res.id !== id) throw new Error(`answer ${res.id} does not match request ${id}`);
+      if (!res.ok) throw new CniError(res.error.code, res.error.msg, res.error.details ?? "");
+      return res.result as Methods[M]["result"];
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  close(): void {
+    this.closed ??= new Error("closed");
+    this.sock?.end();
+  }
+}
+
+/** The ratchet-child next to this binary, unless the config names one. */
+export function childPath(conf: NetConf): string {
+  return conf.child_path ?? join(dirname(process.execPath), "ratchet-child");
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts the child detached in its own session, its stdio on the log file, the config on stdin. */
+async function startChild(conf: NetConf, takeover: boolean, log: Logger): Promise<Bun.Subprocess> {
+  const path = childPath(conf);
+  const fs = await import("node:fs");
+  fs.mkdirSync(dirname(conf.log_file), { recursive: true, mode: 0o700 });
+  const out = fs.openSync(conf.log_file, "a", 0o600);
+  try {
+    const proc = Bun.spawn({
+      // argv0 "ratchet-child" selects child mode even when child_path is the ratchet binary itself.
+      cmd: [path, "--mode=child", "--spawned", ...(takeover ? ["--takeover"] : [])],
+      argv0: "ratchet-child",
+      stdin: "pipe",
+      stdout: out,
+      stderr: out,
+      detached: true,
+    });
+    proc.stdin.write(JSON.stringify(conf));
+    await proc.stdin.end();
+    proc.unref();
+    log.info("started the node agent", { child: path, childPid: proc.pid, takeover });
+    return proc;
+  } catch (err) {
+    throw new CniError(Code.TryAgainLater, `cannot start the node agent ${path}: ${(err as Error).message}`, "", { cause: err });
+  } finally {
+    fs.closeSync(out);
+  }
+}
+
+/** Connects to the child, starting it (or its newer replacement) when needed. */
+export async function connectChild(conf: NetConf, log: Logger): Promise<Connection> {
+  const socket = conf.child_socket;
+  let started: Bun.Subprocess | undefined;
+  let takeover = false;
+  const until = Date.now() + START_TIMEOUT_MS;
+  let lastError = "";
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const conn = await Connection.open(socket);
+      const hello = await conn.call("hello", {}, Math.max(500, until - Date.now()));
+      if (hello.buildId === BUILD_ID || hello.buildTime >= BUILD_TIME) return conn;
+      // An older binary's child: let it finish its work and go; start ours in its place.
+      log.info("replacing an older node agent", { theirs: hello.buildId, ours: BUILD_ID, pid: hello.pid });
+      await conn.call("drain", {}, 2000).catch(() => undefined);
+      conn.close();
+      takeover = true;
+      started = undefined;
+    } catch (err) {
+      lastError = (err as Error).message;
+    }
+    if (!started) {
+      started = await startChild(conf, takeover, log);
+    } else if (started.exitCode !== null && started.exitCode !== 0) {
+      // Exit 0 means another child won the socket lock: keep knocking. Anything else failed.
+      throw new CniError(Code.TryAgainLater, `the node agent exited with code ${started.exitCode} before answering on ${socket}`, `see ${conf.log_file}`);
+    }
+    if (Date.now() >= until) {
+      throw new CniError(Code.TryAgainLater, `the node agent did not answer on ${socket} within ${START_TIMEOUT_MS} ms`, lastError);
+    }
+    await sleep(Math.min(10 + attempt * 10, 100));
+  }
+}
+
+/** The Agent the CNI handlers use: each method is one request to the child. */
+export class ChildAgent implements Agent {
+  private conn: Connection | undefined;
+  constructor(private readonly log: Logger) {}
+
+  private async call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
+    method: M,
+    params: Methods[M]["params"],
+    conf: NetConf,
+  ): Promise<Methods[M]["result"]> {
+    try {
+      this.conn ??= await connectChild(conf, this.log);
+      return await this.conn.call(method, params, REQUEST_TIMEOUT_MS);
+    } catch (err) {
+      if (err instanceof CniError) throw err;
+      throw new CniError(Code.TryAgainLater, `the node agent failed to answer ${method}: ${(err as Error).message}`, "", { cause: err });
+    }
+  }
+
+  private params(env: CniEnv, conf: NetConf): CallParams {
+    const { args: _args, ...rest } = env;
+    return { env: rest, conf };
+  }
+
+  async classify(env: CniEnv, conf: NetConf): Promise<Classification> {
+    // Not started by a Kubernetes runtime: nothing to look up, never a ratchet pod.
+    if (!env.pod) return { eligible: false };
+    const r = await this.call("classify", this.params(env, conf), conf);
+    return { eligible: r.eligible };
+  }
+
+  async attach(env: CniEnv, conf: NetConf): Promise<AttachedInterface[]> {
+    return (await this.call("attach", this.params(env, conf), conf)).interfaces;
+  }
+
+  async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {
+    // ratchet only attaches pods it could look up: without a pod it never had this container.
+    if (!env.pod) return false;
+    try {
+      const r = await this.call("detach", this.params(env, conf), conf);
+      return r.owned ?? undefined;
+    } catch (err) {
+      // DEL must not fail because the agent is away: the plugins' DEL still runs, and the
+      // agent removes what is left when it is back (it reconciles at start).
+      this.log.warn("node agent unreachable during DEL", { error: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  close(): void {
+    this.conn?.close();
+  }
+}
