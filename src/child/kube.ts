@@ -87,13 +87,25 @@ function headerValue(v: OutgoingHttpHeaders[string]): string | undefined {
   return Array.isArray(v) ? v.join(", ") : String(v);
 }
 
-/** Errors from a TLS handshake name the certificate; make sure the message says so. */
+const NETWORK_ERRORS: Record<string, string> = {
+  ECONNREFUSED: "connection refused",
+  ECONNRESET: "connection reset",
+  ConnectionClosed: "the server closed the connection",
+  ETIMEDOUT: "connection timed out",
+  ENOTFOUND: "host not found",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  EPROTO: "the TLS handshake failed (the server may require a client certificate)",
+};
+
+/** What a failed fetch says, with its code; TLS verification failures always say "certificate". */
 function describeFetchError(err: unknown): string {
   const e = err as { code?: unknown; message?: unknown };
   const code = typeof e.code === "string" ? e.code : undefined;
   const message = typeof e.message === "string" ? e.message : String(err);
-  const tls = code !== undefined && /CERT|SIGNATURE|ISSUER|SELF_SIGNED|TLS|SSL|HOSTNAME|ALTNAME/i.test(code);
-  const text = tls && !/certificate/i.test(message) ? `TLS certificate verification failed: ${message}` : message;
+  if (code !== undefined && NETWORK_ERRORS[code]) return `${NETWORK_ERRORS[code]} (${code})`;
+  const tls = code !== undefined && /CERT|SIGNATURE|ISSUER|SELF_SIGNED|HOSTNAME|ALTNAME/i.test(code);
+  const text = tls ? `TLS certificate verification failed: ${message}` : message;
   return code && !text.includes(code) ? `${text} (${code})` : text;
 }
 
@@ -131,11 +143,10 @@ export class PodReader implements Disposable {
     if (opts.kubeconfig !== undefined) {
       const path = opts.kubeconfig;
       try {
-        kc.loadFromFile(path);
+        this.tokenFile = loadKubeconfig(kc, path);
       } catch (err) {
         throw new CniError(Code.InvalidConfig, `cannot load kubeconfig ${show(path)}: ${(err as Error).message}`, "", { cause: err });
       }
-      this.tokenFile = kubeconfigTokenFile(kc, path);
     } else {
       const env = opts.env ?? {};
       const host = env.KUBERNETES_SERVICE_HOST;
@@ -274,22 +285,28 @@ export class PodReader implements Disposable {
   }
 }
 
+type RawKubeconfig = { users?: Array<{ name?: unknown; user?: Record<string, unknown> }> };
+
 /**
- * The client reads a kubeconfig user's `token-file` once, at load. Tokens in files rotate,
- * so find the file again (relative to the kubeconfig) and let the reader re-read it.
+ * Loads a kubeconfig as KubeConfig.loadFromFile does, with one difference: a user's
+ * `token-file` is resolved relative to the kubeconfig (as client-go does; the client would
+ * read it relative to the working directory), and, since the client reads that file only
+ * once, the current user's token file is returned for the reader to re-read as it rotates.
  */
-function kubeconfigTokenFile(kc: KubeConfig, path: string): TokenFile | undefined {
-  const user = kc.getCurrentUser();
-  if (!user || user.token === undefined) return undefined;
-  let raw: { users?: Array<{ name?: string; user?: { "token-file"?: unknown; token?: unknown } }> } | undefined;
-  try {
-    raw = loadYaml(readFileSync(path, "utf8"));
-  } catch {
-    return undefined;
+function loadKubeconfig(kc: KubeConfig, path: string): TokenFile | undefined {
+  const raw = loadYaml<RawKubeconfig | null>(readFileSync(path, "utf8")) ?? {};
+  const files = new Map<string, string>();
+  for (const u of Array.isArray(raw.users) ? raw.users : []) {
+    const file = u.user?.["token-file"];
+    if (typeof file !== "string" || file === "" || !u.user) continue;
+    const abs = isAbsolute(file) ? file : join(dirname(path), file);
+    u.user["token-file"] = abs;
+    // An explicit `token` wins over `token-file`, as in client-go.
+    if (u.user.token === undefined && typeof u.name === "string") files.set(u.name, abs);
   }
-  const entry = raw?.users?.find((u) => u.name === user.name)?.user;
-  const file = entry?.["token-file"];
-  // An explicit `token` wins over `token-file`, as in client-go.
-  if (typeof file !== "string" || file === "" || entry?.token !== undefined) return undefined;
-  return new TokenFile(isAbsolute(file) ? file : join(dirname(path), file));
+  kc.loadFromString(JSON.stringify(raw));
+  kc.makePathsAbsolute(dirname(path));
+  const user = kc.getCurrentUser();
+  const file = user ? files.get(user.name) : undefined;
+  return file === undefined ? undefined : new TokenFile(file);
 }
