@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseNetConf, etcdEndpoints, type NetConf } from "../cni/config.ts";
-import { toCniError } from "../cni/errors.ts";
+import { CniError, Code, toCniError } from "../cni/errors.ts";
 
 function option(args: string[], name: string): string | undefined {
   const i = args.findIndex((a) => a === name || a.startsWith(`${name}=`));
@@ -38,6 +38,26 @@ async function check(conf: NetConf): Promise<number> {
   }
 }
 
+/**
+ * `ratchet-child --pod NAMESPACE/NAME --config FILE`: reads the pod as the agent would and
+ * prints its classification ({pod, eligible, links}); on error the CNI error JSON, exit 1.
+ */
+async function classifyPod(conf: NetConf, ref: string, env: Record<string, string | undefined>): Promise<number> {
+  try {
+    const slash = ref.indexOf("/");
+    if (slash <= 0 || slash === ref.length - 1) throw new CniError(Code.InvalidPodSpec, `--pod ${JSON.stringify(ref)}: expected NAMESPACE/NAME`);
+    const [{ PodReader }, { podLinks }] = await Promise.all([import("./kube.ts"), import("./podspec.ts")]);
+    using reader = PodReader.fromConfig(conf, env);
+    const pod = await reader.readPod(ref.slice(0, slash), ref.slice(slash + 1), 10_000);
+    const { eligible, links } = podLinks(pod, { defaultPrefix: conf.default_prefix });
+    process.stdout.write(`${JSON.stringify({ pod: `${pod.namespace}/${pod.name}`, eligible, links })}\n`);
+    return 0;
+  } catch (err) {
+    process.stdout.write(`${JSON.stringify(toCniError(err).toJSON(conf.cniVersion))}\n`);
+    return 1;
+  }
+}
+
 export async function runChild(args: string[]): Promise<number> {
   const configPath = option(args, "--config");
   if (!configPath) {
@@ -52,6 +72,8 @@ export async function runChild(args: string[]): Promise<number> {
     return 2;
   }
   if (args.includes("--check")) return check(conf);
+  const pod = option(args, "--pod");
+  if (pod !== undefined) return classifyPod(conf, pod, process.env);
   process.stderr.write("ratchet-child: the agent loop is not built yet; use --check\n");
   return 2;
 }

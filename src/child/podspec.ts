@@ -158,9 +158,9 @@ function fromLabels(p: Problems, pod: PodMeta, labels: Record<string, string>, d
       ifname: checkIfname(p, `label ${L.pairIfname}`, required(L.pairIfname)),
       ips: labelIp(p, L.pairIp, labels[L.pairIp], defaultPrefix),
     },
+    ...(primary === "true" ? { primary: true } : {}),
     source: "labels",
   };
-  if (primary === "true") link.primary = true;
   return link;
 }
 
@@ -212,14 +212,17 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
     const peerMac = checkMac(p, f("peer_mac"), item.peer_mac);
     if (peerMac !== undefined) peer.mac = peerMac;
     if (localMac !== undefined && localMac === peerMac) p.fail(f("peer_mac"), item.peer_mac, "is the same as local_mac: the two ends need different addresses");
-    const link: LinkSpec = { local, peer, source: "annotation" };
     if (item.mtu !== undefined) {
       const problem = mtuProblem(item.mtu);
       if (problem) p.fail(f("mtu"), item.mtu, problem);
-      link.mtu = item.mtu;
     }
-    if (item.primary === true) link.primary = true;
-    return link;
+    return {
+      local,
+      peer,
+      ...(item.mtu !== undefined ? { mtu: item.mtu } : {}),
+      ...(item.primary === true ? { primary: true } : {}),
+      source: "annotation",
+    };
   });
 }
 
@@ -331,9 +334,13 @@ export function mergeLinks(a: LinkSpec, b: LinkSpec): LinkSpec {
     const mac = x.mac ?? y.mac;
     return mac === undefined ? { ...x } : { ...x, mac };
   };
-  const out: LinkSpec = { local: end(a.local, o.local), peer: end(a.peer, o.peer), source: a.source };
   const mtu = a.mtu ?? b.mtu;
-  if (mtu !== undefined) out.mtu = mtu;
-  if (a.primary === true || (o === b && b.primary === true)) out.primary = true;
-  return out;
+  const primary = a.primary === true || (o === b && b.primary === true);
+  return {
+    local: end(a.local, o.local),
+    peer: end(a.peer, o.peer),
+    ...(mtu !== undefined ? { mtu } : {}),
+    ...(primary ? { primary: true } : {}),
+    source: a.source,
+  };
 }
