@@ -131,7 +131,7 @@ export class PodReader implements Disposable {
   private readonly tokenFile: TokenFile | undefined;
   private readonly proxy: string | undefined;
   /** One keep-alive pool per reader, so connections are reused and closed with it. */
-  private session = new Bun.FetchSession();
+  private readonly session = new Bun.FetchSession();
 
   /** A reader for a config's `kubeconfig`, or the in-cluster service account when it has none. */
   static fromConfig(conf: { kubeconfig?: string | undefined }, env: Record<string, string | undefined>): PodReader {

@@ -181,12 +181,17 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
     p.fail(field, text, `is not valid JSON (${(err as Error).message})`);
   }
   if (!Array.isArray(json)) p.fail(field, json, "must be a JSON list of links");
-  if (json.length > MAX_LINKS) p.fail(field, `[${json.length} links]`, `lists ${json.length} links, the limit is ${MAX_LINKS}`);
-  const parsed = v.safeParse(v.array(AnnotationLink), json);
+  const items: unknown[] = json;
+  if (items.length > MAX_LINKS) p.fail(field, `[${items.length} links]`, `lists ${items.length} links, the limit is ${MAX_LINKS}`);
+  const parsed = v.safeParse(v.array(AnnotationLink), items);
   if (!parsed.success) {
     const issue = parsed.issues[0];
     const where = `${field}${issueField(issue)}`;
-    if (issue.type === "strict_object" && issue.input !== undefined) p.fail(where, undefined, "is not a known field");
+    if (issue.type === "strict_object" && issue.input !== undefined) {
+      const [index, key] = (issue.path ?? []).map((item) => item.key);
+      const value = typeof index === "number" && typeof key === "string" ? (items[index] as Record<string, unknown>)[key] : undefined;
+      p.fail(where, value, `is not a known field (known: ${Object.keys(AnnotationLink.entries).join(", ")})`);
+    }
     if (issue.input === undefined) p.fail(where, undefined, "is required");
     p.fail(where, issue.input, issue.message);
   }
@@ -226,8 +231,11 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
   });
 }
 
-function where(link: LinkSpec, index: number, labelCount: number): string {
-  return link.source === "labels" ? "labels ratchet.*" : `annotation ${LINKS_ANNOTATION}[${index - labelCount}]`;
+/** Where a declared link came from, for messages; with `end`, the label or field naming that end's interface. */
+function where(link: LinkSpec, index: number, labelCount: number, end?: "local" | "peer"): string {
+  if (link.source === "labels") return end === undefined ? "labels ratchet.*" : `label ${end === "local" ? L.localIfname : L.pairIfname}`;
+  const item = `annotation ${LINKS_ANNOTATION}[${index - labelCount}]`;
+  return end === undefined ? item : `${item}.${end}_ifname`;
 }
 
 /**
@@ -266,10 +274,10 @@ export function podLinks(pod: PodMeta, opts: { defaultPrefix: number }): PodLink
       return;
     }
     const before = localIfnames.get(link.local.ifname);
-    if (before !== undefined) p.fail(`${where(link, i, labelCount)} local_ifname`, link.local.ifname, `is used by ${where(declared[before] as LinkSpec, before, labelCount)} too: interface names must be unique in a pod`);
+    if (before !== undefined) p.fail(where(link, i, labelCount, "local"), link.local.ifname, `is also used by ${where(declared[before] as LinkSpec, before, labelCount)}: interface names must be unique in a pod`);
     const peerEnd = endId(link.peer);
     const beforePeer = peerIfnames.get(peerEnd);
-    if (beforePeer !== undefined) p.fail(`${where(link, i, labelCount)} peer_ifname`, link.peer.ifname, `is used on ${link.peer.namespace}/${link.peer.pod} by ${where(declared[beforePeer] as LinkSpec, beforePeer, labelCount)} too`);
+    if (beforePeer !== undefined) p.fail(where(link, i, labelCount, "peer"), link.peer.ifname, `is also used on ${link.peer.namespace}/${link.peer.pod} by ${where(declared[beforePeer] as LinkSpec, beforePeer, labelCount)}: interface names must be unique in a pod`);
     localIfnames.set(link.local.ifname, i);
     peerIfnames.set(peerEnd, i);
     byKey.set(key, { link, index: i, pos: links.length });

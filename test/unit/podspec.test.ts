@@ -63,7 +63,7 @@ describe("the original example pair (pod_specs/example.yaml)", () => {
 });
 
 describe("eligibility", () => {
-  test.each([[{}], [{ ratchet: "false" }], [{ ratchet: "True" }], [{ ratchet: "yes" }]])("%p is not eligible and nothing else is checked", (labels) => {
+  test.each(([{}, { ratchet: "false" }, { ratchet: "True" }, { ratchet: "yes" }] as Array<Record<string, string>>).map((l) => [JSON.stringify(l), l] as const))("%s is not eligible and nothing else is checked", (_name, labels) => {
     // Bad link labels on an ineligible pod are none of our business.
     expect(podLinks(pod({ ...labels, "ratchet.local_ifname": "bad/name" }), OPTS)).toEqual({ eligible: false, links: [] });
   });
@@ -164,7 +164,7 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     ["annotation not JSON", pod({ ratchet: "true" }, { "ratchet/links": "[{peer: pod-b}]" }), 'annotation ratchet/links "[{peer: pod-b}]" is not valid JSON'],
     ["annotation not a list", pod({ ratchet: "true" }, { "ratchet/links": '{"peer":"pod-b"}' }), 'annotation ratchet/links "{\\"peer\\":\\"pod-b\\"}" must be a JSON list of links'],
     ["annotation field missing", annotated([{ peer: "pod-b", local_ifname: "eth1" }]), "annotation ratchet/links[0].peer_ifname (missing) is required"],
-    ["annotation unknown field", A({ peer_ips: "10.0.0.1/24" }), "annotation ratchet/links[0].peer_ips (missing) is not a known field"],
+    ["annotation unknown field", A({ peer_ips: "10.0.0.1/24" }), 'annotation ratchet/links[0].peer_ips "10.0.0.1/24" is not a known field (known: peer, peer_namespace, local_ifname, peer_ifname, local_ip, peer_ip, local_mac, peer_mac, mtu, primary)'],
     ["annotation wrong type", A({ mtu: "1400" }), 'annotation ratchet/links[0].mtu "1400" must be a number'],
     ["peer not DNS-1123", A({ peer: "-b" }), 'annotation ratchet/links[0].peer "-b" is not a valid pod name'],
     ["peer_namespace not a DNS-1123 label", A({ peer_namespace: "a.b" }), 'annotation ratchet/links[0].peer_namespace "a.b" is not a valid namespace: it is not a DNS-1123 label'],
@@ -183,9 +183,9 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     ["MAC multicast", A({ local_mac: "01:00:5e:00:00:01" }), 'annotation ratchet/links[0].local_mac "01:00:5e:00:00:01" is a multicast address'],
     ["MAC broadcast", A({ peer_mac: "ff:ff:ff:ff:ff:ff" }), 'annotation ratchet/links[0].peer_mac "ff:ff:ff:ff:ff:ff" is the broadcast address'],
     ["MAC all zeros", A({ peer_mac: "00:00:00:00:00:00" }), 'annotation ratchet/links[0].peer_mac "00:00:00:00:00:00" is all zeros'],
-    ["duplicate local interface", A({ peer: "pod-c" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1" }]), 'annotation ratchet/links[1] local_ifname "eth1" is used by annotation ratchet/links[0] too: interface names must be unique in a pod'],
-    ["duplicate peer interface", A({ local_ifname: "eth2" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1" }]), 'annotation ratchet/links[1] peer_ifname "eth1" is used on default/pod-b by annotation ratchet/links[0] too'],
-    ["duplicate between labels and annotation", annotated([{ peer: "pod-c", local_ifname: "in1", peer_ifname: "x" }], { "ratchet.pair_name": "pod-b", "ratchet.local_ifname": "in1", "ratchet.pair_ifname": "in2" }), 'annotation ratchet/links[0] local_ifname "in1" is used by labels ratchet.* too'],
+    ["duplicate local interface", A({ peer: "pod-c" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1" }]), 'annotation ratchet/links[1].local_ifname "eth1" is also used by annotation ratchet/links[0]: interface names must be unique in a pod'],
+    ["duplicate peer interface", A({ local_ifname: "eth2" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1" }]), 'annotation ratchet/links[1].peer_ifname "eth1" is also used on default/pod-b by annotation ratchet/links[0]: interface names must be unique in a pod'],
+    ["duplicate between labels and annotation", annotated([{ peer: "pod-c", local_ifname: "in1", peer_ifname: "x" }], { "ratchet.pair_name": "pod-b", "ratchet.local_ifname": "in1", "ratchet.pair_ifname": "in2" }), 'annotation ratchet/links[0].local_ifname "in1" is also used by labels ratchet.*'],
     ["same link twice, conflicting", A({ mtu: 1500, local_ip: "10.0.0.1/24" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1", mtu: 1400, local_ip: "10.0.0.1/24" }]), 'annotation ratchet/links[1] "default/pod-a/eth1:default/pod-b/eth1" declares the same link as annotation ratchet/links[0] with other values: MTU: 1400 vs 1500'],
     ["annotation over 64 KiB", pod({ ratchet: "true" }, { "ratchet/links": `[${" ".repeat(64 * 1024)}]` }), "annotation ratchet/links \"[      "],
     ["more than 128 links", annotated(Array.from({ length: 129 }, (_, i) => ({ peer: `p${i}`, local_ifname: `e${i}`, peer_ifname: "e0" }))), 'annotation ratchet/links "[129 links]" lists 129 links, the limit is 128'],
