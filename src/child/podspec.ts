@@ -245,7 +245,9 @@ function where(link: LinkSpec, index: number, labelCount: number, end?: "local" 
 export function podLinks(pod: PodMeta, opts: { defaultPrefix: number }): PodLinks {
   const labels = pod.labels ?? {};
   if (labels[SELECT_LABEL] !== "true") return { eligible: false, links: [] };
-  const p = new Problems(`${pod.namespace}/${pod.name}`);
+  // The pod's own names go into every message: quoted unless they are valid.
+  const id = `${pod.namespace}/${pod.name}`;
+  const p = new Problems(namespaceProblem(pod.namespace) || podNameProblem(pod.name) ? show(id) : id);
   checkNamespace(p, "namespace", pod.namespace);
   checkPodName(p, "name", pod.name);
 

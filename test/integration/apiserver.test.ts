@@ -61,7 +61,7 @@ describe("stand-in API server", () => {
 
   test("stop removes the certificates and the files it wrote", async () => {
     using dir = tempDir();
-    const api = startApiServer({ dir: dir.path });
+    await using api = startApiServer({ dir: dir.path }); // stopped below; stop() is idempotent
     const kc = api.writeKubeconfig(dir.path, { auth: "token" });
     const sa = api.writeServiceAccount(dir.path);
     expect([kc, sa.tokenFile, sa.caFile, api.pki.ca.certFile].every((f) => existsSync(f))).toBe(true);

@@ -119,7 +119,7 @@ describe("PodReader with a kubeconfig", () => {
   });
 
   test("server down: code 11 well within the deadline", async () => {
-    const api = startApiServer({ podFiles: [EXAMPLE] });
+    await using api = startApiServer({ podFiles: [EXAMPLE] }); // stop() below; disposal stops it if the test fails first
     using dir = tempDir();
     using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", name: "kc" }) });
     await reader.readPod("default", "primary-pod", 5000); // a pooled connection, then the server goes away

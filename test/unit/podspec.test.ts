@@ -212,7 +212,13 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
 
   test("the pod's own name and namespace are checked", () => {
     const err = failure(() => podLinks(pod({ ratchet: "true" }, {}, "pod-a", "Bad_NS"), OPTS));
-    expect(err.message).toBe('pod Bad_NS/pod-a: namespace "Bad_NS" is not a valid namespace: it is not a DNS-1123 label (lower-case letters, digits and \'-\')');
+    expect(err.message).toBe('pod "Bad_NS/pod-a": namespace "Bad_NS" is not a valid namespace: it is not a DNS-1123 label (lower-case letters, digits and \'-\')');
+  });
+
+  test("a pod name with control characters is quoted in the message", () => {
+    const err = failure(() => podLinks(pod({ ratchet: "true" }, {}, "a\nb"), OPTS));
+    expect(err.message).toStartWith('pod "default/a\\nb": name "a\\nb" is not a valid pod name');
+    expect(err.message).not.toContain("\n");
   });
 
   test("128 links is fine", () => {
