@@ -109,18 +109,32 @@ function describeFetchError(err: unknown): string {
   return code && !text.includes(code) ? `${text} (${code})` : text;
 }
 
+/** The server's explanation from an error body (a Status, or text), as one safe line. */
 function statusMessage(body: unknown): string | undefined {
   let b: unknown = body;
   if (typeof body === "string") {
     try {
       b = JSON.parse(body) as unknown;
     } catch {
-      return body.slice(0, 200);
+      b = { message: body };
     }
   }
-  if (b && typeof b === "object" && "message" in b && typeof b.message === "string") return b.message;
-  return undefined;
+  if (!b || typeof b !== "object" || !("message" in b) || typeof b.message !== "string" || b.message === "") return undefined;
+  const line = b.message.replace(/\p{Cc}+/gu, " ").trim();
+  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
 }
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized (check the token or client certificate)",
+  403: "Forbidden (the node agent needs RBAC permission to get pods)",
+  404: "Not Found",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
 
 class DeadlineError extends Error {}
 
@@ -269,7 +283,8 @@ export class PodReader implements Disposable {
       const code = (err as ApiException<unknown>).code;
       const detail = statusMessage((err as ApiException<unknown>).body);
       if (code === 404) return new CniError(Code.TryAgainLater, `pod ${id} not found (404 from ${this.server})`, detail ?? "", { cause: err });
-      return new CniError(Code.TryAgainLater, `cannot read pod ${id}: the API server ${this.server} answered ${code}${detail ? `: ${detail}` : ""}`, "", { cause: err });
+      const text = STATUS_TEXT[code] ? ` ${STATUS_TEXT[code]}` : "";
+      return new CniError(Code.TryAgainLater, `cannot read pod ${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`, "", { cause: err });
     }
     if (err instanceof DeadlineError) return new CniError(Code.TryAgainLater, `cannot read pod ${id} from ${this.server}: ${err.message}`, "", { cause: err });
     return new CniError(Code.TryAgainLater, `cannot read pod ${id} from ${this.server}: ${describeFetchError(err)}`, "", { cause: err });

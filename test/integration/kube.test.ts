@@ -87,7 +87,7 @@ describe("PodReader with a kubeconfig", () => {
     using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", token: "not-the-token" }) });
     const err = await failure(reader.readPod("default", "primary-pod", 5000));
     expect(err.code).toBe(11);
-    expect(err.message).toBe(`cannot read pod default/primary-pod: the API server ${api.url} answered 401`);
+    expect(err.message).toBe(`cannot read pod default/primary-pod: the API server ${api.url} answered 401 Unauthorized (check the token or client certificate)`);
     expect(api.requests.at(-1)).toMatchObject({ token: "not-the-token", status: 401 });
   });
 
@@ -113,7 +113,11 @@ describe("PodReader with a kubeconfig", () => {
     using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token" }) });
     api.setFault({ status: 503, message: "etcd is sad" });
     const err = await failure(reader.readPod("default", "primary-pod", 5000));
-    expect(err).toMatchObject({ code: 11, message: `cannot read pod default/primary-pod: the API server ${api.url} answered 503: etcd is sad` });
+    expect(err).toMatchObject({ code: 11, message: `cannot read pod default/primary-pod: the API server ${api.url} answered 503 Service Unavailable: etcd is sad` });
+    api.setFault({ status: 403, message: 'pods "primary-pod" is forbidden:\nUser "x" cannot get resource "pods"' });
+    expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toBe(
+      `cannot read pod default/primary-pod: the API server ${api.url} answered 403 Forbidden (the node agent needs RBAC permission to get pods): pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
+    );
     api.setFault(undefined);
     expect((await reader.readPod("default", "primary-pod", 5000)).name).toBe("primary-pod");
   });
