@@ -5,6 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PodReader } from "../../src/child/kube.ts";
+import { show } from "../../src/cni/names.ts";
 import { startApiServer, type ApiServer } from "../support/apiserver.ts";
 import { BIN, BUN, REPO, requireBinary, run, tempDir } from "../support/env.ts";
 
@@ -82,7 +83,7 @@ describe("ratchet-child --pod in the compiled binary, checkout hidden", () => {
     api.putPod({ kind: "Pod", metadata: { name: "bad", labels: { ratchet: "true" }, annotations: { "ratchet/links": '[{"peer":"x","local_ifname":"eth1","peer_ifname":"eth1","mtu":9}]' } } });
     const bad = await classifyHidden(dir.path, api, "default/bad");
     expect(bad.code).toBe(1);
-    expect(JSON.parse(bad.stdout)).toEqual({ cniVersion: "1.0.0", code: 103, msg: 'pod default/bad: annotation ratchet/links[0].mtu "9" is out of range 68..65535' });
+    expect(JSON.parse(bad.stdout)).toEqual({ cniVersion: "1.0.0", code: 103, msg: `pod default/bad: annotation ratchet/links[0].mtu ${show(9)} is out of range 68..65535` });
 
     const malformed = await run([BIN, "--mode=child", "--pod", "no-slash", "--config", join(dir.path, "ratchet.conf")]);
     expect(malformed.code).toBe(1);
