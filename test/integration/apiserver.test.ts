@@ -46,6 +46,8 @@ describe("stand-in API server", () => {
     expect(((await (await get(api, "/api/v1/namespaces/default/pods/primary-pod")).json()) as { metadata: { labels: object } }).metadata.labels).toEqual({ ratchet: "false" });
     expect(api.deletePod("default", "primary-pod")).toBe(true);
     expect(api.deletePod("default", "primary-pod")).toBe(false);
+    expect(api.loadPods(EXAMPLE).map((p) => p.metadata.name)).toEqual(["primary-pod", "pair-pod"]);
+    expect(api.getPod("default", "primary-pod")?.metadata.labels?.ratchet).toBe("true");
 
     api.setDelay(200);
     const t0 = performance.now();

@@ -51,7 +51,8 @@ export interface ServiceAccountFiles {
   env: { KUBERNETES_SERVICE_HOST: string; KUBERNETES_SERVICE_PORT: string };
 }
 
-type Fault = { status: number; message: string };
+/** What setFault makes every API request answer. */
+export type Fault = { status: number; message: string };
 
 function status(code: number, reason: string, message: string, details?: Record<string, string>): Response {
   const body = { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, code, ...(details ? { details } : {}) };
@@ -75,7 +76,7 @@ export class ApiServer implements AsyncDisposable {
   private constructor(private readonly opts: ApiServerOptions, private readonly tmp: string) {
     this.pki = makePki(tmp);
     this.tokens = new Set(opts.tokens ?? [`t-${crypto.randomUUID()}`]);
-    for (const f of opts.podFiles ?? []) for (const p of readPodYaml(f)) this.putPod(p);
+    for (const f of opts.podFiles ?? []) this.loadPods(f);
     this.server = Bun.serve({
       hostname: "127.0.0.1",
       port: 0,
@@ -114,6 +115,11 @@ export class ApiServer implements AsyncDisposable {
     p.metadata.resourceVersion = String(++this.resourceVersion);
     this.pods.set(`${p.metadata.namespace}/${p.metadata.name}`, p);
     return p;
+  }
+
+  /** Adds (or replaces) every Pod of a YAML file; returns them as served. */
+  loadPods(file: string): PodObject[] {
+    return readPodYaml(file).map((p) => this.putPod(p));
   }
 
   deletePod(namespace: string, name: string): boolean {
