@@ -46,6 +46,26 @@ async function check(conf: NetConf): Promise<number> {
 }
 
 /**
+ * `ratchet-child --pod NAMESPACE/NAME --config FILE`: reads the pod as the agent would and
+ * prints its classification ({pod, eligible, links}); on error the CNI error JSON, exit 1.
+ */
+async function classifyPod(conf: NetConf, ref: string, env: Record<string, string | undefined>): Promise<number> {
+  try {
+    const slash = ref.indexOf("/");
+    if (slash <= 0 || slash === ref.length - 1) throw new CniError(Code.InvalidPodSpec, `--pod ${JSON.stringify(ref)}: expected NAMESPACE/NAME`);
+    const [{ PodReader }, { podLinks }] = await Promise.all([import("./kube.ts"), import("./podspec.ts")]);
+    using reader = PodReader.fromConfig(conf, env);
+    const pod = await reader.readPod(ref.slice(0, slash), ref.slice(slash + 1), 10_000);
+    const { eligible, links } = podLinks(pod, { defaultPrefix: conf.default_prefix });
+    process.stdout.write(`${JSON.stringify({ pod: `${pod.namespace}/${pod.name}`, eligible, links })}\n`);
+    return 0;
+  } catch (err) {
+    process.stdout.write(`${JSON.stringify(toCniError(err).toJSON(conf.cniVersion))}\n`);
+    return 1;
+  }
+}
+
+/**
  * Serves the parent on the child socket until idle (when spawned on demand), drained by a
  * newer binary, or signalled. In the foreground it logs on stderr and never idles out.
  */
@@ -111,5 +131,7 @@ export async function runChild(args: string[]): Promise<number> {
     return 2;
   }
   if (args.includes("--check")) return check(conf);
+  const pod = option(args, "--pod");
+  if (pod !== undefined) return classifyPod(conf, pod, process.env);
   return serve(conf, { foreground: !spawned, takeover: args.includes("--takeover") });
 }

@@ -1,0 +1,327 @@
+// Reads Pods from the Kubernetes API through @kubernetes/client-node, over Bun's fetch.
+//
+// The client sends its requests through undici's fetch with a `dispatcher` that carries the
+// kubeconfig's CA and client certificate. Bun ignores that dispatcher, so every cluster with
+// a private CA fails with "unable to verify the first certificate". The client stays in
+// charge of the kubeconfig (parsing, auth providers, building and decoding requests); only
+// the transport is ours: an HttpLibrary that asks the KubeConfig for its TLS material and
+// headers (applyToHTTPSOptions) and hands them to Bun's fetch as `tls`.
+//
+// Only the child imports this file: loading the client costs ~150 ms, which the parent,
+// exec'd once per CNI command, must never pay.
+import type { OutgoingHttpHeaders, RequestOptions } from "node:http";
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, join } from "node:path";
+import {
+  ApiException,
+  CoreV1Api,
+  createConfiguration,
+  KubeConfig,
+  loadYaml,
+  ResponseContext,
+  ServerConfiguration,
+  wrapHttpLibrary,
+  type HttpLibrary,
+  type RequestContext,
+} from "@kubernetes/client-node";
+import { CniError, Code } from "../cni/errors.ts";
+import { namespaceProblem, podNameProblem, show } from "../cni/names.ts";
+import { VERSION } from "../version.ts";
+
+/** What ratchet needs of a Pod. */
+export interface PodInfo {
+  namespace: string;
+  name: string;
+  uid: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  /** The node it is scheduled to; undefined before scheduling. */
+  nodeName: string | undefined;
+}
+
+export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+export interface PodReaderOptions {
+  /** Path of a kubeconfig; without it, the in-cluster service account is used. */
+  kubeconfig?: string | undefined;
+  /** For in-cluster mode: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT. */
+  env?: Record<string, string | undefined>;
+  /** For in-cluster mode: the directory holding `token` and `ca.crt`. */
+  serviceAccountDir?: string;
+}
+
+/**
+ * A bearer token kept in a file that is replaced while we run (bound service-account tokens
+ * rotate; kubelet swaps the file atomically). Read for every request: it is a few hundred
+ * bytes. If a read fails, the last token read stays in use for at most maxStaleMs.
+ */
+export class TokenFile {
+  private last: { token: string; at: number } | undefined;
+  constructor(
+    readonly path: string,
+    private readonly maxStaleMs = 60_000,
+  ) {}
+
+  read(): string {
+    try {
+      const token = readFileSync(this.path, "utf8").trim();
+      if (token === "") throw new Error("the file is empty");
+      this.last = { token, at: Date.now() };
+      return token;
+    } catch (err) {
+      if (this.last && Date.now() - this.last.at < this.maxStaleMs) return this.last.token;
+      throw new Error(`cannot read the token file ${this.path}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}
+
+type Pem = string | Buffer | Array<string | Buffer> | undefined;
+function pemText(v: Pem): string | string[] | undefined {
+  if (v === undefined) return undefined;
+  if (Array.isArray(v)) return v.map((x) => x.toString());
+  return v.toString();
+}
+
+function headerValue(v: OutgoingHttpHeaders[string]): string | undefined {
+  if (v === undefined) return undefined;
+  return Array.isArray(v) ? v.join(", ") : String(v);
+}
+
+const NETWORK_ERRORS: Record<string, string> = {
+  ECONNREFUSED: "connection refused",
+  ECONNRESET: "connection reset",
+  ConnectionClosed: "the server closed the connection",
+  ETIMEDOUT: "connection timed out",
+  ENOTFOUND: "host not found",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  EPROTO: "the TLS handshake failed (the server may require a client certificate)",
+};
+
+/** What a failed fetch says, with its code; TLS verification failures always say "certificate". */
+function describeFetchError(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : undefined;
+  const message = typeof e.message === "string" ? e.message : String(err);
+  if (code !== undefined && NETWORK_ERRORS[code]) return `${NETWORK_ERRORS[code]} (${code})`;
+  const tls = code !== undefined && /CERT|SIGNATURE|ISSUER|SELF_SIGNED|HOSTNAME|ALTNAME/i.test(code);
+  const text = tls ? `TLS certificate verification failed: ${message}` : message;
+  return code && !text.includes(code) ? `${text} (${code})` : text;
+}
+
+/** The server's explanation from an error body (a Status, or text), as one safe line. */
+function statusMessage(body: unknown): string | undefined {
+  let b: unknown = body;
+  if (typeof body === "string") {
+    try {
+      b = JSON.parse(body) as unknown;
+    } catch {
+      b = { message: body };
+    }
+  }
+  if (!b || typeof b !== "object" || !("message" in b) || typeof b.message !== "string" || b.message === "") return undefined;
+  const line = b.message.replace(/\p{Cc}+/gu, " ").trim();
+  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized (check the token or client certificate)",
+  403: "Forbidden (the node agent needs RBAC permission to get pods)",
+  404: "Not Found",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+class DeadlineError extends Error {}
+
+export class PodReader implements Disposable {
+  readonly server: string;
+  private readonly kc: KubeConfig;
+  private readonly api: CoreV1Api;
+  private readonly tokenFile: TokenFile | undefined;
+  private readonly proxy: string | undefined;
+  /** One keep-alive pool per reader, so connections are reused and closed with it. */
+  private readonly session = new Bun.FetchSession();
+
+  /** A reader for a config's `kubeconfig`, or the in-cluster service account when it has none. */
+  static fromConfig(conf: { kubeconfig?: string | undefined }, env: Record<string, string | undefined>): PodReader {
+    return new PodReader({ kubeconfig: conf.kubeconfig, env });
+  }
+
+  constructor(opts: PodReaderOptions) {
+    const kc = new KubeConfig();
+    if (opts.kubeconfig !== undefined) {
+      const path = opts.kubeconfig;
+      try {
+        this.tokenFile = loadKubeconfig(kc, path);
+      } catch (err) {
+        throw new CniError(Code.InvalidConfig, `cannot load kubeconfig ${show(path)}: ${(err as Error).message}`, "", { cause: err });
+      }
+    } else {
+      const env = opts.env ?? {};
+      const host = env.KUBERNETES_SERVICE_HOST;
+      const port = env.KUBERNETES_SERVICE_PORT;
+      if (!host || !port) {
+        throw new CniError(Code.InvalidConfig, "no kubeconfig in the network configuration and not in a cluster (KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT unset)");
+      }
+      const dir = opts.serviceAccountDir ?? SERVICE_ACCOUNT_DIR;
+      const h = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+      // The client's loadFromCluster would re-read the token only once a minute; ours reads it per request.
+      kc.loadFromClusterAndUser({ name: "in-cluster", server: `https://${h}:${port}`, caFile: join(dir, "ca.crt"), skipTLSVerify: false }, { name: "in-cluster" });
+      this.tokenFile = new TokenFile(join(dir, "token"));
+    }
+    const cluster = kc.getCurrentCluster();
+    if (!cluster) throw new CniError(Code.InvalidConfig, `kubeconfig ${show(opts.kubeconfig)} has no current cluster`);
+    if (cluster.proxyUrl && !/^https?:\/\//.test(cluster.proxyUrl)) {
+      throw new CniError(Code.InvalidConfig, `kubeconfig ${show(opts.kubeconfig)}: proxy-url ${show(cluster.proxyUrl)} is not supported (only http:// and https:// proxies)`);
+    }
+    this.kc = kc;
+    this.server = cluster.server.replace(/\/+$/, "");
+    this.proxy = cluster.proxyUrl || undefined;
+    this.api = new CoreV1Api(
+      createConfiguration({
+        baseServer: new ServerConfiguration(this.server, {}),
+        // Authentication happens in send(), together with the TLS material.
+        authMethods: {},
+        httpApi: this.transport(undefined),
+      }),
+    );
+  }
+
+  /** The HttpLibrary the client sends through; `signal` ends the request at the caller's deadline. */
+  private transport(signal: AbortSignal | undefined): HttpLibrary {
+    return wrapHttpLibrary({ send: (req) => this.send(req, signal) });
+  }
+
+  private async send(req: RequestContext, signal: AbortSignal | undefined): Promise<ResponseContext> {
+    // The client's own view of the kubeconfig: CA, client certificate and key (inline or
+    // files, read now so rotated files are picked up), auth headers from token, basic auth,
+    // exec or auth-provider plugins.
+    const opts: RequestOptions & { ca?: Pem; cert?: Pem; key?: Pem; rejectUnauthorized?: boolean; servername?: string } = {};
+    await this.kc.applyToHTTPSOptions(opts);
+    const headers = new Headers(req.getHeaders());
+    for (const [k, v] of Object.entries(opts.headers ?? {})) {
+      const value = headerValue(v as OutgoingHttpHeaders[string]);
+      if (value !== undefined) headers.set(k, value);
+    }
+    if (typeof opts.auth === "string") headers.set("Authorization", `Basic ${Buffer.from(opts.auth).toString("base64")}`);
+    if (this.tokenFile) headers.set("Authorization", `Bearer ${this.tokenFile.read()}`);
+    headers.set("User-Agent", `ratchet/${VERSION}`);
+
+    const tls: BunFetchRequestInitTLS = {};
+    const ca = pemText(opts.ca);
+    const cert = pemText(opts.cert);
+    const key = pemText(opts.key);
+    if (ca !== undefined) tls.ca = ca;
+    if (cert !== undefined) tls.cert = cert;
+    if (key !== undefined) tls.key = key;
+    if (opts.rejectUnauthorized === false) tls.rejectUnauthorized = false;
+    if (opts.servername) tls.serverName = opts.servername;
+
+    const body = req.getBody();
+    const resp = await fetch(req.getUrl(), {
+      method: req.getHttpMethod(),
+      headers,
+      ...(typeof body === "string" ? { body } : {}),
+      ...(signal ? { signal } : {}),
+      tls,
+      session: this.session,
+      ...(this.proxy ? { proxy: this.proxy } : {}),
+    });
+    const out: Record<string, string> = {};
+    resp.headers.forEach((value, name) => {
+      out[name] = value;
+    });
+    return new ResponseContext(resp.status, out, {
+      text: () => resp.text(),
+      binary: async () => Buffer.from(await resp.arrayBuffer()),
+      stream: () => resp.body,
+    });
+  }
+
+  /**
+   * Reads one Pod. Everything that keeps us from an answer (API unreachable, TLS failure,
+   * no answer by the deadline, pod not found, any error status) is CniError code 11, try
+   * again later, with a message naming the pod and the reason.
+   */
+  async readPod(namespace: string, name: string, deadlineMs: number): Promise<PodInfo> {
+    const id = `${namespace}/${name}`;
+    const bad = namespaceProblem(namespace) ?? podNameProblem(name);
+    if (bad) throw new CniError(Code.InvalidPodSpec, `cannot read pod ${show(id)}: the name ${bad}`);
+
+    const ctl = new AbortController();
+    let timer: Timer | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        ctl.abort(new DeadlineError(`no answer within ${deadlineMs} ms`));
+        reject(new DeadlineError(`no answer within ${deadlineMs} ms`));
+      }, deadlineMs);
+    });
+    try {
+      const pod = await Promise.race([this.api.readNamespacedPod({ namespace, name }, { httpApi: this.transport(ctl.signal) }), deadline]);
+      return {
+        namespace: pod.metadata?.namespace ?? namespace,
+        name: pod.metadata?.name ?? name,
+        uid: pod.metadata?.uid ?? "",
+        labels: pod.metadata?.labels ?? {},
+        annotations: pod.metadata?.annotations ?? {},
+        nodeName: pod.spec?.nodeName,
+      };
+    } catch (err) {
+      throw this.failure(id, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private failure(id: string, err: unknown): CniError {
+    if (err instanceof ApiException) {
+      const code = (err as ApiException<unknown>).code;
+      const detail = statusMessage((err as ApiException<unknown>).body);
+      if (code === 404) return new CniError(Code.TryAgainLater, `pod ${id} not found (404 from ${this.server})`, detail ?? "", { cause: err });
+      const text = STATUS_TEXT[code] ? ` ${STATUS_TEXT[code]}` : "";
+      return new CniError(Code.TryAgainLater, `cannot read pod ${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`, "", { cause: err });
+    }
+    if (err instanceof DeadlineError) return new CniError(Code.TryAgainLater, `cannot read pod ${id} from ${this.server}: ${err.message}`, "", { cause: err });
+    return new CniError(Code.TryAgainLater, `cannot read pod ${id} from ${this.server}: ${describeFetchError(err)}`, "", { cause: err });
+  }
+
+  /** Closes idle connections. */
+  close(): void {
+    this.session.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+type RawKubeconfig = { users?: Array<{ name?: unknown; user?: Record<string, unknown> }> };
+
+/**
+ * Loads a kubeconfig as KubeConfig.loadFromFile does, with one difference: a user's
+ * `token-file` is resolved relative to the kubeconfig (as client-go does; the client would
+ * read it relative to the working directory), and, since the client reads that file only
+ * once, the current user's token file is returned for the reader to re-read as it rotates.
+ */
+function loadKubeconfig(kc: KubeConfig, path: string): TokenFile | undefined {
+  const raw = loadYaml<RawKubeconfig | null>(readFileSync(path, "utf8")) ?? {};
+  const files = new Map<string, string>();
+  for (const u of Array.isArray(raw.users) ? raw.users : []) {
+    const file = u.user?.["token-file"];
+    if (typeof file !== "string" || file === "" || !u.user) continue;
+    const abs = isAbsolute(file) ? file : join(dirname(path), file);
+    u.user["token-file"] = abs;
+    // An explicit `token` wins over `token-file`, as in client-go.
+    if (u.user.token === undefined && typeof u.name === "string") files.set(u.name, abs);
+  }
+  kc.loadFromString(JSON.stringify(raw));
+  kc.makePathsAbsolute(dirname(path));
+  const user = kc.getCurrentUser();
+  const file = user ? files.get(user.name) : undefined;
+  return file === undefined ? undefined : new TokenFile(file);
+}
