@@ -7,7 +7,7 @@ import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
 
 export interface AgentHooks {
   /** Eligibility and links of the pod named in the call. */
-  classify(params: CallParams, signal: AbortSignal): Promise<{ eligible: boolean; links: number }>;
+  classify(params: CallParams, deadline: number): Promise<{ eligible: boolean; links: number }>;
   /** Called on drain: the process exits once in-flight work is done. */
   drain(): void;
 }
@@ -22,7 +22,7 @@ export class ChildAgentHandlers {
     return { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid };
   }
 
-  async handle(req: Request, signal: AbortSignal): Promise<unknown> {
+  async handle(req: Request, _signal: AbortSignal): Promise<unknown> {
     switch (req.method) {
       case "hello":
         return this.hello();
@@ -31,7 +31,7 @@ export class ChildAgentHandlers {
         this.hooks.drain();
         return { draining: true };
       case "classify":
-        return this.hooks.classify(req.params as CallParams, signal);
+        return this.hooks.classify(req.params as CallParams, req.deadline);
       case "attach":
       case "detach":
       case "check":

@@ -91,8 +91,15 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     await server.idle();
     finish(0);
   };
+  const { PodDirectory } = await import("./pods.ts");
+  const pods = new PodDirectory();
   const handlers = new ChildAgentHandlers(log, {
-    classify: async (_p: CallParams) => ({ eligible: false, links: 0 }),
+    classify: async (p: CallParams, deadline: number) => {
+      if (!p.env.pod) return { eligible: false, links: 0 };
+      const c = await pods.classify(p.env.pod, p.conf, deadline);
+      log.debug("classified", { pod: `${c.pod.namespace}/${c.pod.name}`, eligible: c.eligible, links: c.links.length });
+      return { eligible: c.eligible, links: c.links.length };
+    },
     drain: () => void shutdown("drain"),
   });
   server = new Server({ socket: conf.child_socket, log, handle: (req, signal) => handlers.handle(req, signal), keyOf: requestKey });
@@ -110,6 +117,7 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   }
   const code = await done;
   clearInterval(timer);
+  pods.close();
   lock.release();
   log.close();
   return code;

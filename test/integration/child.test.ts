@@ -7,13 +7,23 @@ import { cni } from "../support/cni.ts";
 import { alive, childPids, killChildren, rpc, waitFor } from "../support/child.ts";
 import { hiddenCheckout, installedBin, run, tempDir } from "../support/env.ts";
 import { makeNetns } from "../support/netns.ts";
+import { startApiServer } from "../support/apiserver.ts";
 
 const dirs: Array<{ path: string; [Symbol.dispose](): void }> = [];
+// The pods these tests add: plain (non-ratchet) pods the agent looks up through the API.
+const api = startApiServer();
+for (const name of ["plain-pod", "plain-pod-2", "after-wedge", "after-upgrade", "old-parent", ...Array.from({ length: 20 }, (_, i) => `burst-${i}`)]) {
+  api.putPod({ kind: "Pod", metadata: { name, namespace: "default", labels: { app: "plain" } }, spec: {} });
+}
+const kubeDir = tempDir("ratchet-child-kube-");
+const kubeconfig = api.writeKubeconfig(kubeDir.path, { auth: "token" });
 afterAll(async () => {
   for (const d of dirs) {
     await killChildren(join(d.path, "ratchet.log"));
     d[Symbol.dispose]();
   }
+  await api.stop();
+  kubeDir[Symbol.dispose]();
 });
 
 /** A fresh node: its own socket, log and idle time; loopback as delegate. */
@@ -30,6 +40,7 @@ function node(extra: Record<string, unknown> = {}) {
     log_file: log,
     child_socket: socket,
     child_idle_seconds: 60,
+    kubeconfig,
     delegate: { type: "loopback" },
     ...extra,
   };

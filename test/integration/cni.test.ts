@@ -7,10 +7,15 @@ import { assertValidResult, cni, CNI_PATH, VERSIONS, type CniResultJson } from "
 import { run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, linkInfo, makeNetns } from "../support/netns.ts";
 import { killChildren } from "../support/child.ts";
+import { startApiServer } from "../support/apiserver.ts";
 
 const scratch = tempDir("ratchet-cni-");
+const api = startApiServer();
+api.putPod({ kind: "Pod", metadata: { name: "plain-pod", namespace: "default", labels: { app: "plain" } }, spec: {} });
+const kubeconfig = api.writeKubeconfig(scratch.path, { auth: "token" });
 afterAll(async () => {
   await killChildren(join(scratch.path, "ratchet.log"));
+  await api.stop();
   scratch[Symbol.dispose]();
 });
 let subnetCounter = 10;
@@ -44,6 +49,7 @@ function ratchetConf(version: string, extra: Record<string, unknown>): Record<st
     etcd_host: "127.0.0.1",
     log_file: join(scratch.path, "ratchet.log"),
     child_socket: join(scratch.path, "run", "child.sock"),
+    kubeconfig,
     ...extra,
   };
 }
