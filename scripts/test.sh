@@ -28,9 +28,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || {
     echo "scripts/test.sh: could not install ${need[*]}" >&2; echo "0 passed, 1 failed"; exit 1; }
 fi
-if [ ! -x node_modules/.bin/bun ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# npm ci only when the lockfile differs from the one node_modules was installed from.
+lock_sum="$(sha256sum package-lock.json | cut -d' ' -f1)"
+if [ ! -x node_modules/.bin/bun ] || [ "$(cat node_modules/.ratchet-lock.sha256 2>/dev/null)" != "$lock_sum" ]; then
   say "npm ci"
   npm ci --no-audit --no-fund >&2 || { echo "0 passed, 1 failed"; exit 1; }
+  echo "$lock_sum" > node_modules/.ratchet-lock.sha256
 fi
 BUN="$repo/node_modules/.bin/bun"
 

@@ -318,17 +318,19 @@ export function parseMessages(data: Uint8Array): NlMsg[] {
 
 /** Parsed attributes of one level; nests are parsed on demand with `nested()`. */
 export class Attrs {
-  private constructor(readonly list: ReadonlyArray<{ type: number; data: Uint8Array }>) {}
+  /** `type` without the NLA_F_NESTED / NLA_F_NET_BYTEORDER bits, `rawType` as sent. */
+  private constructor(readonly list: ReadonlyArray<{ type: number; rawType: number; data: Uint8Array }>) {}
 
   /** Parses a run of attributes; throws on a length that does not fit. */
   static parse(data: Uint8Array): Attrs {
     const v = viewOf(data);
-    const list: Array<{ type: number; data: Uint8Array }> = [];
+    const list: Array<{ type: number; rawType: number; data: Uint8Array }> = [];
     let o = 0;
     while (o + RTA_HDRLEN <= data.byteLength) {
       const len = v.getUint16(o, LITTLE_ENDIAN);
       if (len < RTA_HDRLEN || len > data.byteLength - o) throw new RangeError(`bad rta_len ${len} at offset ${o} of ${data.byteLength}`);
-      list.push({ type: v.getUint16(o + 2, LITTLE_ENDIAN) & NLA_TYPE_MASK, data: data.subarray(o + RTA_HDRLEN, o + len) });
+      const rawType = v.getUint16(o + 2, LITTLE_ENDIAN);
+      list.push({ type: rawType & NLA_TYPE_MASK, rawType, data: data.subarray(o + RTA_HDRLEN, o + len) });
       o += align(len);
     }
     if (o < data.byteLength) throw new RangeError(`${data.byteLength - o} stray bytes after attributes`);
