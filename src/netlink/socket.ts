@@ -26,7 +26,7 @@ import {
 /** How long a request waits for the kernel before failing with ETIMEDOUT. */
 export const DEFAULT_TIMEOUT_MS = 10_000;
 /** How many times a dump the kernel marked inconsistent (NLM_F_DUMP_INTR) is redone. */
-export const DUMP_RETRIES = 5;
+export const DUMP_RETRIES = 10;
 
 // Dumps arrive in datagrams of at most 32 KiB (the kernel's cap); 64 KiB leaves room for an
 // error that echoes a large request. One buffer serves every socket: all I/O is synchronous
@@ -40,6 +40,8 @@ new DataView(KERNEL.buffer).setUint16(0, libc.AF_NETLINK, true);
 let nextSeq = (Date.now() & 0x7fffffff) >>> 0;
 
 export class NetlinkSocket implements Disposable {
+  /** How many dumps, process-wide, were redone because the kernel marked them interrupted. */
+  static redoneDumps = 0;
   private closed = false;
   private constructor(
     readonly fd: number,
@@ -93,6 +95,7 @@ export class NetlinkSocket implements Disposable {
     for (let attempt = 0; ; attempt++) {
       const { msgs, interrupted } = this.exchange(new Message(type, NLM_F_REQUEST | NLM_F_DUMP, header, attrs), true);
       if (!interrupted) return msgs;
+      NetlinkSocket.redoneDumps++;
       if (attempt >= DUMP_RETRIES) throw new ErrnoError(Errno.EINTR, MESSAGE_NAMES[type] ?? `type ${type}`, "", `dump interrupted ${attempt + 1} times`);
     }
   }

@@ -20,6 +20,8 @@ import {
   setMtu,
   withNetns,
 } from "../../src/netlink/index.ts";
+import { toCniError } from "../../src/cni/errors.ts";
+import { NetlinkSocket } from "../../src/netlink/socket.ts";
 import { run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, ipIn, linkInfo, makeNetns, type TestNetns } from "../support/netns.ts";
 
@@ -162,6 +164,8 @@ describe("veth", () => {
     expect((e1 as NetlinkError).cniCode).toBe(101);
     expect((e1 as Error).message).toStartWith(`failed to add veth "in1" in netns "${a.path}"`);
     expect((e1 as Error).message).toContain("File exists (EEXIST)");
+    // The entry point's one mapping turns it into CNI error 101 with the same text.
+    expect(toCniError(e1).toJSON("1.1.0")).toMatchObject({ code: 101, msg: (e1 as Error).message });
     const e2 = thrown(() => addVethPair({ a: { name: "in2", ns: a.path }, b: { name: "out1", ns: b.path } }));
     expect((e2 as Error).message).toStartWith(`failed to add veth "out1" in netns "${b.path}"`);
     expect((e2 as Error).message).toContain("(EEXIST)");
@@ -400,4 +404,39 @@ describe("namespaces and resources", () => {
     expect(after.filter((fd) => fd.includes(" net:"))).toEqual(before.filter((fd) => fd.includes(" net:")));
     expect(listLinks(a.path).map((l) => l.name)).toEqual(["lo"]);
   });
+});
+
+describe("dumps", () => {
+  test("a dump the kernel marks interrupted (NLM_F_DUMP_INTR) is redone, never returned torn", async () => {
+    await using ns = await makeNetns("d");
+    using dir = tempDir();
+    // Enough links that a dump spans several datagrams, so changes can land between them.
+    const batch = Array.from({ length: 300 }, (_, i) => `link add s${i} type veth peer name t${i}`).join("\n");
+    await Bun.write(`${dir.path}/mk.batch`, `${batch}\n`);
+    await ipIn(ns.name, ["-batch", `${dir.path}/mk.batch`]);
+    const stable = new Set(["lo", ...Array.from({ length: 300 }, (_, i) => [`s${i}`, `t${i}`]).flat()]);
+    // Churn: a link pair appears and disappears over and over while we dump.
+    const churn = Bun.spawn({
+      cmd: ["bash", "-c", `while :; do ip -n ${ns.name} link add c0 type veth peer name c1; ip -n ${ns.name} link del c0; done`],
+      stdout: "ignore",
+      stderr: "ignore",
+    });
+    await using _stop = {
+      async [Symbol.asyncDispose]() {
+        churn.kill();
+        await churn.exited;
+      },
+    };
+    const before = NetlinkSocket.redoneDumps;
+    const deadline = Date.now() + 20_000;
+    let dumps = 0;
+    while ((NetlinkSocket.redoneDumps === before || dumps < 50) && Date.now() < deadline) {
+      const names = listLinks(ns.path).map((l) => l.name);
+      dumps++;
+      expect(new Set(names).size).toBe(names.length); // no link twice
+      for (const name of stable) if (!names.includes(name)) throw new Error(`dump ${dumps} lacks ${name}`);
+      for (const name of names) if (!stable.has(name)) expect(["c0", "c1"]).toContain(name);
+    }
+    expect(NetlinkSocket.redoneDumps).toBeGreaterThan(before);
+  }, 60_000);
 });
