@@ -101,10 +101,11 @@ export class NetlinkSocket implements Disposable {
   }
 
   /**
-   * Sends one request and collects the answers that carry its sequence number and come from
-   * the kernel. Ends at the ack (or error) for a request, at NLMSG_DONE for a dump.
+   * Sends one message as is and collects the answers that carry its sequence number and come
+   * from the kernel. Ends at the ack (or error) for a request, at NLMSG_DONE for a dump; fails
+   * with ETIMEDOUT when the kernel stays silent past the socket's receive timeout.
    */
-  private exchange(msg: Message, isDump: boolean): { msgs: NlMsg[]; interrupted: boolean } {
+  exchange(msg: Message, isDump: boolean): { msgs: NlMsg[]; interrupted: boolean } {
     if (this.closed) throw new Error("netlink socket is closed");
     const op = MESSAGE_NAMES[msg.type] ?? `type ${msg.type}`;
     msg.seq = nextSeq = (nextSeq + 1) >>> 0;

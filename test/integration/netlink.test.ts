@@ -21,6 +21,8 @@ import {
   withNetns,
 } from "../../src/netlink/index.ts";
 import { toCniError } from "../../src/cni/errors.ts";
+import { ErrnoError } from "../../src/netlink/errors.ts";
+import { AF_UNSPEC, IfInfoMsg, Message, RTM_GETLINK, RTM_NEWLINK } from "../../src/netlink/nl.ts";
 import { NetlinkSocket } from "../../src/netlink/socket.ts";
 import { run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, ipIn, linkInfo, makeNetns, type TestNetns } from "../support/netns.ts";
@@ -221,22 +223,24 @@ describe("link changes", () => {
 describe("vxlan", () => {
   // Two "hosts" joined by a veth underlay, each with a pod netns holding its vxlan end.
   async function twoHosts(family: 4 | 6) {
-    const h1 = await makeNetns("h");
-    const h2 = await makeNetns("h");
-    const p1 = await makeNetns("p");
-    const p2 = await makeNetns("p");
-    await ipIn(undefined, ["link", "add", "u1", "netns", h1.name, "type", "veth", "peer", "name", "u2", "netns", h2.name]);
-    const [v1, v2, len] = family === 4 ? ["192.168.77.1", "192.168.77.2", 24] : ["fd77::1", "fd77::2", 64];
-    addAddress("u1", `${v1}/${len}`, h1.path);
-    addAddress("u2", `${v2}/${len}`, h2.path);
-    await ipIn(h1.name, ["link", "set", "u1", "up"]);
-    await ipIn(h2.name, ["link", "set", "u2", "up"]);
-    return {
-      h1, h2, p1, p2, v1, v2,
-      async [Symbol.asyncDispose]() {
-        for (const ns of [p1, p2, h1, h2]) await ns[Symbol.asyncDispose]();
-      },
+    const made: TestNetns[] = [];
+    const cleanup = async () => {
+      for (const ns of made.reverse()) await ns[Symbol.asyncDispose]();
     };
+    try {
+      for (const tag of ["h", "h", "p", "p"]) made.push(await makeNetns(tag));
+      const [h1, h2, p1, p2] = made as [TestNetns, TestNetns, TestNetns, TestNetns];
+      await ipIn(undefined, ["link", "add", "u1", "netns", h1.name, "type", "veth", "peer", "name", "u2", "netns", h2.name]);
+      const [v1, v2, len] = family === 4 ? ["192.168.77.1", "192.168.77.2", 24] : ["fd77::1", "fd77::2", 64];
+      addAddress("u1", `${v1}/${len}`, h1.path);
+      addAddress("u2", `${v2}/${len}`, h2.path);
+      await ipIn(h1.name, ["link", "set", "u1", "up"]);
+      await ipIn(h2.name, ["link", "set", "u2", "up"]);
+      return { h1, h2, p1, p2, v1, v2, [Symbol.asyncDispose]: cleanup };
+    } catch (err) {
+      await cleanup();
+      throw err;
+    }
   }
 
   test("IPv4 remote: placed in the pod netns under its final name, up, with VNI, remote, port, MTU; ping across", async () => {
@@ -439,4 +443,22 @@ describe("dumps", () => {
     }
     expect(NetlinkSocket.redoneDumps).toBeGreaterThan(before);
   }, 60_000);
+});
+
+describe("request loop", () => {
+  test("a message the kernel does not answer times out instead of hanging", () => {
+    using sock = NetlinkSocket.open(300);
+    // Without NLM_F_REQUEST and NLM_F_ACK the kernel drops the message silently.
+    const silent = new Message(RTM_GETLINK, 0, new IfInfoMsg(), []);
+    const t0 = Date.now();
+    const err = thrown(() => sock.exchange(silent, false));
+    const took = Date.now() - t0;
+    expect(err).toBeInstanceOf(ErrnoError);
+    expect((err as ErrnoError).code).toBe("ETIMEDOUT");
+    expect((err as Error).message).toContain("RTM_GETLINK");
+    expect(took).toBeGreaterThanOrEqual(250);
+    expect(took).toBeLessThan(5000);
+    // The socket still works afterwards.
+    expect(sock.get(RTM_GETLINK, new IfInfoMsg(AF_UNSPEC, 1), []).type).toBe(RTM_NEWLINK);
+  });
 });
