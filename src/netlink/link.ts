@@ -301,12 +301,14 @@ const VXLAN_OVERHEAD = { 4: 50, 6: 70 } as const;
  * then `ip -n POD link set NAME up`.
  */
 export function addVxlan(spec: VxlanSpec): void {
-  const what = `add vxlan ${JSON.stringify(spec.name)} ${inNetns(spec.ns)} (vni ${spec.vni}, remote ${spec.remote}, underlay ${JSON.stringify(spec.underlay)} ${inNetns(spec.hostNs)})`;
+  const underlayName = `underlay ${JSON.stringify(spec.underlay)} ${inNetns(spec.hostNs)}`;
+  const what = `add vxlan ${JSON.stringify(spec.name)} ${inNetns(spec.ns)} (vni ${spec.vni}, remote ${spec.remote}, ${underlayName})`;
+  const invalid = (problem: string) => new NetlinkError(`failed to ${what}: ${problem}`, { errno: Errno.EINVAL });
   checkName(spec.name, "vxlan name");
   checkName(spec.underlay, "underlay name");
-  if (!Number.isInteger(spec.vni) || spec.vni < 0 || spec.vni > 0xffffff) throw new NetlinkError(`failed to ${what}: VNI must be an integer 0..16777215`, { errno: Errno.EINVAL });
+  if (!Number.isInteger(spec.vni) || spec.vni < 0 || spec.vni > 0xffffff) throw invalid("VNI must be an integer 0..16777215");
   const port = spec.port ?? VXLAN_PORT;
-  if (!Number.isInteger(port) || port < 1 || port > 0xffff) throw new NetlinkError(`failed to ${what}: port must be 1..65535`, { errno: Errno.EINVAL });
+  if (!Number.isInteger(port) || port < 1 || port > 0xffff) throw invalid("port must be 1..65535");
   if (spec.mtu !== undefined) checkMtu(spec.mtu);
   let remote: ReturnType<typeof parseIp>;
   let local: ReturnType<typeof parseIp> | undefined;
@@ -316,7 +318,7 @@ export function addVxlan(spec: VxlanSpec): void {
   } catch (err) {
     fail(what, err);
   }
-  if (local && local.family !== remote.family) throw new NetlinkError(`failed to ${what}: local ${spec.local} and remote are of different families`, { errno: Errno.EINVAL });
+  if (local && local.family !== remote.family) throw invalid(`local ${spec.local} and remote are of different families`);
   using nsFd = spec.ns === undefined ? undefined : openNetns(spec.ns);
   withSocket(spec.hostNs, what, (sock) => {
     let underlay: Link;
@@ -324,7 +326,8 @@ export function addVxlan(spec: VxlanSpec): void {
       underlay = queryLink(sock, spec.underlay);
     } catch (err) {
       if (err instanceof ErrnoError && err.errno === Errno.ENODEV) {
-        throw new LinkNotFoundError(`failed to ${what}: underlay ${JSON.stringify(spec.underlay)} not found ${inNetns(spec.hostNs)}: ${errnoText(err.errno)}`, { cause: err, errno: err.errno });
+        const message = `failed to ${what}: ${underlayName.replace(" in ", " not found in ")}: ${errnoText(err.errno)}`;
+        throw new LinkNotFoundError(message, { cause: err, errno: err.errno });
       }
       throw err;
     }

@@ -388,6 +388,26 @@ describe("namespaces and resources", () => {
     expect((await run(["ip", "netns", "exec", a.name, "sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim()).toBe("1");
   });
 
+  test("a /proc/<pid>/ns/net path works like a /var/run/netns one", async () => {
+    await using a = await makeNetns("a");
+    await using b = await makeNetns("b");
+    const proc = Bun.spawn({ cmd: ["ip", "netns", "exec", a.name, "sleep", "30"], stdout: "ignore", stderr: "ignore" });
+    await using _kill = {
+      async [Symbol.asyncDispose]() {
+        proc.kill();
+        await proc.exited;
+      },
+    };
+    const want = `net:[${statSync(a.path).ino}]`;
+    const nsPath = `/proc/${proc.pid}/ns/net`;
+    // Wait for the exec to enter the netns (a condition, not a delay).
+    for (let i = 0; i < 500 && readlinkSync(nsPath) !== want; i++) await Bun.sleep(10);
+    expect(readlinkSync(nsPath)).toBe(want);
+    addVethPair({ a: { name: "eth5", ns: nsPath }, b: { name: "eth6", ns: b.path } });
+    expect((await ipLink(a, "eth5")).linkinfo?.info_kind).toBe("veth");
+    expect(getLink("eth5", nsPath).name).toBe("eth5");
+  });
+
   test("verbs leak no file descriptors, whether they succeed or fail", async () => {
     await using a = await makeNetns("a");
     await using b = await makeNetns("b");
