@@ -2,6 +2,7 @@
 // (removed on dispose, which removes their links too) and looks at the outcome with iproute2.
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import {
   addAddress,
   addVethPair,
@@ -24,7 +25,7 @@ import { toCniError } from "../../src/cni/errors.ts";
 import { ErrnoError } from "../../src/netlink/errors.ts";
 import { AF_UNSPEC, IfInfoMsg, Message, RTM_GETLINK, RTM_NEWLINK } from "../../src/netlink/nl.ts";
 import { NetlinkSocket } from "../../src/netlink/socket.ts";
-import { run, tempDir, uniqueName } from "../support/env.ts";
+import { BUN, run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, ipIn, linkInfo, makeNetns, type TestNetns } from "../support/netns.ts";
 
 interface IpLink {
@@ -386,6 +387,15 @@ describe("namespaces and resources", () => {
     // Work done inside lands in that netns: /proc/sys/net belongs to the netns of its opener.
     withNetns(a.path, () => writeFileSync("/proc/sys/net/ipv4/ip_forward", "1"));
     expect((await run(["ip", "netns", "exec", a.name, "sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim()).toBe("1");
+  });
+
+  test("if switching back fails, the process exits instead of running on in the wrong netns", async () => {
+    await using a = await makeNetns("a");
+    const r = await run([BUN, join(import.meta.dir, "netns-exit-fixture.ts"), a.path]);
+    expect(r.stderr).toContain(`cannot return from netns "${a.path}"`);
+    expect(r.stderr).toContain("(EBADF)");
+    expect(r.stdout).toBe("");
+    expect(r.code).toBe(70);
   });
 
   test("a /proc/<pid>/ns/net path works like a /var/run/netns one", async () => {
