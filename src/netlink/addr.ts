@@ -106,3 +106,11 @@ export function listAddresses(ifname: string, ns?: string): Address[] {
   }, true);
 }
 
+
+/**
+ * The first IPv4 address of a link (what an empty `parent_address` stands for), or undefined
+ * when it has none. `ip -4 addr show dev NAME | head`
+ */
+export function firstIpv4Address(ifname: string, ns?: string): string | undefined {
+  return listAddresses(ifname, ns).find((a) => a.family === 4)?.address;
+}

@@ -23,5 +23,5 @@ export {
   type VxlanLink,
   type VxlanSpec,
 } from "./link.ts";
-export { addAddress, listAddresses, type Address } from "./addr.ts";
+export { addAddress, firstIpv4Address, listAddresses, type Address } from "./addr.ts";
 export { withNetns } from "./netns.ts";

@@ -8,6 +8,7 @@ import {
   addVethPair,
   addVxlan,
   deleteLink,
+  firstIpv4Address,
   getLink,
   LinkNotFoundError,
   listAddresses,
@@ -120,7 +121,7 @@ describe("veth", () => {
     await using a = await makeNetns("a");
     await using b = await makeNetns("b");
     addVethPair({ a: { name: "eth1", ns: a.path }, b: { name: "eth1", ns: b.path } });
-    await ipIn(b.name, ["link", "set", "lo", "up"]);
+    expect(firstIpv4Address("eth1", a.path)).toBeUndefined();
     await run(["ip", "netns", "exec", b.name, "sysctl", "-qw", "net.ipv6.conf.eth1.disable_ipv6=1"]);
     addAddress("eth1", "10.201.0.1/24", a.path);
     addAddress("eth1", "fd42::1/64", a.path);
@@ -139,6 +140,8 @@ describe("veth", () => {
       { family: 4, address: "10.201.0.2", prefixLength: 24, scope: "global" },
       { family: 6, address: "fd42::2", prefixLength: 64, scope: "global" },
     ]);
+    expect(firstIpv4Address("eth1", b.path)).toBe("10.201.0.2");
+    expect(firstIpv4Address("lo", b.path)).toBe("127.0.0.1");
     expect((await ping(a, "10.201.0.2")).code).toBe(0);
     expect((await ping(b, "fd42::1")).code).toBe(0);
   });
