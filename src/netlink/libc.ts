@@ -16,6 +16,7 @@ const lib = dlopen("libc.so.6", {
   close: { args: ["i32"], returns: "i32" },
   setns: { args: ["i32", "i32"], returns: "i32" },
   ioctl: { args: ["i32", "u64", "u64"], returns: "i32" },
+  flock: { args: ["i32", "i32"], returns: "i32" },
   __errno_location: { args: [], returns: "ptr" },
   strerror: { args: ["i32"], returns: "cstring" },
   _exit: { args: ["i32"], returns: "void" },
@@ -112,6 +113,17 @@ export function trySetns(fd: number, nstype: number): number {
 
 export function ioctl(fd: number, request: number, arg: number, what: string): number {
   return check(c.ioctl(fd, request, arg), "ioctl", what);
+}
+
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+
+/** Takes an exclusive lock without waiting; false when another holder has it (EWOULDBLOCK). */
+export function tryFlockExclusive(fd: number, what: string): boolean {
+  if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) return true;
+  const errno = lastErrno();
+  if (errno === Errno.EAGAIN) return false;
+  throw new ErrnoError(errno, "flock", "", what);
 }
 
 /** Ends the process at once: no exit handlers (they might run in the wrong namespace). */

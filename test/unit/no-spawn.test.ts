@@ -1,12 +1,14 @@
-// The product never runs `ip`, a shell or any other program, except CNI delegate plugins,
-// which only src/cni/delegate.ts may exec.
+// The product never runs `ip`, a shell or any other program, except CNI delegate plugins
+// (only src/cni/delegate.ts) and its own node agent (only src/parent/agent-client.ts).
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { REPO } from "../support/env.ts";
 
 const SRC = join(REPO, "src");
-const ALLOWED = new Set(["src/cni/delegate.ts"]);
+// delegate.ts execs CNI plugins found in CNI_PATH; agent-client.ts starts child_path, ratchet's
+// own binary in child mode. Nothing else may start a process.
+const ALLOWED = new Set(["src/cni/delegate.ts", "src/parent/agent-client.ts"]);
 // Ways to start a process from Bun or Node code.
 const SPAWNING = [
   /\bchild_process\b/,
@@ -51,7 +53,7 @@ describe("no process spawning in src/", () => {
     expect(spawnSites("const m = /x/.exec(s); const executor = 1;")).toEqual([]);
   });
 
-  test("only src/cni/delegate.ts may spawn", () => {
+  test("only the delegate executor and the agent starter may spawn", () => {
     const files = sourceFiles(SRC);
     expect(files.length).toBeGreaterThan(5);
     const offenders = files

@@ -1,8 +1,8 @@
 // Benchmark (not a test): per veth pair, create + address both ends + get + delete, through
 // src/netlink and through the equivalent iproute2 commands, between two fresh namespaces.
-// Run as root: node_modules/.bin/bun scripts/bench-netlink.ts [pairs]
+// Run as root: node_modules/.bin/bun scripts/bench/netlink.ts [pairs]
 import { readdirSync } from "node:fs";
-import { addAddress, addVethPair, deleteLink, getLink } from "../src/netlink/index.ts";
+import { addAddress, addVethPair, deleteLink, getLink } from "../../src/netlink/index.ts";
 
 const PAIRS = Number(process.argv[2] ?? 200);
 const tag = `rtb${process.pid.toString(36).slice(-4)}`;
