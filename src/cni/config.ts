@@ -66,6 +66,11 @@ export const NetConf = v.pipe(
       v.union([v.literal(""), v.pipe(v.string(), v.ip("must be an IPv4 or IPv6 address, or empty"))], "must be an IP address or empty"),
       "",
     ),
+    /**
+     * The node's host network namespace, where parent_interface lives and VXLAN devices are
+     * made, when the agent does not run in it (several simulated nodes on one machine).
+     */
+    host_netns: v.optional(absolutePath("host_netns")),
     delegate: v.optional(PluginConf),
     boot_network: v.optional(PluginConf),
 
