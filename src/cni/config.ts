@@ -75,6 +75,14 @@ export const NetConf = v.pipe(
     boot_network: v.optional(PluginConf),
 
     // Additions.
+    /** Where ratchet's keys live in etcd; several clusters (or test runs) can share one etcd. */
+    etcd_prefix: v.optional(
+      v.pipe(
+        v.string(),
+        v.regex(/^\/[A-Za-z0-9_.\-]+(\/[A-Za-z0-9_.\-]+)*$/, "etcd_prefix must be an absolute key path such as /ratchet (letters, digits, '_', '.', '-')"),
+      ),
+      "/ratchet",
+    ),
     etcd_endpoints: v.optional(v.pipe(v.array(etcdUrl), v.minLength(1, "etcd_endpoints must list at least one URL"))),
     etcd_ca_file: v.optional(absolutePath("etcd_ca_file")),
     etcd_cert_file: v.optional(absolutePath("etcd_cert_file")),
