@@ -20,6 +20,7 @@ import {
   loadYaml,
   ResponseContext,
   ServerConfiguration,
+  VersionApi,
   wrapHttpLibrary,
   type HttpLibrary,
   type RequestContext,
@@ -142,6 +143,7 @@ export class PodReader implements Disposable {
   readonly server: string;
   private readonly kc: KubeConfig;
   private readonly api: CoreV1Api;
+  private readonly versionApi: VersionApi;
   private readonly tokenFile: TokenFile | undefined;
   private readonly proxy: string | undefined;
   /** One keep-alive pool per reader, so connections are reused and closed with it. */
@@ -182,14 +184,14 @@ export class PodReader implements Disposable {
     this.kc = kc;
     this.server = cluster.server.replace(/\/+$/, "");
     this.proxy = cluster.proxyUrl || undefined;
-    this.api = new CoreV1Api(
-      createConfiguration({
-        baseServer: new ServerConfiguration(this.server, {}),
-        // Authentication happens in send(), together with the TLS material.
-        authMethods: {},
-        httpApi: this.transport(undefined),
-      }),
-    );
+    const configuration = createConfiguration({
+      baseServer: new ServerConfiguration(this.server, {}),
+      // Authentication happens in send(), together with the TLS material.
+      authMethods: {},
+      httpApi: this.transport(undefined),
+    });
+    this.api = new CoreV1Api(configuration);
+    this.versionApi = new VersionApi(configuration);
   }
 
   /** The HttpLibrary the client sends through; `signal` ends the request at the caller's deadline. */
@@ -273,6 +275,20 @@ export class PodReader implements Disposable {
       };
     } catch (err) {
       throw this.failure(id, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Asks the API server for its version: is it there and do we get in? Code 11 otherwise. */
+  async ping(deadlineMs: number): Promise<string> {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(new DeadlineError(`no answer within ${deadlineMs} ms`)), deadlineMs);
+    try {
+      const v = await this.versionApi.getCode({ httpApi: this.transport(ctl.signal) });
+      return v.gitVersion;
+    } catch (err) {
+      throw this.failure("(version)", err);
     } finally {
       clearTimeout(timer);
     }

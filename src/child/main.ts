@@ -3,9 +3,8 @@ import { dirname } from "node:path";
 import { etcdEndpoints, parseNetConf, type NetConf } from "../cni/config.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import { Logger } from "../log.ts";
-import type { CallParams } from "../rpc/protocol.ts";
 import { BUILD_ID } from "../version.ts";
-import { ChildAgentHandlers, requestKey } from "./agent.ts";
+import type { NodeAgent } from "./agent.ts";
 import { SocketLock } from "./lock.ts";
 import { Server } from "./server.ts";
 
@@ -91,20 +90,13 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     await server.idle();
     finish(0);
   };
-  const { PodDirectory } = await import("./pods.ts");
-  const pods = new PodDirectory();
-  const handlers = new ChildAgentHandlers(log, {
-    classify: async (p: CallParams, deadline: number) => {
-      if (!p.env.pod) return { eligible: false, links: 0 };
-      const c = await pods.classify(p.env.pod, p.conf, deadline);
-      log.debug("classified", { pod: `${c.pod.namespace}/${c.pod.name}`, eligible: c.eligible, links: c.links.length });
-      return { eligible: c.eligible, links: c.links.length };
-    },
-    drain: () => void shutdown("drain"),
-  });
-  server = new Server({ socket: conf.child_socket, log, handle: (req, signal) => handlers.handle(req, signal), keyOf: requestKey });
+  const { NodeAgent, journalPath, requestKey } = await import("./agent.ts");
+  const agent: NodeAgent = new NodeAgent(log, () => void shutdown("drain"), journalPath(conf));
+  server = new Server({ socket: conf.child_socket, log, handle: (req) => agent.handle(req), keyOf: requestKey });
   server.listen();
   log.info("node agent serving", { socket: conf.child_socket, pid: process.pid, build: BUILD_ID, foreground: opts.foreground });
+  // Take up this node's links now (reconcile, watch), not at the first request.
+  if (conf.etcd_endpoints || conf.etcd_host) agent.warm(conf);
 
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
@@ -112,12 +104,13 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   if (!opts.foreground) {
     const idleMs = conf.child_idle_seconds * 1000;
     timer = setInterval(() => {
-      if (server && !server.busy && Date.now() - server.lastActivity >= idleMs) void shutdown(`idle for ${conf.child_idle_seconds} s`);
+      // Never idle out while this node has ratchet pods (a peer may come and need our end).
+      if (server && !server.busy && !agent.pendingWork && Date.now() - server.lastActivity >= idleMs) void shutdown(`idle for ${conf.child_idle_seconds} s`);
     }, Math.min(Math.max(idleMs / 4, 100), 10_000));
   }
   const code = await done;
   clearInterval(timer);
-  pods.close();
+  agent.close();
   lock.release();
   log.close();
   return code;

@@ -33,6 +33,11 @@ export class PodDirectory {
     return { pod, ...podLinks(pod, { defaultPrefix: conf.default_prefix }) };
   }
 
+  /** Is the API server there (for STATUS)? */
+  async ping(conf: NetConf, deadlineMs: number): Promise<void> {
+    await this.reader(conf).ping(deadlineMs);
+  }
+
   close(): void {
     for (const r of this.readers.values()) r.close();
     this.readers.clear();

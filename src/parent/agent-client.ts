@@ -202,6 +202,25 @@ export class ChildAgent implements Agent {
     }
   }
 
+  async check(env: CniEnv, conf: NetConf): Promise<void> {
+    if (!env.pod) return;
+    await this.call("check", this.params(env, conf), conf);
+  }
+
+  async status(env: CniEnv, conf: NetConf): Promise<void> {
+    try {
+      await this.call("status", this.params(env, conf), conf);
+    } catch (err) {
+      // The agent itself not answering is as much "not ready" as etcd being away.
+      if (err instanceof CniError && err.code === Code.TryAgainLater) throw new CniError(Code.PluginNotAvailable, err.message, err.details);
+      throw err;
+    }
+  }
+
+  async gc(env: CniEnv, conf: NetConf, valid: Array<{ containerID: string; ifname: string }>): Promise<void> {
+    await this.call("gc", { ...this.params(env, conf), valid }, conf);
+  }
+
   close(): void {
     this.conn?.close();
   }

@@ -23,4 +23,10 @@ export interface Agent {
   attach(env: CniEnv, conf: NetConf): Promise<AttachedInterface[]>;
   /** Removes the container's links and records; true when ratchet had attached it. */
   detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined>;
+  /** Throws when a link of this container is missing or wrong. */
+  check(env: CniEnv, conf: NetConf): Promise<void>;
+  /** Throws code 50 when etcd or the API server cannot be reached. */
+  status(env: CniEnv, conf: NetConf): Promise<void>;
+  /** Removes this node's records of attachments not in `valid`. */
+  gc(env: CniEnv, conf: NetConf, valid: Array<{ containerID: string; ifname: string }>): Promise<void>;
 }

@@ -28,8 +28,9 @@ function prevResult(conf: NetConf): Result | undefined {
 /** Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its capabilities, args. */
 function forward(ctx: Context, command: Command, extra: Record<string, unknown> = {}) {
   return (conf: Record<string, unknown>, version: string): Record<string, unknown> => {
-    const out = { ...conf, ...extra };
-    const prev = prevResult(ctx.conf);
+    const { prevResult: override, ...rest } = extra;
+    const out = { ...conf, ...rest };
+    const prev = (override as Result | undefined) ?? prevResult(ctx.conf);
     if (prev && (command === "DEL" || command === "CHECK")) out.prevResult = formatResult(prev, version);
     const caps = conf.capabilities;
     const rc = ctx.conf.runtimeConfig;
@@ -106,15 +107,39 @@ export async function cmdDel(ctx: Context): Promise<void> {
 }
 
 export async function cmdCheck(ctx: Context): Promise<void> {
-  const { eligible } = await ctx.agent.classify(ctx.env, ctx.conf);
-  if (!prevResult(ctx.conf)) {
+  const prev = prevResult(ctx.conf);
+  if (!prev) {
     throw new CniError(Code.InvalidConfig, "invalid network configuration: field prevResult: CHECK needs the result of the ADD (missing)");
   }
-  for (const sub of servingPlugins(ctx.conf, eligible)) await run(ctx, sub, "CHECK");
+  const { eligible } = await ctx.agent.classify(ctx.env, ctx.conf);
+  if (!eligible) {
+    for (const sub of servingPlugins(ctx.conf, false)) await run(ctx, sub, "CHECK");
+    return;
+  }
+  // The boot network checks its own interfaces only: ratchet's are not its business.
+  const linkNames = new Set(prev.interfaces.filter((i) => i.sandbox === ctx.env.netns && i.name !== ctx.env.ifname).map((i) => i.name));
+  const bootPrev = withoutInterfaces(prev, linkNames);
+  for (const sub of servingPlugins(ctx.conf, true)) await run(ctx, sub, "CHECK", { prevResult: bootPrev });
+  await ctx.agent.check(ctx.env, ctx.conf);
+}
+
+/** A result without the named interfaces (and their addresses), indices renumbered. */
+function withoutInterfaces(result: Result, names: Set<string>): Result {
+  const keep = result.interfaces.map((i) => !names.has(i.name));
+  const renumber = new Map<number, number>();
+  result.interfaces.forEach((_, n) => {
+    if (keep[n]) renumber.set(n, renumber.size);
+  });
+  return {
+    ...result,
+    interfaces: result.interfaces.filter((_, n) => keep[n]),
+    ips: result.ips.flatMap((ip) => (ip.interface === undefined ? [ip] : renumber.has(ip.interface) ? [{ ...ip, interface: renumber.get(ip.interface) as number }] : [])),
+  };
 }
 
 export async function cmdStatus(ctx: Context): Promise<void> {
   const { conf } = ctx;
+  await ctx.agent.status(ctx.env, conf);
   const plugins = chained(conf) ? [] : [conf.delegate as PluginConf, ...(conf.boot_network ? [conf.boot_network] : [])];
   for (const sub of plugins) await run(ctx, sub, "STATUS");
 }
@@ -123,5 +148,9 @@ export async function cmdGc(ctx: Context): Promise<void> {
   const { conf } = ctx;
   const valid = conf["cni.dev/valid-attachments"] ?? conf["cni.dev/attachments"];
   const extra = valid === undefined ? {} : { "cni.dev/valid-attachments": valid };
+  if (Array.isArray(valid)) {
+    const list = valid.filter((v): v is { containerID: string; ifname: string } => typeof v?.containerID === "string" && typeof v?.ifname === "string");
+    await ctx.agent.gc(ctx.env, conf, list);
+  }
   for (const sub of servingPlugins(conf, undefined)) await run(ctx, sub, "GC", extra);
 }

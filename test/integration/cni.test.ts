@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { assertValidResult, cni, CNI_PATH, VERSIONS, type CniResultJson } from "../support/cni.ts";
-import { run, tempDir, uniqueName } from "../support/env.ts";
+import { etcdEndpoint, run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, linkInfo, makeNetns } from "../support/netns.ts";
 import { killChildren } from "../support/child.ts";
 import { startApiServer } from "../support/apiserver.ts";
@@ -165,7 +165,14 @@ describe("other reference plugins as delegate", () => {
 
   test("STATUS and GC (1.1.0) pass through; plugins older than 1.1.0 are treated as ready", async () => {
     await using net = bridgeNet();
-    const conf = ratchetConf("1.1.0", { delegate: net.plugin, "cni.dev/valid-attachments": [{ containerID: "a", ifname: "eth0" }] });
+    // STATUS asks the node agent whether etcd and the API server answer: give it both.
+    const conf = ratchetConf("1.1.0", {
+      delegate: net.plugin,
+      etcd_endpoints: [etcdEndpoint()],
+      etcd_prefix: `/rt-test/${uniqueName("s")}`,
+      parent_address: "10.0.0.1",
+      "cni.dev/valid-attachments": [{ containerID: "a", ifname: "eth0" }],
+    });
     const status = await cni({ command: "STATUS", conf });
     expect({ code: status.code, stdout: status.stdout }).toEqual({ code: 0, stdout: "" });
     const gc = await cni({ command: "GC", conf });

@@ -29,6 +29,9 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
       throw new CniError(Code.TryAgainLater, "etcd unreachable (test)");
     },
     detach: async () => undefined,
+    check: async () => undefined,
+    status: async () => undefined,
+    gc: async () => undefined,
   };
   let out = "";
   try {

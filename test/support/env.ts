@@ -89,5 +89,7 @@ export function installedBin(): string {
  * an empty tmpfs hides the checkout, so nothing from the source tree or node_modules helps.
  */
 export function hiddenCheckout(cmd: string[]): string[] {
-  return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", 'mount -t tmpfs ratchet-hide "$0" && exec "$@"', REPO, ...cmd];
+  // "slave": network namespaces mounted later under /run/netns (a shared mount) still show
+  // up in here, as they do for a runtime's plugins; the tmpfs stays private to this namespace.
+  return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", 'mount -t tmpfs ratchet-hide "$0" && exec "$@"', REPO, ...cmd];
 }
