@@ -43,9 +43,13 @@ export interface TxnResult {
   revision: string;
 }
 
+/** Transactions sent by this process: one round trip each (the ADD benchmark reports them). */
+export const stats = { roundTrips: 0 };
+
 /** Runs one transaction; etcd errors become code 11 (etcd unreachable) or 102 (refused). */
 export async function txn(client: Etcd3, compare: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
   let res: TxnResponse;
+  stats.roundTrips++;
   try {
     res = await client.kv.txn({ compare, success, failure });
   } catch (err) {
