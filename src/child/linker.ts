@@ -128,16 +128,30 @@ export class Linker {
 
     // Round trip 1: register and read, in one transaction (reads first: they see the state
     // before our writes).
-    const reads: Op[] = [op.prefix(keys.declPrefix(id)), ...knownPeers.map((p) => op.get(keys.endpoint(p))), ...[...mine.keys()].map((k) => op.get(keys.link(k))), op.get(keys.vniNext)];
+    // Besides the declarations touching us, we read peers/<us>/: the endpoints of the pods
+    // that declare links to us, copied there when they registered. So a pod that only opts
+    // in learns its peers and whether they are registered in this same round trip.
+    const reads: Op[] = [
+      op.prefix(keys.declPrefix(id)),
+      op.prefix(keys.peersPrefix(id)),
+      ...knownPeers.map((p) => op.get(keys.endpoint(p))),
+      ...[...mine.keys()].map((k) => op.get(keys.link(k))),
+      op.get(keys.vniNext),
+    ];
     const writes: Op[] = [op.put(keys.endpoint(id), endpoint), op.put(keys.nodeEndpoint(node, id), env.containerId)];
     for (const [k, spec] of mine) {
       writes.push(op.put(keys.decl(id, k, id), spec), op.put(keys.decl(podId(spec.peer), k, id), spec));
     }
+    for (const p of knownPeers) writes.push(op.put(keys.peer(p, id), endpoint));
     const r1 = await txn(this.etcd, [], [...reads, ...writes]);
     const myRev = r1.revision;
     let i = 0;
     const declKvs = r1.ranges[i++] ?? [];
     const peers = new Map<string, { ep: Endpoint; rev: string }>();
+    for (const kv of r1.ranges[i++] ?? []) {
+      const ep = parse<Endpoint>(kv);
+      if (ep) peers.set(podId(ep), { ep, rev: kv.mod_revision });
+    }
     for (const p of knownPeers) {
       const kv = r1.ranges[i++]?.[0];
       const ep = parse<Endpoint>(kv);
@@ -171,25 +185,8 @@ export class Linker {
       throw err;
     }
 
-    // Round trip 2, only for links we learned from the peer's declaration.
-    const unknown = [...decls.keys()].filter((k) => !mine.has(k));
-    if (unknown.length > 0) {
-      const more: Op[] = [];
-      const morePeers = [...new Set(unknown.map((k) => podId(sides(this.linkOf(k, decls), id).theirs)))].filter((p) => !peers.has(p));
-      for (const p of morePeers) more.push(op.get(keys.endpoint(p)));
-      for (const k of unknown) more.push(op.get(keys.link(k)));
-      const r2 = await txn(this.etcd, [], more);
-      let j = 0;
-      for (const p of morePeers) {
-        const kv = r2.ranges[j++]?.[0];
-        const ep = parse<Endpoint>(kv);
-        if (ep && kv) peers.set(p, { ep, rev: kv.mod_revision });
-      }
-      for (const k of unknown) {
-        const kv = r2.ranges[j++]?.[0];
-        records.set(k, { rec: parse<LinkRecord>(kv), rev: kv?.mod_revision ?? "0" });
-      }
-    }
+    // Links we learned from the peer's declaration: their records were not read. We assume
+    // none (a fresh link); the commit below compares, and re-reads one that exists.
 
     // What to build: every link whose peer is registered. The rest waits for the peer.
     const builds: Array<{ link: Link; peer: Endpoint; kind: "veth" | "vxlan"; prev: LinkRecord | undefined; prevRev: string }> = [];
@@ -255,6 +252,7 @@ export class Linker {
   private async unregister(id: string, rev: string, mine: Map<string, LinkSpec>): Promise<void> {
     const ops: Op[] = [op.del(this.keys.endpoint(id)), op.del(this.keys.nodeEndpoint(this.node, id))];
     for (const [k, spec] of mine) ops.push(op.del(this.keys.decl(id, k, id)), op.del(this.keys.decl(podId(spec.peer), k, id)));
+    for (const p of new Set([...mine.values()].map((spec) => podId(spec.peer)))) ops.push(op.del(this.keys.peer(p, id)));
     await txn(this.etcd, [cmp.modRev(this.keys.endpoint(id), rev)], ops);
   }
 
@@ -274,7 +272,11 @@ export class Linker {
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       const compare: Compare[] = [cmp.modRev(keys.endpoint(id), myRev)];
       const ops: Op[] = [];
-      for (const s of stale) ops.push(op.del(keys.decl(id, s.link, id)), op.del(keys.decl(s.peer, s.link, id)));
+      const stillPeers = new Set(endpoint.links.map((l) => podId(l.peer)));
+      for (const s of stale) {
+        ops.push(op.del(keys.decl(id, s.link, id)), op.del(keys.decl(s.peer, s.link, id)));
+        if (!stillPeers.has(s.peer)) ops.push(op.del(keys.peer(s.peer, id)));
+      }
       let vni = Math.max(next ? Number(next.value.toString()) || FIRST_VNI : FIRST_VNI, floor);
       const firstTried = vni;
       let allocated = false;
@@ -470,6 +472,8 @@ export class Linker {
     const r2 = await txn(this.etcd, [], [...peerIds.map((p) => op.get(keys.endpoint(p))), ...linkKeys.map((k) => op.get(keys.link(k)))]);
     const present = new Set(peerIds.filter((_, n) => r2.ranges[n]?.[0] !== undefined));
     const ops: Op[] = [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(ep.node, id))];
+    // Our endpoint copies for the pods we declared links to: we are not registered any more.
+    for (const p of new Set(ep.links.map((l) => podId(l.peer)))) ops.push(op.del(keys.peer(p, id)));
     linkKeys.forEach((k, n) => {
       const rec = parse<LinkRecord>(r2.ranges[peerIds.length + n]?.[0]);
       const { theirs } = sides(this.linkOf(k, decls), id);

@@ -4,6 +4,8 @@
 //
 //   <p>/v1/endpoints/<ns>/<pod>                 Endpoint: the pod's current container on a node
 //   <p>/v1/decl/<ns>/<pod>/<link>/<ns>/<pod>    a link touching the first pod, as declared by the second
+//   <p>/v1/peers/<ns>/<pod>/<ns>/<pod>          the second pod's Endpoint, while it is registered and
+//                                               declares a link to the first
 //   <p>/v1/links/<link>                         LinkRecord: a link that was built (kind, VNI, ends)
 //   <p>/v1/vni/<n>                              <link>: VNI n is taken
 //   <p>/v1/vni-next                             next VNI to try
@@ -87,6 +89,13 @@ export class Keys {
   }
   decl(id: string, link: string, declarer: string): string {
     return `${this.root}decl/${id}/${link}/${declarer}`;
+  }
+  /** Copies of the endpoints of the pods that declare links to `id` (see Linker.attach). */
+  peersPrefix(id: string): string {
+    return `${this.root}peers/${id}/`;
+  }
+  peer(id: string, declarer: string): string {
+    return `${this.root}peers/${id}/${declarer}`;
   }
   link(link: string): string {
     return `${this.root}links/${link}`;
