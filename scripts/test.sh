@@ -22,6 +22,8 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v dot >/dev/null || need+=(graphviz)       # ratchet links --output dot is checked with it
+command -v openssl >/dev/null || need+=(openssl)    # test certificates for the stand-in API and etcd
 if [ ${#need[@]} -gt 0 ]; then
   say "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -37,6 +37,9 @@ export const USAGE: Record<Mode, string> = {
 Usage:
   ratchet                     run as a CNI plugin: CNI_* environment, config on stdin
   ratchet --mode=child [...]  run the node agent (same as ratchet-child)
+  ratchet links [--config FILE] [--output table|json|dot]
+                              show every endpoint and link ratchet keeps in etcd
+                              (FILE defaults to /etc/cni/net.d/10-ratchet.conf)
   ratchet --version | --help
 `,
   child: `ratchet-child ${VERSION}: the ratchet node agent
@@ -44,6 +47,8 @@ Usage:
 Usage:
   ratchet-child --config FILE          run the agent in the foreground, logs on stderr
   ratchet-child --check --config FILE  check that etcd answers, print JSON, exit
+  ratchet-child --pod NS/NAME --config FILE
+                                       show how the agent reads a pod's ratchet labels
   ratchet-child --version | --help
 `,
 };
@@ -69,6 +74,10 @@ async function main(): Promise<number> {
   if (mode === "child") {
     const { runChild } = await import("./child/main.ts");
     return runChild(rest);
+  }
+  if (rest[0] === "links") {
+    const { runLinks } = await import("./cli/links.ts");
+    return runLinks(rest.slice(1), (s) => process.stdout.write(s), (s) => process.stderr.write(s));
   }
   const { runParent } = await import("./parent/main.ts");
   return runParent(rest, {

@@ -1,4 +1,5 @@
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
+import { loadConfigFile } from "../cni/config-file.ts";
 import { dirname } from "node:path";
 import { etcdEndpoints, parseNetConf, type NetConf } from "../cni/config.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
@@ -13,19 +14,6 @@ function option(args: string[], name: string): string | undefined {
   if (i < 0) return undefined;
   const a = args[i] as string;
   return a.includes("=") ? a.slice(name.length + 1) : args[i + 1];
-}
-
-/** Reads a network config file; in a .conflist, the ratchet entry with the list's name and version. */
-export function loadConfigFile(path: string): NetConf {
-  const text = readFileSync(path, "utf8");
-  const json: unknown = JSON.parse(text);
-  if (json && typeof json === "object" && Array.isArray((json as { plugins?: unknown }).plugins)) {
-    const list = json as { name?: string; cniVersion?: string; plugins: Array<Record<string, unknown>> };
-    const mine = list.plugins.find((p) => p.type === "ratchet");
-    if (!mine) throw new Error(`${path}: no plugin of type "ratchet" in the conflist`);
-    return parseNetConf({ cniVersion: list.cniVersion, name: list.name, ...mine });
-  }
-  return parseNetConf(json);
 }
 
 /** `ratchet-child --check`: can this node reach etcd with this config? */
