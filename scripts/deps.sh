@@ -1,0 +1,27 @@
+# Sourced by test.sh and demo.sh: installs what a fresh Debian machine with Node/npm lacks.
+# ensure_deps: apt packages (etcd, reference CNI plugins, iproute2, ping, unshare, graphviz,
+# openssl) and npm ci when node_modules does not match package-lock.json.
+ensure_deps() {
+  local need=()
+  command -v etcd >/dev/null || need+=(etcd-server)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v ping >/dev/null || need+=(iputils-ping)
+  command -v unshare >/dev/null || need+=(util-linux)
+  command -v dot >/dev/null || need+=(graphviz)       # ratchet links --output dot is rendered with it
+  command -v openssl >/dev/null || need+=(openssl)    # test certificates for the stand-in API and etcd
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "== apt-get install ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || {
+      echo "could not install ${need[*]}" >&2; return 1; }
+  fi
+  # npm ci only when the lockfile differs from the one node_modules was installed from.
+  local lock_sum
+  lock_sum="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ ! -x node_modules/.bin/bun ] || [ "$(cat node_modules/.ratchet-lock.sha256 2>/dev/null)" != "$lock_sum" ]; then
+    echo "== npm ci" >&2
+    npm ci --no-audit --no-fund >&2 || return 1
+    echo "$lock_sum" > node_modules/.ratchet-lock.sha256
+  fi
+}
