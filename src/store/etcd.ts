@@ -1,29 +1,142 @@
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import { checkServerIdentity, createSecureContext, type SecureContext } from "node:tls";
+import { ChannelCredentials, credentials as grpcCredentials } from "@grpc/grpc-js";
 import { Etcd3, type IOptions } from "etcd3";
 import { etcdEndpoints, type NetConf } from "../cni/config.ts";
+
+/** A config that cannot make an etcd client (contradictory scheme and TLS files, unreadable file). */
+export class EtcdConfigError extends Error {
+  override name = "EtcdConfigError";
+}
+
+/** Reads a file named by a config field; the error names the field and the path. */
+function readConfigFile(field: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new EtcdConfigError(`${field} ${JSON.stringify(path)}: cannot read: ${e.code ?? e.message}`, { cause: err });
+  }
+}
+
+type Connector = ReturnType<ChannelCredentials["_createSecureConnector"]>;
+type Target = Parameters<ChannelCredentials["_createSecureConnector"]>[0];
+
+/** The host of a gRPC target such as `127.0.0.1:2379` or `[::1]:2379`, without brackets. */
+function targetHost(target: Target): string {
+  const hostPort = target.path.replace(/^\/+/, "");
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(hostPort);
+  if (bracketed) return bracketed[1] as string;
+  const colon = hostPort.lastIndexOf(":");
+  return colon > 0 && hostPort.indexOf(":") === colon ? hostPort.slice(0, colon) : hostPort;
+}
+
+// What the TLS handshake announces (SNI) for an IP-address endpoint. RFC 6066 forbids an IP
+// address there and Bun's tls.connect throws on one, yet grpc-js sends the target's host as
+// SNI unless ssl_target_name_override is set. etcd picks no certificate by SNI, so any name
+// will do; the certificate is still verified against the endpoint's IP address.
+const SNI_FOR_IP = "etcd.ratchet.invalid";
+
+/**
+ * TLS channel credentials for etcd. The same as grpc-js's createSsl, except that an endpoint
+ * given by IP address (the usual way to name etcd members) gets a placeholder SNI name and its
+ * certificate checked against that address. Per connection, so it also covers the channel
+ * etcd3 opens, without our channel options, to exchange the password for a token.
+ */
+class EtcdTlsCredentials extends ChannelCredentials {
+  constructor(private readonly context: SecureContext) {
+    super();
+  }
+  _isSecure(): boolean {
+    return true;
+  }
+  _equals(other: ChannelCredentials): boolean {
+    return other === this;
+  }
+  _createSecureConnector(target: Target, options: Parameters<ChannelCredentials["_createSecureConnector"]>[1], callCredentials?: Parameters<ChannelCredentials["_createSecureConnector"]>[2]): Connector {
+    const host = targetHost(target);
+    if (isIP(host) === 0) return ChannelCredentials.createFromSecureContext(this.context)._createSecureConnector(target, options, callCredentials);
+    const verifyIp = ChannelCredentials.createFromSecureContext(this.context, { checkServerIdentity: (_sni, cert) => checkServerIdentity(host, cert) });
+    return verifyIp._createSecureConnector(target, { ...options, "grpc.ssl_target_name_override": SNI_FOR_IP }, callCredentials);
+  }
+}
+
+/**
+ * Builds an Etcd3 whose TLS channels use `tlsCredentials`. etcd3 makes its channel credentials
+ * in its constructor with `grpc.credentials.createSsl` and offers no way to pass our own, so
+ * that one function is swapped for the duration of the (synchronous) constructor call.
+ */
+function etcd3WithCredentials(options: IOptions, tlsCredentials: ChannelCredentials | undefined): Etcd3 {
+  if (!tlsCredentials) return new Etcd3(options);
+  const createSsl = grpcCredentials.createSsl;
+  grpcCredentials.createSsl = () => tlsCredentials;
+  try {
+    return new Etcd3(options);
+  } finally {
+    grpcCredentials.createSsl = createSsl;
+  }
+}
+
+export interface OpenEtcdOptions {
+  /**
+   * Deadline of each unary call (and of the password-for-token exchange), connecting
+   * included: without one a call to an etcd that accepts no connection waits forever. Watches
+   * and other streams have none. Default 5000 ms.
+   */
+  callTimeoutMs?: number;
+}
 
 /**
  * Opens an etcd client as the config describes: endpoints, TLS (CA, client certificate)
  * and username/password. Files are read now, so a bad path fails here with its name.
  * Only the child imports this module: the parent must never load etcd3.
  */
-export function openEtcd(conf: NetConf, opts: { dialTimeoutMs?: number } = {}): Etcd3 {
-  const options: IOptions = {
-    hosts: etcdEndpoints(conf),
-    dialTimeout: opts.dialTimeoutMs ?? 3000,
-  };
-  if (conf.etcd_ca_file || conf.etcd_cert_file) {
-    options.credentials = {
-      rootCertificate: conf.etcd_ca_file ? readFileSync(conf.etcd_ca_file) : Buffer.alloc(0),
-      ...(conf.etcd_cert_file ? { certChain: readFileSync(conf.etcd_cert_file) } : {}),
-      ...(conf.etcd_key_file ? { privateKey: readFileSync(conf.etcd_key_file) } : {}),
-    };
+export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
+  const hosts = etcdEndpoints(conf);
+  const secure = hosts.filter((h) => h.startsWith("https://"));
+  if (secure.length > 0 && secure.length < hosts.length) {
+    throw new EtcdConfigError(`etcd endpoints ${hosts.join(", ")}: all must use https:// or all http://, not a mix`);
   }
-  if (conf.etcd_username && conf.etcd_password_file) {
+  const tlsFiles = conf.etcd_ca_file !== undefined || conf.etcd_cert_file !== undefined;
+  if (tlsFiles && secure.length === 0) {
+    // etcd3 would talk TLS to an http:// URL anyway; say so rather than guess what was meant.
+    throw new EtcdConfigError(`etcd endpoint ${hosts[0]} uses http:// but etcd_ca_file or etcd_cert_file is set: use https://`);
+  }
+
+  const timeoutMs = opts.callTimeoutMs ?? 5000;
+  const options: IOptions = {
+    hosts,
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+  };
+
+  let tlsCredentials: ChannelCredentials | undefined;
+  if (secure.length > 0) {
+    // No etcd_ca_file: the runtime's default roots, as for any https:// URL.
+    const ca = conf.etcd_ca_file ? readConfigFile("etcd_ca_file", conf.etcd_ca_file) : undefined;
+    const cert = conf.etcd_cert_file ? readConfigFile("etcd_cert_file", conf.etcd_cert_file) : undefined;
+    const key = conf.etcd_key_file ? readConfigFile("etcd_key_file", conf.etcd_key_file) : undefined;
+    let context: SecureContext;
+    try {
+      context = createSecureContext({ ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) });
+    } catch (err) {
+      const files = [conf.etcd_ca_file, conf.etcd_cert_file, conf.etcd_key_file].filter((f) => f !== undefined).join(", ");
+      throw new EtcdConfigError(`etcd TLS files (${files}) are not usable: ${(err as Error).message}`, { cause: err });
+    }
+    tlsCredentials = new EtcdTlsCredentials(context);
+    // etcd3 calls createSsl only when credentials are given or a host is https://.
+    options.credentials = { rootCertificate: ca ?? Buffer.alloc(0) };
+  }
+
+  if (conf.etcd_username !== undefined && conf.etcd_password_file !== undefined) {
+    // One trailing newline (echo, most secret stores) is not part of the password.
+    const password = readConfigFile("etcd_password_file", conf.etcd_password_file).toString("utf8").replace(/\r?\n$/, "");
+    if (password === "") throw new EtcdConfigError(`etcd_password_file ${JSON.stringify(conf.etcd_password_file)} is empty`);
     options.auth = {
       username: conf.etcd_username,
-      password: readFileSync(conf.etcd_password_file, "utf8").trim(),
+      password,
+      callOptions: () => ({ deadline: Date.now() + timeoutMs }),
     };
   }
-  return new Etcd3(options);
+  return etcd3WithCredentials(options, tlsCredentials);
 }
