@@ -2,7 +2,14 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { checkServerIdentity, createSecureContext, type SecureContext } from "node:tls";
 import { ChannelCredentials, credentials as grpcCredentials } from "@grpc/grpc-js";
-import { Etcd3, type IOptions } from "etcd3";
+import {
+  Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdPermissionDeniedError,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  type IOptions,
+} from "etcd3";
 import { etcdEndpoints, type NetConf } from "../cni/config.ts";
 
 /** A config that cannot make an etcd client (contradictory scheme and TLS files, unreadable file). */
@@ -139,4 +146,63 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
     };
   }
   return etcd3WithCredentials(options, tlsCredentials);
+}
+
+/** What grpc-js reports as the reason no connection could be made ("null" when it had none). */
+function connectionProblem(message: string): string | undefined {
+  const m = /No connection established\. Last error: (.*?)\. Resolution note:/s.exec(message);
+  return m ? (m[1] as string).replace(/^(Type)?Error( \[[A-Z_]+\])?: /, "") : undefined;
+}
+
+/**
+ * One line for a failed etcd call: the endpoints, then what went wrong and which config field
+ * to look at. Never contains the password: etcd3 does not put it in errors, and in case a
+ * future version does, the password file's content is masked.
+ */
+export function describeEtcdError(err: unknown, conf: NetConf): string {
+  const where = `etcd ${etcdEndpoints(conf).join(", ")}`;
+  const tls = etcdEndpoints(conf).some((h) => h.startsWith("https://"));
+  const message = err instanceof Error ? err.message : String(err);
+  let problem: string;
+  if (err instanceof EtcdConfigError) {
+    problem = message;
+  } else if (err instanceof EtcdAuthenticationFailedError) {
+    problem = `authentication failed for user ${JSON.stringify(conf.etcd_username)}: wrong etcd_username or password in etcd_password_file (${message})`;
+  } else if (err instanceof EtcdPermissionDeniedError) {
+    problem = conf.etcd_username
+      ? `permission denied for user ${JSON.stringify(conf.etcd_username)} (${message})`
+      : `permission denied: etcd has auth enabled; set etcd_username and etcd_password_file (${message})`;
+  } else if (err instanceof GRPCDeadlineExceededError) {
+    problem = `no answer in time (${message})`;
+  } else if (err instanceof GRPCUnavailableError) {
+    const cause = connectionProblem(message);
+    const clientCertHint = conf.etcd_cert_file
+      ? "does it accept the client certificate in etcd_cert_file?"
+      : "if it requires client certificates (--client-cert-auth), set etcd_cert_file and etcd_key_file";
+    if (cause && /ALERT/i.test(cause)) {
+      // A TLS alert is the server refusing the handshake, usually over our certificate (or its absence).
+      problem = `TLS: the server refused the handshake: ${cause}; ${clientCertHint}`;
+    } else if (cause && /certificate|self[- ]signed|altname|CERT_|verify/i.test(cause)) {
+      problem = `TLS: the server's certificate is not accepted: ${cause} (check etcd_ca_file and that the certificate names the endpoint's host)`;
+    } else if (tls && (cause === undefined || cause === "null")) {
+      // TLS 1.3: the server may reject our certificate after the client considers the handshake done.
+      problem = `TLS: the server closed the connection during or right after the handshake; ${clientCertHint} (${message})`;
+    } else {
+      problem = `unreachable: ${cause ?? message}`;
+    }
+  } else {
+    problem = message;
+  }
+  return redactPassword(`${where}: ${problem}`, conf);
+}
+
+function redactPassword(text: string, conf: NetConf): string {
+  if (!conf.etcd_password_file) return text;
+  let password: string;
+  try {
+    password = readFileSync(conf.etcd_password_file, "utf8").replace(/\r?\n$/, "");
+  } catch {
+    return text;
+  }
+  return password.length >= 1 ? text.split(password).join("***") : text;
 }

@@ -21,14 +21,14 @@ export interface EtcdOptions {
 }
 
 /** The ratchet config fields that reach a TestEtcd. */
-export interface EtcdConfFields {
+export type EtcdConfFields = {
   etcd_endpoints: string[];
   etcd_ca_file?: string;
   etcd_cert_file?: string;
   etcd_key_file?: string;
   etcd_username?: string;
   etcd_password_file?: string;
-}
+};
 
 export interface TestEtcd extends AsyncDisposable {
   /** Client URL, e.g. https://127.0.0.1:40123. */
