@@ -40,7 +40,7 @@ async function check(conf: NetConf): Promise<number> {
     process.stdout.write(`${JSON.stringify({ etcd: { ok: true, endpoints: etcdEndpoints(conf), version: status.version } })}\n`);
     return 0;
   } catch (err) {
-    process.stdout.write(`${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf) } })}\n`);
+    process.stdout.write(`${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) } })}\n`);
     return 1;
   } finally {
     client?.close();

@@ -52,6 +52,13 @@ const SNI_FOR_IP = "etcd.ratchet.invalid";
  * etcd3 opens, without our channel options, to exchange the password for a token.
  */
 class EtcdTlsCredentials extends ChannelCredentials {
+  /**
+   * The last TLS failure (handshake, or an alert right after it). grpc-js reports it only on
+   * the channel that saw it; etcd3 opens a new channel for each password-for-token attempt,
+   * and its retries then fail with "Last error: null". describeEtcdError reads it from here.
+   */
+  lastFailure: Error | undefined;
+
   constructor(private readonly context: SecureContext) {
     super();
   }
@@ -63,9 +70,30 @@ class EtcdTlsCredentials extends ChannelCredentials {
   }
   _createSecureConnector(target: Target, options: Parameters<ChannelCredentials["_createSecureConnector"]>[1], callCredentials?: Parameters<ChannelCredentials["_createSecureConnector"]>[2]): Connector {
     const host = targetHost(target);
-    if (isIP(host) === 0) return ChannelCredentials.createFromSecureContext(this.context)._createSecureConnector(target, options, callCredentials);
-    const verifyIp = ChannelCredentials.createFromSecureContext(this.context, { checkServerIdentity: (_sni, cert) => checkServerIdentity(host, cert) });
-    return verifyIp._createSecureConnector(target, { ...options, "grpc.ssl_target_name_override": SNI_FOR_IP }, callCredentials);
+    const inner =
+      isIP(host) === 0
+        ? ChannelCredentials.createFromSecureContext(this.context)._createSecureConnector(target, options, callCredentials)
+        : ChannelCredentials.createFromSecureContext(this.context, { checkServerIdentity: (_sni, cert) => checkServerIdentity(host, cert) })
+            ._createSecureConnector(target, { ...options, "grpc.ssl_target_name_override": SNI_FOR_IP }, callCredentials);
+    return {
+      connect: async (socket) => {
+        try {
+          const result = await inner.connect(socket);
+          this.lastFailure = undefined;
+          // TLS 1.3: a server that refuses our certificate says so after the client's handshake is done.
+          result.socket.once("error", (err: Error) => {
+            this.lastFailure = err;
+          });
+          return result;
+        } catch (err) {
+          this.lastFailure = err instanceof Error ? err : new Error(String(err));
+          throw err;
+        }
+      },
+      waitForReady: () => inner.waitForReady(),
+      getCallCredentials: () => inner.getCallCredentials(),
+      destroy: () => inner.destroy(),
+    };
   }
 }
 
@@ -74,16 +102,31 @@ class EtcdTlsCredentials extends ChannelCredentials {
  * in its constructor with `grpc.credentials.createSsl` and offers no way to pass our own, so
  * that one function is swapped for the duration of the (synchronous) constructor call.
  */
-function etcd3WithCredentials(options: IOptions, tlsCredentials: ChannelCredentials | undefined): Etcd3 {
+function etcd3WithCredentials(options: IOptions, tlsCredentials: EtcdTlsCredentials | undefined): Etcd3 {
   if (!tlsCredentials) return new Etcd3(options);
   const createSsl = grpcCredentials.createSsl;
-  grpcCredentials.createSsl = () => tlsCredentials;
+  let taken = false;
+  grpcCredentials.createSsl = () => {
+    taken = true;
+    return tlsCredentials;
+  };
+  let client: Etcd3;
   try {
-    return new Etcd3(options);
+    client = new Etcd3(options);
   } finally {
     grpcCredentials.createSsl = createSsl;
   }
+  if (!taken) {
+    // E.g. etcd3 got its own copy of @grpc/grpc-js. It would then use its createSsl with an empty CA: fail here, clearly.
+    client.close();
+    throw new EtcdConfigError("etcd3 did not take ratchet's TLS credentials (a second copy of @grpc/grpc-js?)");
+  }
+  tlsOf.set(client, tlsCredentials);
+  return client;
 }
+
+/** The TLS credentials of each client openEtcd made, for describeEtcdError. */
+const tlsOf = new WeakMap<Etcd3, EtcdTlsCredentials>();
 
 export interface OpenEtcdOptions {
   /**
@@ -103,7 +146,7 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
   const hosts = etcdEndpoints(conf);
   const secure = hosts.filter((h) => h.startsWith("https://"));
   if (secure.length > 0 && secure.length < hosts.length) {
-    throw new EtcdConfigError(`etcd endpoints ${hosts.join(", ")}: all must use https:// or all http://, not a mix`);
+    throw new EtcdConfigError(`etcd_endpoints mix https:// (${secure.join(", ")}) and http://: use one scheme for all`);
   }
   const tlsFiles = conf.etcd_ca_file !== undefined || conf.etcd_cert_file !== undefined;
   if (tlsFiles && secure.length === 0) {
@@ -117,7 +160,7 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
   };
 
-  let tlsCredentials: ChannelCredentials | undefined;
+  let tlsCredentials: EtcdTlsCredentials | undefined;
   if (secure.length > 0) {
     // No etcd_ca_file: the runtime's default roots, as for any https:// URL.
     const ca = conf.etcd_ca_file ? readConfigFile("etcd_ca_file", conf.etcd_ca_file) : undefined;
@@ -156,10 +199,10 @@ function connectionProblem(message: string): string | undefined {
 
 /**
  * One line for a failed etcd call: the endpoints, then what went wrong and which config field
- * to look at. Never contains the password: etcd3 does not put it in errors, and in case a
+ * to look at. Pass the client the call was made with: it may know the TLS failure better. Never contains the password: etcd3 does not put it in errors, and in case a
  * future version does, the password file's content is masked.
  */
-export function describeEtcdError(err: unknown, conf: NetConf): string {
+export function describeEtcdError(err: unknown, conf: NetConf, client?: Etcd3): string {
   const where = `etcd ${etcdEndpoints(conf).join(", ")}`;
   const tls = etcdEndpoints(conf).some((h) => h.startsWith("https://"));
   const message = err instanceof Error ? err.message : String(err);
@@ -175,7 +218,9 @@ export function describeEtcdError(err: unknown, conf: NetConf): string {
   } else if (err instanceof GRPCDeadlineExceededError) {
     problem = `no answer in time (${message})`;
   } else if (err instanceof GRPCUnavailableError) {
-    const cause = connectionProblem(message);
+    const reported = connectionProblem(message);
+    const recorded = client ? tlsOf.get(client)?.lastFailure?.message : undefined;
+    const cause = reported === undefined || reported === "null" ? (recorded ?? reported) : reported;
     const clientCertHint = conf.etcd_cert_file
       ? "does it accept the client certificate in etcd_cert_file?"
       : "if it requires client certificates (--client-cert-auth), set etcd_cert_file and etcd_key_file";

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { parseNetConf } from "../../src/cni/config.ts";
 import { describeEtcdError, openEtcd } from "../../src/store/etcd.ts";
-import { makeCa } from "../support/certs.ts";
+import { makeCa, makePki } from "../support/certs.ts";
 import { hiddenCheckout, installedBin, run, tempDir, type RunResult } from "../support/env.ts";
 import { startEtcd, type TestEtcd } from "../support/etcd.ts";
 
@@ -96,7 +96,17 @@ describe("ratchet-child --check against etcd with TLS and auth (compiled binary,
     await using etcd = await startEtcd({ tls: true });
     const other = makeCa(join(etcd.dir, "other-ca"), "other", "some-other-ca");
     const r = await check({ ...etcd.conf(), etcd_ca_file: other.certFile });
-    expectNotOk(r, /certificate/);
+    expectNotOk(r, /TLS: the server's certificate is not accepted: unable to verify/);
+  });
+
+  test("a wrong CA with a client certificate and username/password: the error still says certificate", async () => {
+    // Auth takes another path in etcd3 (a new channel per attempt) where grpc-js loses the cause.
+    const password = secret();
+    await using etcd = await startEtcd({ clientCerts: true, auth: { username: "ratchet-node", password } });
+    const other = makeCa(join(etcd.dir, "other-ca"), "other", "some-other-ca");
+    const r = await check({ ...etcd.conf(), etcd_ca_file: other.certFile });
+    expectNotOk(r, /TLS: the server's certificate is not accepted: unable to verify/);
+    expectNoSecret(r, password);
   });
 
   test("no client certificate where the server requires one: not ok, the error points at etcd_cert_file", async () => {
@@ -149,12 +159,16 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
     }
   }
 
+  /** describeEtcdError of a put that must fail. */
   async function failure(fields: Record<string, unknown>): Promise<string> {
     const conf = parseNetConf({ name: "t", type: "ratchet", ...fields });
+    const client = openEtcd(conf);
     try {
-      await putGet(fields);
+      await client.put("/ratchet/test/x").value("v");
     } catch (err) {
-      return describeEtcdError(err, conf);
+      return describeEtcdError(err, conf, client);
+    } finally {
+      client.close();
     }
     throw new Error("expected the etcd call to fail");
   }
@@ -193,8 +207,10 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
     await using etcd = await startEtcd({ clientCerts: true, auth: { username: "ratchet-node", password } });
     const other = makeCa(join(etcd.dir, "other-ca"), "other", "some-other-ca");
     const wrongCa = await failure({ ...etcd.conf(), etcd_ca_file: other.certFile });
-    expect(wrongCa).toStartWith(`etcd ${etcd.endpoint}: TLS`);
-    expect(wrongCa).toContain("certificate");
+    expect(wrongCa).toStartWith(`etcd ${etcd.endpoint}: TLS: the server's certificate is not accepted: unable to verify`);
+    // No etcd_ca_file: the default roots, which do not know the test CA.
+    const { etcd_ca_file: _ca, ...noCa } = etcd.conf();
+    expect(await failure(noCa)).toStartWith(`etcd ${etcd.endpoint}: TLS: the server's certificate is not accepted:`);
 
     const { etcd_cert_file: _c, etcd_key_file: _k, ...noCert } = etcd.conf();
     expect(await failure(noCert)).toMatch(/^etcd \S+: TLS: .*etcd_cert_file and etcd_key_file/);
@@ -210,6 +226,22 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
     // Should an error ever carry the password, it is masked.
     const conf = parseNetConf({ name: "t", type: "ratchet", ...etcd.conf() });
     expect(describeEtcdError(new Error(`odd: ${password}`), conf)).toBe(`etcd ${etcd.endpoint}: odd: ***`);
+  });
+
+  test("an IP endpoint the server's certificate does not name is refused", async () => {
+    // The certificate is for 127.0.0.1, ::1 and localhost; serve it on 127.0.0.2. The TLS
+    // handshake fails before any HTTP/2, so a plain TLS server stands in for etcd.
+    using dir = tempDir("ratchet-etcdname-");
+    const pki = makePki(dir.path);
+    const server = Bun.listen({ hostname: "127.0.0.2", port: 0, tls: { cert: pki.server.cert, key: pki.server.key }, socket: { data() {} } });
+    try {
+      const endpoint = `https://127.0.0.2:${server.port}`;
+      const error = await failure({ etcd_endpoints: [endpoint], etcd_ca_file: pki.ca.certFile });
+      expect(error).toStartWith(`etcd ${endpoint}: TLS: the server's certificate is not accepted:`);
+      expect(error).toContain("127.0.0.2");
+    } finally {
+      server.stop(true);
+    }
   });
 
   test("a handle removes its files and its process on dispose", async () => {
