@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { checkServerIdentity, createSecureContext, type SecureContext } from "node:tls";
-import { ChannelCredentials, credentials as grpcCredentials } from "@grpc/grpc-js";
+// etcd3's own gRPC library (its dependency, one copy in node_modules): for TLS credentials.
+import { ChannelCredentials, credentials as grpcCredentials, type CallCredentials, type ChannelOptions } from "@grpc/grpc-js";
 import {
   Etcd3,
   EtcdAuthenticationFailedError,
@@ -68,7 +69,7 @@ class EtcdTlsCredentials extends ChannelCredentials {
   _equals(other: ChannelCredentials): boolean {
     return other === this;
   }
-  _createSecureConnector(target: Target, options: Parameters<ChannelCredentials["_createSecureConnector"]>[1], callCredentials?: Parameters<ChannelCredentials["_createSecureConnector"]>[2]): Connector {
+  _createSecureConnector(target: Target, options: ChannelOptions, callCredentials?: CallCredentials): Connector {
     const host = targetHost(target);
     const inner =
       isIP(host) === 0

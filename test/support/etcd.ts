@@ -53,6 +53,12 @@ export interface TestEtcd extends AsyncDisposable {
   stop(): Promise<void>;
 }
 
+// Should the test process die before a handle is disposed, its etcd must not outlive it.
+const running = new Set<Subprocess>();
+process.on("exit", () => {
+  for (const p of running) p.kill("SIGKILL");
+});
+
 /** Free loopback TCP ports, held open together so they differ; etcd cannot take port 0. */
 function freePorts(n: number): number[] {
   const sockets = Array.from({ length: n }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
@@ -93,6 +99,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         await proc.exited;
       }
     }
+    if (proc) running.delete(proc);
     tmp[Symbol.dispose]();
   };
   try {
@@ -125,6 +132,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
       const log = openSync(logFile, "a");
       try {
         proc = Bun.spawn({ cmd: args, stdin: "ignore", stdout: log, stderr: log });
+      running.add(proc);
       } finally {
         closeSync(log);
       }
