@@ -18,17 +18,19 @@ function option(args: string[], name: string): string | undefined {
 
 /** `ratchet-child --check`: can this node reach etcd with this config? */
 async function check(conf: NetConf): Promise<number> {
-  const { openEtcd } = await import("../store/etcd.ts");
-  const client = openEtcd(conf);
+  const { openEtcd, describeEtcdError } = await import("../store/etcd.ts");
+  let client: ReturnType<typeof openEtcd> | undefined;
   try {
+    // Inside the try: a config openEtcd refuses (unreadable file, http:// with TLS files) is a failed check too.
+    client = openEtcd(conf);
     const status = await client.maintenance.status();
     process.stdout.write(`${JSON.stringify({ etcd: { ok: true, endpoints: etcdEndpoints(conf), version: status.version } })}\n`);
     return 0;
   } catch (err) {
-    process.stdout.write(`${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: (err as Error).message } })}\n`);
+    process.stdout.write(`${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) } })}\n`);
     return 1;
   } finally {
-    client.close();
+    client?.close();
   }
 }
 
