@@ -8,7 +8,7 @@ import { CniError, Code, toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
 import type { CallParams, Hello, Methods, Request } from "../rpc/protocol.ts";
 import { stats, storeError } from "../store/etcd-ops.ts";
-import { openEtcd } from "../store/etcd.ts";
+import { describeEtcdError, openEtcd } from "../store/etcd.ts";
 import type { NodeLink } from "../store/model.ts";
 import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
 import { Linker, nodeSettings } from "./linker.ts";
@@ -189,15 +189,14 @@ export class NodeAgent {
 
   private async status(p: CallParams, deadline: number): Promise<Methods["status"]["result"]> {
     const until = Math.min(deadline, Date.now() + PROBE_MS);
+    let etcd: Etcd3 | undefined;
     try {
-      const etcd = openEtcd(p.conf, { dialTimeoutMs: Math.max(100, until - Date.now()) });
-      try {
-        await etcd.maintenance.status({ deadline: new Date(until) });
-      } finally {
-        etcd.close();
-      }
+      etcd = openEtcd(p.conf, { callTimeoutMs: Math.max(100, until - Date.now()) });
+      await etcd.maintenance.status();
     } catch (err) {
-      throw new CniError(Code.PluginNotAvailable, `etcd is not reachable: ${(err as Error).message}`);
+      throw new CniError(Code.PluginNotAvailable, `etcd is not ready: ${describeEtcdError(err, p.conf, etcd)}`);
+    } finally {
+      etcd?.close();
     }
     try {
       await this.pods.ping(p.conf, Math.max(1, until - Date.now()));
