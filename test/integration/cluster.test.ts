@@ -2,8 +2,10 @@
 // separate agents, its checks see leftovers, and dispose leaves nothing behind.
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { childPids } from "../support/child.ts";
 import { makeCluster, plainPod } from "../support/cluster.ts";
+import { REPO, run } from "../support/env.ts";
 import { ipIn, linkInfo } from "../support/netns.ts";
 
 describe("test bed", () => {
@@ -66,6 +68,24 @@ describe("test bed", () => {
     }
     await c.assertClean();
     expect(c.node(1).agents()).toEqual([]);
+  });
+
+  test("a running agent sees the pod netns made after it started, and their removal", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    c.putPod(plainPod("web-a"));
+    const a = await c.node(1).pod("web-a");
+    expect((await a.add()).code).toBe(0);
+    const [agent] = c.node(1).agents();
+    const fsType = async (path: string) => (await run(["nsenter", "-t", String(agent), "-m", "stat", "-f", "-c", "%T", path])).stdout.trim();
+    // The agent's mount namespace hides the checkout...
+    expect((await run(["nsenter", "-t", String(agent), "-m", "test", "-e", join(REPO, "package.json")])).code).toBe(1);
+    // ...but follows `ip netns add` and `ip netns delete` done after it started.
+    const later = await c.node(1).pod("web-b");
+    expect(await fsType(later.netns.path)).toBe("nsfs");
+    await later.removeNetns();
+    expect(await fsType(later.netns.path)).not.toBe("nsfs");
+    expect((await a.stop()).code).toBe(0);
+    await c.assertClean();
   });
 
   test("a recreated pod gets a new container id and netns; the old sandbox is kept", async () => {
