@@ -88,6 +88,40 @@ describe("test bed", () => {
     await c.assertClean();
   });
 
+  test("hand-made veth and VXLAN (what ratchet builds) work across the bed; iface and addrs read them", async () => {
+    await using c = await makeCluster({ nodes: 2 });
+    const [n1, n2] = [c.node(1), c.node(2)];
+    const a = await n1.pod("a");
+    const b = await n1.pod("b");
+    const x = await n2.pod("x");
+    // veth a:v0 <-> b:v1 on node 1, made straight in the pods' netns.
+    await ipIn(a.netns.name, ["link", "add", "v0", "mtu", "1400", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "v1", "netns", b.netns.name]);
+    // VXLAN a:x0 (node 1) <-> x:x1 (node 2): made in the host netns on ul0, then moved.
+    for (const [n, pod, name, remote] of [[n1, a, "x0", n2.underlay], [n2, x, "x1", n1.underlay]] as const) {
+      await ipIn(n.host.name, ["link", "add", name, "type", "vxlan", "id", "11", "remote", remote, "local", n.underlay, "dev", "ul0", "dstport", "4789"]);
+      await ipIn(n.host.name, ["link", "set", name, "netns", pod.netns.name]);
+    }
+    for (const [pod, dev, addr] of [[a, "v0", "10.90.1.1/24"], [b, "v1", "10.90.1.2/24"], [a, "x0", "10.90.2.1/24"], [x, "x1", "10.90.2.2/24"]] as const) {
+      await ipIn(pod.netns.name, ["addr", "add", addr, "dev", dev]);
+      await ipIn(pod.netns.name, ["link", "set", dev, "up"]);
+    }
+    const v0 = await c.iface(a, "v0");
+    expect(v0).toMatchObject({ name: "v0", kind: "veth", mtu: 1400, mac: "02:00:00:00:00:01", up: true, vni: undefined });
+    const x0 = await c.iface(a, "x0");
+    expect(x0).toMatchObject({ kind: "vxlan", vni: 11, remote: n2.underlay, local: n1.underlay, mtu: 1450, up: true });
+    expect(await c.iface(a, "nope")).toBeUndefined();
+    expect(await c.addrs(x, "x1")).toEqual(["10.90.2.2/24"]);
+    expect((await c.ifaceNames(a)).sort()).toEqual(["v0", "x0"]);
+    expect(await c.ping(a, "10.90.1.2")).toBe(true);
+    expect(await c.ping(a, "10.90.2.2")).toBe(true);
+    expect(await c.ping(x, "10.90.2.1")).toBe(true);
+    expect(await c.ping(a, "10.90.3.9", 300)).toBe(false);
+    // The devices live in the pods' netns: the hosts stay clean, and go with the pods.
+    expect(await n1.strayHostLinks()).toEqual([]);
+    for (const p of [a, b, x]) await p.removeNetns();
+    await c.assertClean();
+  });
+
   test("a recreated pod gets a new container id and netns; the old sandbox is kept", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const a = await c.node(1).pod("web-a");
