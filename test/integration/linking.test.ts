@@ -619,14 +619,15 @@ function expectCheckError(c: Cluster, r: CniRun, mentions: string[]): void {
 describe("issue 6.9: CHECK", () => {
   test("ok while every link is in place; names what is missing or different when changed by hand", async () => {
     await using c = await makeCluster({ nodes: 2 });
-    c.loadPods(EXAMPLE);
+    const MTU = 1400;
+    mirroredPair(c, "primary-pod", "pair-pod", { local_ifname: "in1", peer_ifname: "in2", local_ip: IN1, peer_ip: IN2, mtu: MTU });
     const primary = await c.node(1).pod("primary-pod");
     const pair = await c.node(2).pod("pair-pod");
     const r1 = ok(c, await primary.add(), "ADD primary-pod");
     // The peer is not registered: nothing is expected yet, CHECK passes.
     done(c, await primary.check(r1), "CHECK primary-pod, peer absent");
     const r2 = ok(c, await pair.add(), "ADD pair-pod");
-    const in1 = await waitIface(c, primary, "in1");
+    await expectEnd(c, primary, "in1", { kind: "vxlan", ips: [IN1], mtu: MTU });
     done(c, await primary.check(r1), "CHECK primary-pod");
     done(c, await pair.check(r2), "CHECK pair-pod");
 
@@ -635,9 +636,9 @@ describe("issue 6.9: CHECK", () => {
     await ipIn(primary.netns.name, ["addr", "add", IN1, "dev", "in1"]);
     done(c, await primary.check(r1), "CHECK primary-pod, address back");
 
-    await ipIn(primary.netns.name, ["link", "set", "in1", "mtu", String(in1.mtu - 100)]);
+    await ipIn(primary.netns.name, ["link", "set", "in1", "mtu", String(MTU - 100)]);
     expectCheckError(c, await primary.check(r1), ["in1"]);
-    await ipIn(primary.netns.name, ["link", "set", "in1", "mtu", String(in1.mtu)]);
+    await ipIn(primary.netns.name, ["link", "set", "in1", "mtu", String(MTU)]);
     done(c, await primary.check(r1), "CHECK primary-pod, MTU back");
 
     await ipIn(primary.netns.name, ["link", "set", "in1", "down"]);
@@ -696,9 +697,9 @@ describe("issue 6.9: GC", () => {
     // gone-c's sandbox is no longer known to the runtime.
     done(c, await n1.gc([a, b]), "GC node1 without gone-c");
     expect(await c.iface(gone, "g0")).toBeUndefined();
-    // Its link is gone, so node 2's agent removes the other end.
-    await waitGone(c, far, "g1");
-    // keep-a/keep-b untouched; far-d is node 2's and stays registered.
+    // keep-a/keep-b untouched; far-d is node 2's and stays registered. (Its VXLAN end may
+    // stay, as a surviving end does after its peer's DEL: the issue only says it is updated
+    // when the peer comes back.)
     await expectEnd(c, a, "k0", { kind: "veth", ips: ["10.64.1.1/24"] });
     await expectPing(c, a, "10.64.1.2");
     done(c, await far.check(rFar), "CHECK far-d: peer no longer registered");
