@@ -11,7 +11,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { killChildren, waitFor } from "../support/child.ts";
-import { assertValidResult, type CniResultJson } from "../support/cni.ts";
+import { assertValidResult, VERSIONS, type CniResultJson } from "../support/cni.ts";
 import { annotatedPod, makeCluster, plainPod, type AnnotationLink, type CniRun, type Cluster, type IfaceInfo, type Node, type Pod } from "../support/cluster.ts";
 import { REPO } from "../support/env.ts";
 import { ipIn } from "../support/netns.ts";
@@ -27,9 +27,9 @@ function logs(c: Cluster): string {
 }
 
 /** The ADD result, or an error carrying the CNI error and the nodes' logs. */
-function ok(c: Cluster, r: CniRun, what: string): CniResultJson {
+function ok(c: Cluster, r: CniRun, what: string, version = "1.0.0"): CniResultJson {
   if (r.code !== 0) throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
-  return assertValidResult(r.json, "1.0.0");
+  return assertValidResult(r.json, version);
 }
 
 /** Asserts a DEL (or CHECK) succeeded. */
@@ -177,6 +177,70 @@ describe("issue 6.1: the example pair on one node (veth)", () => {
       await c.assertClean();
     });
   }
+});
+
+describe("issue 6.1: ADD results in every CNI version, standalone and chained", () => {
+  test("the second pod's result lists its link end (name, kernel MAC, sandbox) and addresses in each version", async () => {
+    await using c = await makeCluster({ nodes: 2 });
+    const n = c.node(1);
+    for (const [i, version] of VERSIONS.entries()) {
+      const [an, bn] = [`ver-a-${i}`, `ver-b-${i}`];
+      mirroredPair(c, an, bn, { local_ifname: "w0", peer_ifname: "w1", local_ip: ["10.65.0.1/24", "fd65::1/64"], peer_ip: ["10.65.0.2/24", "fd65::2/64"] });
+      const a = await n.pod(an);
+      const b = await n.pod(bn);
+      const ra = ok(c, await a.add({ cniVersion: version }), `ADD ${an} (${version})`, version);
+      expect(linkIfaces(ra, a)).toEqual([]);
+      const rb = ok(c, await b.add({ cniVersion: version }), `ADD ${bn} (${version})`, version);
+      expectBoot(rb, b);
+      await expectResultIface(c, rb, b, "w1", ["10.65.0.2/24", "fd65::2/64"]);
+      await expectEnd(c, a, "w0", { kind: "veth", ips: ["10.65.0.1/24", "fd65::1/64"] });
+      await expectPing(c, a, "10.65.0.2");
+      if (version !== "0.3.0" && version !== "0.3.1") {
+        done(c, await a.check(ra, { cniVersion: version }), `CHECK ${an} (${version})`);
+        done(c, await b.check(rb, { cniVersion: version }), `CHECK ${bn} (${version})`);
+      }
+      done(c, await a.del({ cniVersion: version }), `DEL ${an} (${version})`);
+      done(c, await b.del({ cniVersion: version }), `DEL ${bn} (${version})`);
+      expect(await c.iface(b, "w1")).toBeUndefined();
+      await a.removeNetns();
+      await b.removeNetns();
+    }
+    await c.assertClean();
+  });
+
+  test("chained (no delegate, prevResult from the plugin before): prevResult plus the link end", async () => {
+    await using c = await makeCluster({ nodes: 2 });
+    mirroredPair(c, "ch-a", "ch-b", { local_ifname: "k0", peer_ifname: "k1", local_ip: "10.66.0.1/24", peer_ip: "10.66.0.2/24" });
+    const [n1, n2] = [c.node(1), c.node(2)];
+    const a = await n1.pod("ch-a");
+    const b = await n2.pod("ch-b");
+    // What a main plugin (e.g. ptp) would have returned for eth0.
+    const prev = (p: Pod, ip: string) => ({
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "eth0", mac: "0a:58:0a:f4:00:05", sandbox: p.netns.path }],
+      ips: [{ interface: 0, address: ip, gateway: "10.244.0.1" }],
+      routes: [{ dst: "0.0.0.0/0" }],
+      dns: {},
+    });
+    const chained = (p: Pod, ip: string) => ({ delegate: undefined, boot_network: undefined, prevResult: prev(p, ip) });
+    const ra = ok(c, await a.add(chained(a, "10.244.0.5/24")), "ADD ch-a (chained)");
+    expect(ra.interfaces?.[0]).toEqual({ name: "eth0", mac: "0a:58:0a:f4:00:05", sandbox: a.netns.path });
+    expect(ra.ips).toEqual([{ interface: 0, address: "10.244.0.5/24", gateway: "10.244.0.1" }]);
+    expect(linkIfaces(ra, a).filter((x) => x !== "eth0")).toEqual([]);
+    const rb = ok(c, await b.add(chained(b, "10.244.1.5/24")), "ADD ch-b (chained)");
+    expect(rb.interfaces?.[0]).toEqual({ name: "eth0", mac: "0a:58:0a:f4:00:05", sandbox: b.netns.path });
+    expect(rb.ips?.[0]).toEqual({ interface: 0, address: "10.244.1.5/24", gateway: "10.244.0.1" });
+    expect(rb.routes).toEqual([{ dst: "0.0.0.0/0" }]);
+    expect(linkIfaces(rb, b)).toEqual(["eth0", "k1"]);
+    expect(resultIps(rb, "k1")).toEqual(["10.66.0.2/24"]);
+    await expectEnd(c, a, "k0", { kind: "vxlan", ips: ["10.66.0.1/24"] });
+    await expectPing(c, a, "10.66.0.2");
+    done(c, await a.del({ delegate: undefined, boot_network: undefined, prevResult: ra }), "DEL ch-a (chained)");
+    done(c, await b.del({ delegate: undefined, boot_network: undefined, prevResult: rb }), "DEL ch-b (chained)");
+    await a.removeNetns();
+    await b.removeNetns();
+    await c.assertClean();
+  });
 });
 
 describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
