@@ -101,8 +101,9 @@ describe("test bed", () => {
       await ipIn(n.host.name, ["link", "add", name, "type", "vxlan", "id", "11", "remote", remote, "local", n.underlay, "dev", "ul0", "dstport", "4789"]);
       await ipIn(n.host.name, ["link", "set", name, "netns", pod.netns.name]);
     }
-    for (const [pod, dev, addr] of [[a, "v0", "10.90.1.1/24"], [b, "v1", "10.90.1.2/24"], [a, "x0", "10.90.2.1/24"], [x, "x1", "10.90.2.2/24"]] as const) {
+    for (const [pod, dev, addr, addr6] of [[a, "v0", "10.90.1.1/24", "fd90:1::1/64"], [b, "v1", "10.90.1.2/24", "fd90:1::2/64"], [a, "x0", "10.90.2.1/24", "fd90:2::1/64"], [x, "x1", "10.90.2.2/24", "fd90:2::2/64"]] as const) {
       await ipIn(pod.netns.name, ["addr", "add", addr, "dev", dev]);
+      await ipIn(pod.netns.name, ["addr", "add", addr6, "dev", dev]);
       await ipIn(pod.netns.name, ["link", "set", dev, "up"]);
     }
     const v0 = await c.iface(a, "v0");
@@ -110,11 +111,14 @@ describe("test bed", () => {
     const x0 = await c.iface(a, "x0");
     expect(x0).toMatchObject({ kind: "vxlan", vni: 11, remote: n2.underlay, local: n1.underlay, mtu: 1450, up: true });
     expect(await c.iface(a, "nope")).toBeUndefined();
-    expect(await c.addrs(x, "x1")).toEqual(["10.90.2.2/24"]);
+    expect(await c.addrs(x, "x1")).toEqual(["10.90.2.2/24", "fd90:2::2/64"]);
     expect((await c.ifaceNames(a)).sort()).toEqual(["v0", "x0"]);
     expect(await c.ping(a, "10.90.1.2")).toBe(true);
     expect(await c.ping(a, "10.90.2.2")).toBe(true);
     expect(await c.ping(x, "10.90.2.1")).toBe(true);
+    // IPv6 too, once duplicate address detection is done (ping retries meanwhile).
+    expect(await c.ping(a, "fd90:1::2", 8000)).toBe(true);
+    expect(await c.ping(a, "fd90:2::2", 8000)).toBe(true);
     expect(await c.ping(a, "10.90.3.9", 300)).toBe(false);
     // The devices live in the pods' netns: the hosts stay clean, and go with the pods.
     expect(await n1.strayHostLinks()).toEqual([]);

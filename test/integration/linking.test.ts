@@ -81,6 +81,11 @@ async function waitGone(c: Cluster, pod: Pod, ifname: string, timeoutMs = 10_000
 
 /** An end that is up, with these addresses (and MTU / MAC when given). */
 async function expectEnd(c: Cluster, pod: Pod, ifname: string, want: { kind: "veth" | "vxlan"; ips: string[]; mtu?: number; mac?: string }): Promise<IfaceInfo> {
+  await waitIface(c, pod, ifname);
+  // Operstate follows a moment after the link comes up (the kernel's linkwatch): wait for it,
+  // then assert on what is there.
+  const settled = (x: IfaceInfo | undefined) => x !== undefined && x.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
+  await waitFor(`${ifname} of ${pod.name} up`, async () => settled(await c.iface(pod, ifname)), 3000).catch(() => undefined);
   const i = await waitIface(c, pod, ifname);
   expect(i.kind).toBe(want.kind);
   expect(i.up).toBe(true);
