@@ -90,7 +90,8 @@ export class NodeAgent {
         } catch {
           return;
         }
-        linker.ensureNodeLink(nl).catch((err: unknown) => this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }));
+        // Rebuild even a matching end when the other node (re)built its side just now.
+        linker.ensureNodeLink(nl, nl.builtBy !== node).catch((err: unknown) => this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }));
       });
       watcher.on("delete", (kv) => {
         const key = kv.key.toString().slice(linker.keys.nodeLinksPrefix(node).length);

@@ -302,8 +302,8 @@ export class Linker {
             allocated = true;
           }
           const { mine, theirs } = sides(b.link, id);
-          const theirNode: NodeLink = { key: b.link.key, end: theirs, containerId: b.peer.containerId, netns: b.peer.netns, vni: record.vni, remote: endpoint.node, ...(b.link.mtu ? { mtu: b.link.mtu } : {}) };
-          const myNode: NodeLink = { key: b.link.key, end: mine, containerId: endpoint.containerId, netns: endpoint.netns, vni: record.vni, remote: b.peer.node, ...(b.link.mtu ? { mtu: b.link.mtu } : {}) };
+          const theirNode: NodeLink = { key: b.link.key, end: theirs, containerId: b.peer.containerId, netns: b.peer.netns, vni: record.vni, remote: endpoint.node, builtBy: endpoint.node, ...(b.link.mtu ? { mtu: b.link.mtu } : {}) };
+          const myNode: NodeLink = { key: b.link.key, end: mine, containerId: endpoint.containerId, netns: endpoint.netns, vni: record.vni, remote: b.peer.node, builtBy: endpoint.node, ...(b.link.mtu ? { mtu: b.link.mtu } : {}) };
           ops.push(op.put(keys.nodeLink(b.peer.node, b.link.key), theirNode), op.put(keys.nodeLink(endpoint.node, b.link.key), myNode));
         } else if (b.prev?.kind === "vxlan" && b.prev.vni !== undefined) {
           // The link was a tunnel and is now on one node: free its VNI and the old node entries.
@@ -374,15 +374,19 @@ export class Linker {
 
   // ---- watch: the other node built a tunnel to one of our pods -------------------------
 
-  /** Makes the local end of a VXLAN link match its node entry (created, or rebuilt if it points elsewhere). */
-  async ensureNodeLink(nl: NodeLink): Promise<void> {
+  /**
+   * Makes the local end of a VXLAN link match its node entry: created, or rebuilt if it
+   * points elsewhere. `fresh` (a new entry from the watch: the other side was just built)
+   * rebuilds a matching end too, so no neighbour entry for the peer's old MAC survives.
+   */
+  async ensureNodeLink(nl: NodeLink, fresh = false): Promise<void> {
     const id = podId(nl.end);
     const kv = (await txn(this.etcd, [], [op.get(this.keys.endpoint(id))])).ranges[0]?.[0];
     const ep = parse<Endpoint>(kv);
     if (!ep || ep.containerId !== nl.containerId || ep.node !== this.node) return; // that container is gone
     try {
       const cur = getLink(nl.end.ifname, ep.netns);
-      if (cur.kind === "vxlan" && cur.vni === nl.vni && cur.remote === nl.remote) return;
+      if (!fresh && cur.kind === "vxlan" && cur.vni === nl.vni && cur.remote === nl.remote) return;
       removeIface(nl.end.ifname, ep.netns);
     } catch (err) {
       if (err instanceof NetnsNotFoundError) return;
@@ -465,39 +469,53 @@ export class Linker {
     return true;
   }
 
+  /**
+   * Removes a deregistered pod's records. Per link: while the peer is registered, the
+   * declarations stay (the link comes back with this pod); otherwise everything of the link
+   * goes. The peers' endpoints are compared in the same transaction, so two pods deleted at
+   * once cannot both keep a link for the other (the second one retries and cleans up).
+   */
   private async removeRecords(id: string, ep: Endpoint, rev: string, decls: Map<string, Declaration[]>): Promise<void> {
     const keys = this.keys;
     const linkKeys = [...decls.keys()];
     const peerIds = [...new Set(linkKeys.map((k) => podId(sides(this.linkOf(k, decls), id).theirs)))];
-    const r2 = await txn(this.etcd, [], [...peerIds.map((p) => op.get(keys.endpoint(p))), ...linkKeys.map((k) => op.get(keys.link(k)))]);
-    const present = new Set(peerIds.filter((_, n) => r2.ranges[n]?.[0] !== undefined));
-    const ops: Op[] = [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(ep.node, id))];
-    // Our endpoint copies for the pods we declared links to: we are not registered any more.
-    for (const p of new Set(ep.links.map((l) => podId(l.peer)))) ops.push(op.del(keys.peer(p, id)));
-    linkKeys.forEach((k, n) => {
-      const rec = parse<LinkRecord>(r2.ranges[peerIds.length + n]?.[0]);
-      const { theirs } = sides(this.linkOf(k, decls), id);
-      const peerId = podId(theirs);
-      if (present.has(peerId)) {
-        // The peer stays: keep the declarations, so the link is rebuilt when this pod returns.
+    for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
+      const r2 = await txn(this.etcd, [], [...peerIds.map((p) => op.get(keys.endpoint(p))), ...linkKeys.map((k) => op.get(keys.link(k)))]);
+      const peerRev = new Map(peerIds.map((p, n) => [p, r2.ranges[n]?.[0]?.mod_revision ?? "0"]));
+      const compare: Compare[] = [cmp.modRev(keys.endpoint(id), rev), ...peerIds.map((p) => cmp.modRev(keys.endpoint(p), peerRev.get(p) as string))];
+      const ops: Op[] = [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(ep.node, id))];
+      // Our endpoint copies for the pods we declared links to: we are not registered any more.
+      for (const p of new Set(ep.links.map((l) => podId(l.peer)))) ops.push(op.del(keys.peer(p, id)));
+      linkKeys.forEach((k, n) => {
+        const rec = parse<LinkRecord>(r2.ranges[peerIds.length + n]?.[0]);
+        const peerId = podId(sides(this.linkOf(k, decls), id).theirs);
+        if (peerRev.get(peerId) !== "0") {
+          ops.push(op.del(keys.nodeLink(ep.node, k)));
+          return;
+        }
+        ops.push(op.delPrefix(`${keys.declPrefix(id)}${k}/`), op.delPrefix(`${keys.declPrefix(peerId)}${k}/`), op.del(keys.link(k)));
+        if (rec?.vni !== undefined) ops.push(op.del(keys.vni(rec.vni)));
+        for (const e of Object.values(rec?.ends ?? {})) ops.push(op.del(keys.nodeLink(e.node, k)));
         ops.push(op.del(keys.nodeLink(ep.node, k)));
+      });
+      // etcd refuses a transaction that touches one key twice.
+      const seen = new Set<string>();
+      const unique = ops.filter((o) => {
+        const k = `${(o.request_delete_range?.key ?? o.request_put?.key)?.toString()}:${o.request_delete_range?.range_end?.toString() ?? ""}`;
+        if (seen.has(k)) return false;
+        seen.add(k);
+        return true;
+      });
+      const r = await txn(this.etcd, compare, unique, [op.get(keys.endpoint(id))]);
+      if (r.succeeded) return;
+      const now = parse<Endpoint>(r.ranges[0]?.[0]);
+      if (!now || now.containerId !== ep.containerId) {
+        this.log.info("endpoint changed meanwhile (a newer ADD): records kept", { pod: id });
         return;
       }
-      ops.push(op.delPrefix(`${keys.declPrefix(id)}${k}/`), op.delPrefix(`${keys.declPrefix(peerId)}${k}/`), op.del(keys.link(k)));
-      if (rec?.vni !== undefined) ops.push(op.del(keys.vni(rec.vni)));
-      for (const e of Object.values(rec?.ends ?? {})) ops.push(op.del(keys.nodeLink(e.node, k)));
-      ops.push(op.del(keys.nodeLink(ep.node, k)));
-    });
-    // etcd refuses a transaction that touches one key twice.
-    const seen = new Set<string>();
-    const unique = ops.filter((o) => {
-      const k = `${o.request_delete_range ? "d" : "p"}:${(o.request_delete_range?.key ?? o.request_put?.key)?.toString()}:${o.request_delete_range?.range_end?.toString() ?? ""}`;
-      if (seen.has(k)) return false;
-      seen.add(k);
-      return true;
-    });
-    const r = await txn(this.etcd, [cmp.modRev(keys.endpoint(id), rev)], unique);
-    if (!r.succeeded) this.log.info("endpoint changed meanwhile (a newer ADD): records kept", { pod: id });
+      rev = r.ranges[0]?.[0]?.mod_revision ?? rev;
+    }
+    throw new CniError(Code.TryAgainLater, `could not remove the records of pod ${id}: etcd kept changing under us`);
   }
 
   // ---- CHECK -------------------------------------------------------------------------

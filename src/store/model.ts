@@ -60,6 +60,8 @@ export interface NodeLink {
   /** The other node's VTEP. */
   remote: string;
   mtu?: number;
+  /** The node whose ADD wrote this entry (and already built its own end). */
+  builtBy: string;
 }
 
 export const podId = (e: { namespace: string; pod: string }): string => `${e.namespace}/${e.pod}`;

@@ -456,7 +456,7 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
         await b.removeNetns();
         c.deletePod("default", an);
         c.deletePod("default", bn);
-        await waitFor(`round ${i}: no keys left`, async () => (await c.etcdKeys()).length === 0, 5000);
+        await waitFor(`round ${i}: no records left`, async () => (await c.recordKeys()).length === 0, 5000);
         await hostsClean(c);
       }
       // Every round's VNI was >= 11 (expectTunnel) and its record left with the link (no keys).

@@ -396,6 +396,11 @@ export class Cluster implements AsyncDisposable {
     return [...(await this.etcdEntries()).keys()];
   }
 
+  /** The keys that record pods and links: all but the VNI allocation hint (cluster state). */
+  async recordKeys(): Promise<string[]> {
+    return (await this.etcdKeys()).filter((k) => k !== `${this.etcdPrefix}/v1/vni-next`);
+  }
+
   /** Writes a key under the prefix (bed self-tests only: the product owns its keys). */
   async etcdPut(suffix: string, value: string): Promise<void> {
     await etcdCall("put", { key: b64(`${this.etcdPrefix}/${suffix}`), value: b64(value) });
@@ -419,10 +424,10 @@ export class Cluster implements AsyncDisposable {
     for (const p of this.pods) if (p.netnsExists) problems.push(`pod ${p.namespace}/${p.name} (${p.containerId}) on ${p.node.name}: netns ${p.netns.name} still exists`);
     try {
       const until = Date.now() + (opts.etcdWaitMs ?? 5000);
-      let keys = await this.etcdKeys();
+      let keys = await this.recordKeys();
       while (keys.length > 0 && Date.now() < until) {
         await Bun.sleep(100);
-        keys = await this.etcdKeys();
+        keys = await this.recordKeys();
       }
       if (keys.length > 0) problems.push(`etcd keys left under ${this.etcdPrefix}/: ${keys.join(", ")}`);
     } catch (err) {
