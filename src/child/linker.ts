@@ -75,8 +75,10 @@ function addAddresses(end: EndSpec, netns: string): void {
 export class Linker {
   readonly keys: Keys;
   private nodeAddr: string | undefined;
-  /** This node's endpoints as last seen: DEL works from here when etcd is away. */
+  /** This node's endpoints as last seen. */
   readonly local = new Map<string, Endpoint>();
+  /** "ns/pod/containerId" -> the link interfaces of that container: DEL works from here when etcd is away. */
+  private readonly localIfnames = new Map<string, string[]>();
 
   constructor(
     private readonly etcd: Etcd3,
@@ -210,6 +212,7 @@ export class Linker {
     const out: AttachedInterface[] = [];
     for (const p of plans) out.push(this.realize(id, endpoint, p));
     this.local.set(id, endpoint);
+    this.localIfnames.set(`${id}/${env.containerId}`, [...decls.keys()].map((k) => sides(this.linkOf(k, decls), id).mine.ifname));
     return out;
   }
 
@@ -446,7 +449,16 @@ export class Linker {
     if (!pod) return false;
     const id = podId({ namespace: pod.namespace, pod: pod.name });
     const keys = this.keys;
-    const r1 = await txn(this.etcd, [], [op.get(keys.endpoint(id)), op.prefix(keys.declPrefix(id))]);
+    let r1: Awaited<ReturnType<typeof txn>>;
+    try {
+      r1 = await txn(this.etcd, [], [op.get(keys.endpoint(id)), op.prefix(keys.declPrefix(id))]);
+    } catch (err) {
+      // etcd is away: remove the ends we know of now; the caller retries the records later.
+      for (const ifname of this.localIfnames.get(`${id}/${env.containerId}`) ?? []) {
+        if (removeIface(ifname, env.netns)) this.log.info("removed link end (etcd unreachable)", { pod: id, ifname });
+      }
+      throw err;
+    }
     const epKv = r1.ranges[0]?.[0];
     const ep = parse<Endpoint>(epKv);
     const decls = new Map<string, Declaration[]>();
@@ -466,6 +478,7 @@ export class Linker {
     if (!ours) return undefined;
     await this.removeRecords(id, ep, epKv?.mod_revision ?? "0", decls);
     this.local.delete(id);
+    this.localIfnames.delete(`${id}/${env.containerId}`);
     return true;
   }
 

@@ -31,6 +31,10 @@ export type EtcdConfFields = {
 };
 
 export interface TestEtcd extends AsyncDisposable {
+  /** Kills etcd (as a crash would), keeping its data and port for up(). */
+  down(): Promise<void>;
+  /** Starts it again on the same port with the same data; waits until healthy. */
+  up(): Promise<void>;
   /** Client URL, e.g. https://127.0.0.1:40123. */
   readonly endpoint: string;
   readonly host: string;
@@ -112,6 +116,8 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
 
     // A port taken between freePorts() and etcd's bind makes etcd exit: try a few times.
     let port = 0;
+    let lastArgs: string[] = [];
+    let lastUrl = "";
     for (let attempt = 0; ; attempt++) {
       const [clientPort, peerPort] = freePorts(2) as [number, number];
       port = clientPort;
@@ -137,6 +143,8 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         closeSync(log);
       }
       const ready = await waitHealthy(`${clientUrl}/health`, proc, pki, opts.clientCerts === true, opts.readyTimeoutMs ?? 20_000);
+      lastArgs = args;
+      lastUrl = clientUrl;
       if (ready === "ok") break;
       if (ready === "exited" && attempt < 2 && /address already in use/.test(tail(logFile, 50))) continue;
       throw new Error(`etcd at ${clientUrl} did not become healthy (${ready}); its log ends:\n${tail(logFile)}`);
@@ -171,6 +179,23 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         ...(opts.auth && passwordFile ? { etcd_username: opts.auth.username, etcd_password_file: passwordFile } : {}),
       }),
       clientOptions,
+      async down() {
+        if (proc && proc.exitCode === null && proc.signalCode === null) {
+          proc.kill("SIGKILL");
+          await proc.exited;
+        }
+      },
+      async up() {
+        const log = openSync(logFile, "a");
+        try {
+          proc = Bun.spawn({ cmd: lastArgs, stdin: "ignore", stdout: log, stderr: log });
+          running.add(proc);
+        } finally {
+          closeSync(log);
+        }
+        const ready = await waitHealthy(`${lastUrl}/health`, proc, pki, opts.clientCerts === true, opts.readyTimeoutMs ?? 20_000);
+        if (ready !== "ok") throw new Error(`etcd at ${lastUrl} did not come back (${ready}); its log ends:\n${tail(logFile)}`);
+      },
       stop,
       [Symbol.asyncDispose]: stop,
     };

@@ -1,0 +1,106 @@
+// Linking while etcd goes away: DEL still succeeds (records removed when etcd is back),
+// and links that were pending when etcd restarted still complete. Each test has its own
+// etcd, killed and restarted on the same port and data.
+import { describe, expect, test } from "bun:test";
+import { Etcd3 } from "etcd3";
+import { join } from "node:path";
+import { waitFor } from "../support/child.ts";
+import { makeCluster, type Cluster } from "../support/cluster.ts";
+import { REPO } from "../support/env.ts";
+import { startEtcd, type TestEtcd } from "../support/etcd.ts";
+
+const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
+
+async function records(etcd: TestEtcd, c: Cluster): Promise<string[]> {
+  const client = new Etcd3(etcd.clientOptions());
+  try {
+    return (await client.getAll().prefix(`${c.etcdPrefix}/`).keys()).filter((k) => !k.endsWith("/vni-next"));
+  } finally {
+    client.close();
+  }
+}
+
+describe("etcd faults", () => {
+  test("DEL with etcd down succeeds and removes the ends now; the records go when etcd is back", async () => {
+    await using etcd = await startEtcd();
+    await using c = await makeCluster({ nodes: 1 });
+    c.loadPods(EXAMPLE);
+    const n = c.node(1);
+    const conf = etcd.conf();
+    const primary = await n.pod("primary-pod");
+    const pair = await n.pod("pair-pod");
+    expect((await primary.add(conf)).code).toBe(0);
+    expect((await pair.add(conf)).code).toBe(0);
+    expect(await c.iface(primary, "in1")).toBeDefined();
+
+    await etcd.down();
+    const t0 = performance.now();
+    const del = await primary.del(conf);
+    expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
+    expect(performance.now() - t0).toBeLessThan(20_000);
+    // Local cleanup happened now: the veth is gone from both pods.
+    expect(await c.iface(primary, "in1")).toBeUndefined();
+    expect(await c.iface(pair, "in2")).toBeUndefined();
+    await primary.removeNetns();
+
+    await etcd.up();
+    // The agent retries the record removal by itself: primary-pod's endpoint disappears.
+    await waitFor("primary-pod's records to be removed", async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")), 20_000);
+    expect(await n.logTail(200)).toContain("removed the records of a DEL that happened while etcd was away");
+    expect((await pair.del(conf)).code).toBe(0);
+    await pair.removeNetns();
+    expect(await records(etcd, c)).toEqual([]);
+  }, 120_000);
+
+  test("etcd restarted while a link is pending: when the peer comes, both ends are built", async () => {
+    await using etcd = await startEtcd();
+    await using c = await makeCluster({ nodes: 2 });
+    c.loadPods(EXAMPLE);
+    const conf = etcd.conf();
+    const primary = await c.node(1).pod("primary-pod");
+    expect((await primary.add(conf)).code).toBe(0);
+    await etcd.down();
+    await etcd.up();
+    const pair = await c.node(2).pod("pair-pod");
+    const r = await pair.add(conf);
+    expect(r.stdout).toContain("in2");
+    expect(r.code).toBe(0);
+    // Node 1's agent follows its node's entries again after the restart: it builds in1.
+    const in1 = await waitFor("in1 on node 1", () => c.iface(primary, "in1"), 20_000);
+    expect(in1?.kind).toBe("vxlan");
+    expect(await c.ping(primary, "192.168.2.101", 8000)).toBe(true);
+    expect((await pair.del(conf)).code).toBe(0);
+    expect((await primary.del(conf)).code).toBe(0);
+    await pair.removeNetns();
+    await primary.removeNetns();
+    expect(await records(etcd, c)).toEqual([]);
+  }, 120_000);
+});
+
+describe("etcd over TLS with client certificates and a password", () => {
+  test("pods link across two nodes through a TLS + auth etcd; the password is never logged", async () => {
+    await using etcd = await startEtcd({ tls: true, clientCerts: true, auth: { username: "ratchet", password: "s3cret-Pa55" } });
+    await using c = await makeCluster({ nodes: 2 });
+    c.loadPods(EXAMPLE);
+    // The role only covers /ratchet: keep ratchet's keys there.
+    const conf = { ...etcd.conf(), etcd_prefix: `/ratchet/${c.id}` };
+    const primary = await c.node(1).pod("primary-pod");
+    const pair = await c.node(2).pod("pair-pod");
+    expect((await primary.add(conf)).code).toBe(0);
+    const r = await pair.add(conf);
+    expect(r.stdout).toContain("in2");
+    expect(await waitFor("in1 on node 1", () => c.iface(primary, "in1"), 10_000)).toBeDefined();
+    expect(await c.ping(pair, "192.168.2.100", 8000)).toBe(true);
+    expect((await pair.del(conf)).code).toBe(0);
+    expect((await primary.del(conf)).code).toBe(0);
+    await pair.removeNetns();
+    await primary.removeNetns();
+    for (const n of c.nodes) expect(await n.logTail(10_000)).not.toContain("s3cret-Pa55");
+    const client = new Etcd3(etcd.clientOptions());
+    try {
+      expect((await client.getAll().prefix(`/ratchet/${c.id}/`).keys()).filter((k) => !k.endsWith("/vni-next"))).toEqual([]);
+    } finally {
+      client.close();
+    }
+  }, 120_000);
+});
