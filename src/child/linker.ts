@@ -216,6 +216,20 @@ export class Linker {
     return out;
   }
 
+  /** The declarations under decl/<id>/, grouped by link. */
+  private declarations(id: string, kvs: KeyValue[] | undefined): Map<string, Declaration[]> {
+    const decls = new Map<string, Declaration[]>();
+    for (const kv of kvs ?? []) {
+      const parsed = this.keys.parseDecl(id, keyOf(kv));
+      const spec = parse<LinkSpec>(kv);
+      if (!parsed || !spec) continue;
+      const list = decls.get(parsed.link) ?? [];
+      list.push({ declarer: parsed.declarer, spec });
+      decls.set(parsed.link, list);
+    }
+    return decls;
+  }
+
   /** One link from its declarations (they agree: checked before). */
   private linkOf(k: string, decls: Map<string, Declaration[]>): Link {
     const d = decls.get(k);
@@ -461,12 +475,7 @@ export class Linker {
     }
     const epKv = r1.ranges[0]?.[0];
     const ep = parse<Endpoint>(epKv);
-    const decls = new Map<string, Declaration[]>();
-    for (const kv of r1.ranges[1] ?? []) {
-      const parsed = keys.parseDecl(id, keyOf(kv));
-      const spec = parse<LinkSpec>(kv);
-      if (parsed && spec) (decls.get(parsed.link) ?? decls.set(parsed.link, []).get(parsed.link))?.push({ declarer: parsed.declarer, spec });
-    }
+    const decls = this.declarations(id, r1.ranges[1]);
     const ours = ep !== undefined && ep.containerId === env.containerId;
     const netns = env.netns || (ours ? ep.netns : "");
     // Local first: our ends go now, whatever happens to the records.
@@ -542,12 +551,7 @@ export class Linker {
     if (!ep || ep.containerId !== env.containerId) {
       throw new CniError(Code.CheckFailed, `CHECK: pod ${id} container ${env.containerId} is not registered with ratchet`);
     }
-    const decls = new Map<string, Declaration[]>();
-    for (const kv of r1.ranges[1] ?? []) {
-      const parsed = this.keys.parseDecl(id, keyOf(kv));
-      const spec = parse<LinkSpec>(kv);
-      if (parsed && spec) (decls.get(parsed.link) ?? decls.set(parsed.link, []).get(parsed.link))?.push({ declarer: parsed.declarer, spec });
-    }
+    const decls = this.declarations(id, r1.ranges[1]);
     const linkKeys = [...decls.keys()];
     const peerIds = linkKeys.map((k) => podId(sides(this.linkOf(k, decls), id).theirs));
     const r2 = linkKeys.length ? await txn(this.etcd, [], peerIds.map((p) => op.get(this.keys.endpoint(p)))) : { ranges: [] };
