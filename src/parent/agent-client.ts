@@ -163,12 +163,23 @@ export class ChildAgent implements Agent {
     params: Methods[M]["params"],
     conf: NetConf,
   ): Promise<Methods[M]["result"]> {
-    try {
-      this.conn ??= await connectChild(conf, this.log);
-      return await this.conn.call(method, params, REQUEST_TIMEOUT_MS);
-    } catch (err) {
-      if (err instanceof CniError) throw err;
-      throw new CniError(Code.TryAgainLater, `the node agent failed to answer ${method}: ${(err as Error).message}`, "", { cause: err });
+    // An agent that dies mid-request (killed, crashed) drops the connection: start a new one
+    // and ask again, once. Every request is safe to repeat (attach rebuilds, detach is idempotent).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.conn ??= await connectChild(conf, this.log);
+        return await this.conn.call(method, params, REQUEST_TIMEOUT_MS);
+      } catch (err) {
+        if (err instanceof CniError) throw err;
+        this.conn?.close();
+        this.conn = undefined;
+        const lost = /closed the connection|ECONNRESET|EPIPE/i.test((err as Error).message);
+        if (lost && attempt === 0) {
+          this.log.warn("the node agent went away mid-request; asking a new one", { method });
+          continue;
+        }
+        throw new CniError(Code.TryAgainLater, `the node agent failed to answer ${method}: ${(err as Error).message}`, "", { cause: err });
+      }
     }
   }
 

@@ -46,7 +46,8 @@ describe("etcd faults", () => {
     await etcd.up();
     // The agent retries the record removal by itself: primary-pod's endpoint disappears.
     await waitFor("primary-pod's records to be removed", async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")), 20_000);
-    expect(await n.logTail(200)).toContain("removed the records of a DEL that happened while etcd was away");
+    // (the agent logs it right after the transaction that the wait above saw)
+    await waitFor("the agent's log line", async () => n.logTail(200).includes("removed the records of a DEL that happened while etcd was away"), 5000);
     expect((await pair.del(conf)).code).toBe(0);
     await pair.removeNetns();
     expect(await records(etcd, c)).toEqual([]);
