@@ -90,8 +90,11 @@ export class NodeAgent {
         } catch {
           return;
         }
-        // Rebuild even a matching end when the other node (re)built its side just now.
-        linker.ensureNodeLink(nl, nl.builtBy !== node).catch((err: unknown) => this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }));
+        // Our own ADD wrote this entry and builds that end itself (racing it here would make
+        // one of the two fail with EEXIST). An entry from the other node means it (re)built
+        // its side just now: rebuild ours even if it matches, for a fresh neighbour table.
+        if (nl.builtBy === node) return;
+        linker.ensureNodeLink(nl, true).catch((err: unknown) => this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }));
       });
       watcher.on("delete", (kv) => {
         const key = kv.key.toString().slice(linker.keys.nodeLinksPrefix(node).length);

@@ -201,6 +201,20 @@ export class Linker {
         this.log.info("link waits for its peer", { link: k, pod: id, peer: peerId });
         continue;
       }
+      const { theirs } = sides(link, id);
+      if (theirs.ifname === peer.ifname) {
+        // Never touch the interface the peer's own network gave it.
+        this.log.error("link refused: it names the peer's CNI_IFNAME", { link: k, pod: id, peer: peerId, ifname: theirs.ifname });
+        continue;
+      }
+      if (link.a.namespace !== link.b.namespace) {
+        // Across namespaces, opting in is not consent enough: both pods must declare the link.
+        const declarers = new Set((decls.get(k) ?? []).map((d) => d.declarer));
+        if (!declarers.has(id) || !declarers.has(peerId)) {
+          this.log.warn("cross-namespace link waits for both pods to declare it", { link: k, pod: id, declaredBy: [...declarers] });
+          continue;
+        }
+      }
       builds.push({ link, peer, kind: peer.node === node ? "veth" : "vxlan", prev: prev?.rec, prevRev: prev?.rev ?? "0" });
     }
 
@@ -280,7 +294,7 @@ export class Linker {
     builds: Array<{ link: Link; peer: Endpoint; kind: "veth" | "vxlan"; prev: LinkRecord | undefined; prevRev: string }>,
     vniNextKv: KeyValue | undefined,
     stale: Array<{ link: string; peer: string }>,
-  ): Promise<Array<{ record: LinkRecord; peer: Endpoint }>> {
+  ): Promise<Array<{ record: LinkRecord; peer: Endpoint; rebuilt: boolean }>> {
     const keys = this.keys;
     let next = vniNextKv;
     let current = builds;
@@ -297,7 +311,7 @@ export class Linker {
       let vni = Math.max(next ? Number(next.value.toString()) || FIRST_VNI : FIRST_VNI, floor);
       const firstTried = vni;
       let allocated = false;
-      const plans: Array<{ record: LinkRecord; peer: Endpoint }> = [];
+      const plans: Array<{ record: LinkRecord; peer: Endpoint; rebuilt: boolean }> = [];
       for (const b of current) {
         compare.push(cmp.modRev(keys.link(b.link.key), b.prevRev));
         const record: LinkRecord = {
@@ -329,7 +343,7 @@ export class Linker {
           ops.push(op.del(keys.nodeLink(endpoint.node, b.link.key)));
         }
         ops.push(op.put(keys.link(b.link.key), record));
-        plans.push({ record, peer: b.peer });
+        plans.push({ record, peer: b.peer, rebuilt: b.prev !== undefined });
       }
       if (allocated) {
         compare.push(cmp.modRev(keys.vniNext, next?.mod_revision ?? "0"));
@@ -353,12 +367,14 @@ export class Linker {
   }
 
   /** Builds this pod's end of a recorded link (both ends when the peer is on this node). */
-  private realize(id: string, me: Endpoint, plan: { record: LinkRecord; peer: Endpoint }): AttachedInterface {
-    const { record, peer } = plan;
+  private realize(id: string, me: Endpoint, plan: { record: LinkRecord; peer: Endpoint; rebuilt: boolean }): AttachedInterface {
+    const { record, peer, rebuilt } = plan;
     const { mine, theirs } = sides(record, id);
-    removeIface(mine.ifname, me.netns);
+    // Ends of an earlier build of this very link (a retried ADD, a peer that moved) are
+    // replaced; a name taken by anything else is not ours to remove, and fails with EEXIST.
+    if (rebuilt) removeIface(mine.ifname, me.netns);
     if (record.kind === "veth") {
-      removeIface(theirs.ifname, peer.netns);
+      if (rebuilt) removeIface(theirs.ifname, peer.netns);
       addVethPair({
         a: { name: mine.ifname, ns: me.netns, ...(record.mtu ? { mtu: record.mtu } : {}), ...(mine.mac ? { mac: mine.mac } : {}) },
         b: { name: theirs.ifname, ns: peer.netns, ...(record.mtu ? { mtu: record.mtu } : {}), ...(theirs.mac ? { mac: theirs.mac } : {}) },
@@ -401,9 +417,18 @@ export class Linker {
     const kv = (await txn(this.etcd, [], [op.get(this.keys.endpoint(id))])).ranges[0]?.[0];
     const ep = parse<Endpoint>(kv);
     if (!ep || ep.containerId !== nl.containerId || ep.node !== this.node) return; // that container is gone
+    if (nl.end.ifname === ep.ifname) {
+      this.log.error("tunnel end refused: it names the pod's CNI_IFNAME", { link: nl.key, pod: id, ifname: nl.end.ifname });
+      return;
+    }
     try {
       const cur = getLink(nl.end.ifname, ep.netns);
       if (!fresh && cur.kind === "vxlan" && cur.vni === nl.vni && cur.remote === nl.remote) return;
+      if (cur.kind !== "vxlan") {
+        // Not a tunnel end of ours: some other plugin's interface. Leave it, say so.
+        this.log.error("tunnel end not built: the name is taken by another interface", { link: nl.key, pod: id, ifname: nl.end.ifname, kind: cur.kind });
+        return;
+      }
       removeIface(nl.end.ifname, ep.netns);
     } catch (err) {
       if (err instanceof NetnsNotFoundError) return;
