@@ -109,8 +109,9 @@ export function parseResult(x: unknown, what: string): Result {
       const c = x[fam];
       if (c === undefined || c === null) continue;
       if (!isObject(c)) throw bad(what, `${fam} must be an object`);
-      const address = str(c, "ip", what);
-      if (!address) throw bad(what, `${fam}.ip is missing`);
+      // 0.1.0/0.2.0 called the address field "ip".
+      const address = c.ip;
+      if (typeof address !== "string" || address === "") throw bad(what, `${fam}.ip is missing`);
       ips.push(defined({ address, gateway: str(c, "gateway", what) }));
       if (Array.isArray(c.routes)) for (const r of c.routes) routes.push(parseRoute(r, what));
     }

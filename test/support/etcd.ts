@@ -89,6 +89,18 @@ function tail(file: string, lines = 15): string {
   }
 }
 
+/** Starts etcd with its output appended to logFile; the exit hook kills it if the test process dies. */
+function spawnLogged(args: string[], logFile: string): Subprocess {
+  const log = openSync(logFile, "a");
+  try {
+    const proc = Bun.spawn({ cmd: args, stdin: "ignore", stdout: log, stderr: log });
+    running.add(proc);
+    return proc;
+  } finally {
+    closeSync(log);
+  }
+}
+
 /** Starts etcd and waits until it answers /health (and auth is set up, if asked). */
 export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
   const tls = opts.tls === true || opts.clientCerts === true;
@@ -135,13 +147,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         ...(pki ? ["--cert-file", pki.server.certFile, "--key-file", pki.server.keyFile] : []),
         ...(pki && opts.clientCerts ? ["--client-cert-auth", "--trusted-ca-file", pki.ca.certFile] : []),
       ];
-      const log = openSync(logFile, "a");
-      try {
-        proc = Bun.spawn({ cmd: args, stdin: "ignore", stdout: log, stderr: log });
-      running.add(proc);
-      } finally {
-        closeSync(log);
-      }
+      proc = spawnLogged(args, logFile);
       const ready = await waitHealthy(`${clientUrl}/health`, proc, pki, opts.clientCerts === true, opts.readyTimeoutMs ?? 20_000);
       lastArgs = args;
       lastUrl = clientUrl;
@@ -186,13 +192,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         }
       },
       async up() {
-        const log = openSync(logFile, "a");
-        try {
-          proc = Bun.spawn({ cmd: lastArgs, stdin: "ignore", stdout: log, stderr: log });
-          running.add(proc);
-        } finally {
-          closeSync(log);
-        }
+        proc = spawnLogged(lastArgs, logFile);
         const ready = await waitHealthy(`${lastUrl}/health`, proc, pki, opts.clientCerts === true, opts.readyTimeoutMs ?? 20_000);
         if (ready !== "ok") throw new Error(`etcd at ${lastUrl} did not come back (${ready}); its log ends:\n${tail(logFile)}`);
       },
