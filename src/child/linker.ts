@@ -164,7 +164,7 @@ export class Linker {
       const kv = r1.ranges[i++]?.[0];
       records.set(k, { rec: parse<LinkRecord>(kv), rev: kv?.mod_revision ?? "0" });
     }
-    let vniNextKv = r1.ranges[i++]?.[0];
+    const vniNextKv = r1.ranges[i++]?.[0];
 
     // Every declaration of every link touching this pod: ours (now) and the others' (read).
     const decls = new Map<string, Declaration[]>();
@@ -177,9 +177,11 @@ export class Linker {
         if (!mine.has(parsed.link)) stale.push({ link: parsed.link, peer: podId(sides(toLink(parsed.link, spec), id).theirs) }); // an earlier container's
         continue;
       }
-      (decls.get(parsed.link) ?? decls.set(parsed.link, []).get(parsed.link))?.push({ declarer: parsed.declarer, spec });
+      const list = decls.get(parsed.link) ?? [];
+      list.push({ declarer: parsed.declarer, spec });
+      decls.set(parsed.link, list);
     }
-    for (const [k, spec] of mine) (decls.get(k) ?? decls.set(k, []).get(k))?.push({ declarer: id, spec });
+    for (const [k, spec] of mine) decls.set(k, [...(decls.get(k) ?? []), { declarer: id, spec }]);
     try {
       this.checkAgreement(id, env.ifname, decls);
     } catch (err) {
@@ -218,9 +220,9 @@ export class Linker {
       builds.push({ link, peer, kind: peer.node === node ? "veth" : "vxlan", prev: prev?.rec, prevRev: prev?.rev ?? "0" });
     }
 
-    // Round trip 3: record what we build (VNIs allocated atomically); retried on a race.
+    // Round trip 2: record what we build (VNIs allocated atomically); retried on a race.
+    // Skipped when there is nothing to build or clean up.
     const plans = await this.commitBuilds(id, endpoint, myRev, builds, vniNextKv, stale);
-    vniNextKv = undefined;
 
     // Now the kernel: our ends (and, on one node, both ends of the veth).
     const out: AttachedInterface[] = [];
