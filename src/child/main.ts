@@ -61,7 +61,20 @@ async function classifyPod(conf: NetConf, ref: string, env: Record<string, strin
 async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boolean }): Promise<number> {
   const log = new Logger("child", conf.log_level, opts.foreground ? undefined : conf.log_file);
   mkdirSync(dirname(conf.child_socket), { recursive: true, mode: 0o700 });
-  const lock = await SocketLock.acquire(`${conf.child_socket}.lock`, opts.takeover ? 15_000 : 0);
+  const lockPath = `${conf.child_socket}.lock`;
+  let lock = await SocketLock.acquire(lockPath, opts.takeover ? 15_000 : 0);
+  if (!lock && opts.foreground) {
+    // A foreground agent (a DaemonSet's) takes over from one a plugin started on demand:
+    // that one finishes its work and exits, then the lock is ours.
+    log.info("another node agent serves this socket: asking it to hand over", { socket: conf.child_socket });
+    const { requestDrain } = await import("../parent/agent-client.ts");
+    await requestDrain(conf.child_socket).catch((err: unknown) => log.warn("could not ask the other agent to drain", { error: (err as Error).message }));
+    lock = await SocketLock.acquire(lockPath, 30_000);
+    if (!lock) {
+      log.error("the other node agent did not hand over within 30 s", { socket: conf.child_socket });
+      return 1;
+    }
+  }
   if (!lock) {
     // Another child serves this socket (several parents started one at once): nothing to do.
     log.debug("another node agent holds the socket lock; exiting", { socket: conf.child_socket });

@@ -84,6 +84,16 @@ class Connection {
   }
 }
 
+/** Asks the agent serving `socket` to finish its work and exit (a foreground agent taking over). */
+export async function requestDrain(socket: string): Promise<void> {
+  const conn = await Connection.open(socket);
+  try {
+    await conn.call("drain", {}, 5000);
+  } finally {
+    conn.close();
+  }
+}
+
 /** The ratchet-child next to this binary, unless the config names one. */
 export function childPath(conf: NetConf): string {
   return conf.child_path ?? join(dirname(process.execPath), "ratchet-child");

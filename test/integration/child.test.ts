@@ -171,6 +171,28 @@ describe("node agent", () => {
     await killChildren(n.log);
   });
 
+  test("a foreground agent takes over from one started on demand", async () => {
+    const n = node();
+    await using ns = await makeNetns();
+    expect((await add(n, ns.path)).code).toBe(0);
+    const [onDemand] = childPids(n.log);
+    const confFile = join(n.dir, "net.conf");
+    writeFileSync(confFile, JSON.stringify(n.conf));
+    const proc = Bun.spawn({ cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]), stdout: "pipe", stderr: "pipe" });
+    try {
+      await waitFor("the on-demand agent to hand over", () => !alive(onDemand as number), 10_000);
+      await waitFor("the foreground agent to serve", async () => (await rpc(n.socket, "hello").catch(() => undefined))?.result?.pid !== undefined);
+      const hello = await rpc(n.socket, "hello");
+      expect(hello.result?.pid).not.toBe(onDemand);
+      expect((await add(n, ns.path, "plain-pod-2")).code).toBe(0);
+      expect(proc.exitCode).toBeNull();
+    } finally {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    }
+    expect(await new Response(proc.stderr).text()).toContain("asking it to hand over");
+  });
+
   test("--mode=child --config runs in the foreground, logs on stderr, stops on SIGTERM", async () => {
     const n = node({ child_idle_seconds: 1 });
     const confFile = join(n.dir, "net.conf");
