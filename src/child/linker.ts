@@ -21,6 +21,7 @@ import {
   LinkNotFoundError,
   listAddresses,
   NetnsNotFoundError,
+  setLinkUp,
 } from "../netlink/index.ts";
 import { cmp, keyOf, op, parse, txn, type Compare, type KeyValue, type Op } from "../store/etcd-ops.ts";
 import { FIRST_VNI, Keys, MAX_VNI, podId, sides, toLink, type Endpoint, type Link, type LinkRecord, type NodeLink } from "../store/model.ts";
@@ -425,7 +426,14 @@ export class Linker {
     }
     try {
       const cur = getLink(nl.end.ifname, ep.netns);
-      if (!fresh && cur.kind === "vxlan" && cur.vni === nl.vni && cur.remote === nl.remote) return;
+      if (!fresh && cur.kind === "vxlan" && cur.vni === nl.vni && cur.remote === nl.remote) {
+        // The right tunnel; an agent killed while building it may have left it without its
+        // addresses or down: finish it.
+        const have = listAddresses(nl.end.ifname, ep.netns).map((a) => `${a.address}/${a.prefixLength}`);
+        for (const ip of nl.end.ips) if (!have.includes(ip)) addAddress(nl.end.ifname, ip, ep.netns);
+        if (!cur.up) setLinkUp(nl.end.ifname, true, ep.netns);
+        return;
+      }
       if (cur.kind !== "vxlan") {
         // Not a tunnel end of ours: some other plugin's interface. Leave it, say so.
         this.log.error("tunnel end not built: the name is taken by another interface", { link: nl.key, pod: id, ifname: nl.end.ifname, kind: cur.kind });

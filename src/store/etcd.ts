@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { checkServerIdentity, createSecureContext, type SecureContext } from "node:tls";
 // etcd3's own gRPC library (its dependency, one copy in node_modules): for TLS credentials.
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
 import { ChannelCredentials, credentials as grpcCredentials, type CallCredentials, type ChannelOptions } from "@grpc/grpc-js";
 import {
   Etcd3,
@@ -9,6 +10,7 @@ import {
   EtcdPermissionDeniedError,
   GRPCDeadlineExceededError,
   GRPCUnavailableError,
+  isRecoverableError,
   type IOptions,
 } from "etcd3";
 import { etcdEndpoints, type NetConf } from "../cni/config.ts";
@@ -159,6 +161,12 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
   const options: IOptions = {
     hosts,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+    faultHandling: {
+      // etcd3's default breaker stops trying a host for 5 s after three failures, so an
+      // agent kept failing ADDs for seconds after etcd came back. Try again after 500 ms.
+      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) }),
+      global: retry(handleWhen(isRecoverableError), { maxAttempts: 2 }),
+    },
   };
 
   let tlsCredentials: EtcdTlsCredentials | undefined;

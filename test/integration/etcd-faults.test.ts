@@ -105,3 +105,40 @@ describe("etcd over TLS with client certificates and a password", () => {
     }
   }, 120_000);
 });
+
+describe("etcd down during ADD", () => {
+  test("code 11, the boot network undone, nothing left; the retry after etcd returns links the pod", async () => {
+    await using etcd = await startEtcd();
+    await using c = await makeCluster({ nodes: 1 });
+    c.loadPods(EXAMPLE);
+    const n = c.node(1);
+    const dataDir = join(c.dir, "ipam");
+    // A boot network with state to undo: ptp + host-local (an address, a host-side veth).
+    const conf = { ...etcd.conf(), boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "10.74.0.0/24", dataDir } } };
+    const primary = await n.pod("primary-pod");
+    expect((await primary.add(conf)).code).toBe(0);
+    const pair = await n.pod("pair-pod");
+    await etcd.down();
+    const r = await pair.add(conf);
+    expect(r.code).toBe(1);
+    expect((r.json as { code: number; msg: string }).code).toBe(11);
+    expect((r.json as { msg: string }).msg).toContain("etcd");
+    // Nothing of the failed ADD is left: no eth0, no address taken, no link end.
+    expect(await c.ifaceNames(pair)).toEqual([]);
+    const { readdirSync } = await import("node:fs");
+    const taken = readdirSync(join(dataDir, "ratchet-bed")).filter((f) => /^\d/.test(f));
+    expect(taken).toHaveLength(1); // primary-pod's only
+    await etcd.up();
+    // What kubelet does next: DEL the failed sandbox, ADD again.
+    expect((await pair.del(conf)).code).toBe(0);
+    const again = await pair.add(conf);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain("in2");
+    expect(await c.ping(primary, "192.168.2.101", 5000)).toBe(true);
+    for (const p of [pair, primary]) {
+      expect((await p.del(conf)).code).toBe(0);
+      await p.removeNetns();
+    }
+    expect(await records(etcd, c)).toEqual([]);
+  }, 120_000);
+});
