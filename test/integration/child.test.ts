@@ -77,6 +77,20 @@ describe("node agent", () => {
     expect(childPids(n.log)).toEqual(pids);
   });
 
+  test("another user cannot talk to the agent: connect is refused", async () => {
+    const n = node();
+    await using ns = await makeNetns();
+    expect((await add(n, ns.path)).code).toBe(0);
+    // As root the socket answers; as nobody (uid 65534) the kernel refuses the connect.
+    const script = `require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); });`;
+    const asRoot = await run(["node", "-e", script, n.socket]);
+    expect(asRoot.stdout.trim()).toBe("connected");
+    const proc = Bun.spawn({ cmd: ["node", "-e", script, n.socket], uid: 65534, gid: 65534, stdout: "pipe", stderr: "pipe" });
+    const out = await new Response(proc.stdout).text();
+    expect(await proc.exited).toBe(3);
+    expect(out.trim()).toBe("EACCES");
+  });
+
   test("a pod without K8S_POD_* args never starts the agent", async () => {
     const n = node();
     await using ns = await makeNetns();
