@@ -7,7 +7,7 @@
 // fd counts did not grow and their RSS stays bounded (printed).
 //   RATCHET_LOAD_PAIRS=20 RATCHET_TEST_ETCD=http://127.0.0.1:PORT bun test test/integration/load.test.ts
 import { expect, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { type CniResultJson } from "../support/cni.ts";
 import { makeCluster, plainPod, type AnnotationLink, type CniRun, type Cluster, type Node, type Pod } from "../support/cluster.ts";
 import type { PodObject } from "../support/pods.ts";
@@ -209,6 +209,12 @@ test(
       const [r, a] = [atRest[k] as AgentFigures, after[k] as AgentFigures];
       console.log(`  ${n.name} agent ${r.pid}: RSS ${mib(r.rssKiB)} MiB at rest, ${mib(a.rssKiB)} MiB after; fds ${r.fds} at rest, ${a.fds} after`);
     });
+    // scripts/bench.sh reads the figures from here.
+    const reportFile = process.env.RATCHET_LOAD_REPORT;
+    if (reportFile) {
+      const rss = (xs: AgentFigures[]) => Math.max(...xs.map((x) => x.rssKiB)) / 1024;
+      writeFileSync(reportFile, JSON.stringify({ pairs: PAIRS, pods: eligible.length + plain.length, seconds: total, restMiB: rss(atRest), afterMiB: rss(after), fdsRest: atRest.map((x) => x.fds), fdsAfter: after.map((x) => x.fds), maxAgents, phases: phase }));
+    }
     console.log(`  agents seen per node: ${seenAgents.map((s) => s.size).join(", ")}; most at once on a node: ${maxAgents}`);
 
     expect(maxAgents).toBeLessThanOrEqual(1);
