@@ -8,6 +8,7 @@
 //   RATCHET_LOAD_PAIRS=20 RATCHET_TEST_ETCD=http://127.0.0.1:PORT bun test test/integration/load.test.ts
 import { expect, test } from "bun:test";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { waitFor } from "../support/child.ts";
 import { type CniResultJson } from "../support/cni.ts";
 import { makeCluster, plainPod, type AnnotationLink, type CniRun, type Cluster, type Node, type Pod } from "../support/cluster.ts";
 import type { PodObject } from "../support/pods.ts";
@@ -197,6 +198,9 @@ test(
       await sampler;
     }
 
+    // The last parents' connections close a moment after their DEL returns: let the fd
+    // counts settle (bounded), then take the figures.
+    await waitFor("agents' fds to settle", () => [n1, n2].every((n, k) => agentFigures(n).fds <= (atRest[k] as AgentFigures).fds + 4), 5000).catch(() => undefined);
     const after = [agentFigures(n1), agentFigures(n2)];
     t = performance.now();
     await pool([...eligible, ...plain], PARALLEL, (p) => p.removeNetns());
