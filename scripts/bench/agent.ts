@@ -8,9 +8,11 @@ import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmS
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startApiServer } from "../../test/support/apiserver.ts";
-import { median, table, timed } from "./support.ts";
+import { ARGS, ETCD, median, report, table, timed } from "./support.ts";
 
-const ROUNDS = Number(process.argv[2] ?? 40);
+const ROUNDS = Number(ARGS[0] ?? 40);
+/** Requests sent to the warm agent before its RSS is read again. */
+const LOAD = Number(ARGS[1] ?? 1000);
 const REPO = join(import.meta.dir, "..", "..");
 const dir = mkdtempSync(join(tmpdir(), "ratchet-bench-agent-"));
 const bin = join(dir, "ratchet");
@@ -24,7 +26,7 @@ const conf = (socket: string) => ({
   cniVersion: "1.0.0",
   name: "bench",
   type: "ratchet",
-  etcd_host: "127.0.0.1",
+  etcd_endpoints: [ETCD],
   kubeconfig: api.writeKubeconfig(dir, { auth: "token" }),
   log_file: join(dir, "ratchet.log"),
   child_socket: socket,
@@ -76,8 +78,8 @@ try {
   }
   const [warmPid] = agentPids().filter((pid) => readlinkSync(`/proc/${pid}/cwd`) !== "" );
   rest = rssMiB(warmPid as number);
-  // 1000 more requests to the warm agent, 8 at a time.
-  for (let i = 0; i < 1000; i += 8) {
+  // LOAD more requests to the warm agent, 8 at a time.
+  for (let i = 0; i < LOAD; i += 8) {
     await Promise.all(Array.from({ length: 8 }, (_, j) => timed([bin], env("ADD", `m${i + j}`), warmConf)));
   }
   loaded = rssMiB(warmPid as number);
@@ -89,13 +91,17 @@ try {
 }
 
 const dm = median(s.direct);
-console.log(`node agent: ${ROUNDS} rounds, medians, interleaved in one run (delegate: loopback)`);
-console.log(
-  table([
-    { call: "ADD, delegate alone", "ms": dm, "overhead ms": 0, ratio: 1 },
-    { call: "ADD via ratchet, no K8S args (no agent)", "ms": median(s.plain), "overhead ms": median(s.plain) - dm, ratio: median(s.plain) / dm },
-    { call: "ADD via ratchet, K8S pod, warm agent", "ms": median(s.warm), "overhead ms": median(s.warm) - dm, ratio: median(s.warm) / dm },
-    { call: "ADD via ratchet, cold (starts the agent)", "ms": median(s.cold), "overhead ms": median(s.cold) - dm, ratio: median(s.cold) / dm },
-  ]),
+const rows = [
+  { call: "ADD, delegate alone", "ms": dm, "overhead ms": 0, ratio: 1 },
+  { call: "ADD via ratchet, no K8S args (no agent)", "ms": median(s.plain), "overhead ms": median(s.plain) - dm, ratio: median(s.plain) / dm },
+  { call: "ADD via ratchet, K8S pod, warm agent", "ms": median(s.warm), "overhead ms": median(s.warm) - dm, ratio: median(s.warm) / dm },
+  { call: "ADD via ratchet, cold (starts the agent)", "ms": median(s.cold), "overhead ms": median(s.cold) - dm, ratio: median(s.cold) / dm },
+];
+report(
+  { rounds: ROUNDS, load: LOAD, delegateAddMs: dm, plainAddMs: median(s.plain), warmAddMs: median(s.warm), coldAddMs: median(s.cold), agentRestMiB: rest, agentLoadedMiB: loaded },
+  [
+    `node agent: ${ROUNDS} rounds, medians, interleaved in one run (delegate: loopback)`,
+    table(rows),
+    `agent RSS: ${rest.toFixed(1)} MiB after ${ROUNDS * 2} requests, ${loaded.toFixed(1)} MiB after ${LOAD} more`,
+  ],
 );
-console.log(`agent RSS: ${rest.toFixed(1)} MiB after ${ROUNDS * 2} requests, ${loaded.toFixed(1)} MiB after 1000 more`);

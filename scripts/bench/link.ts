@@ -8,10 +8,9 @@ import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmS
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startApiServer } from "../../test/support/apiserver.ts";
-import { median, table, timed } from "./support.ts";
+import { ARGS, ETCD, median, report, table, timed } from "./support.ts";
 
-const PAIRS = Number(process.argv[2] ?? 100);
-const ETCD = process.env.RATCHET_TEST_ETCD ?? "http://127.0.0.1:2379";
+const PAIRS = Number(ARGS[0] ?? 100);
 const REPO = join(import.meta.dir, "..", "..");
 const dir = mkdtempSync(join(tmpdir(), "ratchet-bench-link-"));
 const bin = join(dir, "ratchet");
@@ -108,16 +107,28 @@ try {
   const firstTrips = trips.filter((t) => t.built.length === 0).map((t) => t.etcdRoundTrips);
   const secondTrips = trips.filter((t) => t.built.length > 0).map((t) => t.etcdRoundTrips);
   const dm = median(ptpAdd);
-  console.log(`linking: ${PAIRS} pairs on one node (boot network: loopback), medians, in one run`);
-  console.log(
-    table([
-      { ADD: "ptp + host-local (Debian)", ms: dm, ratio: 1 },
-      { ADD: "ratchet, second pod of a pair (builds the veth)", ms: median(second), ratio: median(second) / dm },
-    ]),
+  report(
+    {
+      pairs: PAIRS,
+      ptpAddMs: dm,
+      secondAddMs: median(second),
+      firstPodRoundTrips: median(firstTrips),
+      secondPodRoundTrips: median(secondTrips),
+      secondPodRoundTripsMax: Math.max(...secondTrips),
+      seqMsPerPair: seqMs / half,
+      parallelMsPerPair: parMs / (PAIRS - half),
+    },
+    [
+      `linking: ${PAIRS} pairs on one node (boot network: loopback), medians, in one run`,
+      table([
+        { ADD: "ptp + host-local (Debian)", ms: dm, ratio: 1 },
+        { ADD: "ratchet, second pod of a pair (builds the veth)", ms: median(second), ratio: median(second) / dm },
+      ]),
+      `pairs linked one after another: ${half} in ${(seqMs / 1000).toFixed(2)} s (${(seqMs / half).toFixed(1)} ms per pair, ptp ADD included)`,
+      `pairs linked 8 ADDs at a time: ${PAIRS - half} in ${(parMs / 1000).toFixed(2)} s (${(parMs / (PAIRS - half)).toFixed(1)} ms per pair)`,
+      `etcd round trips per ADD: first pod median ${median(firstTrips)}, second pod median ${median(secondTrips)} (max ${Math.max(...secondTrips)})`,
+    ],
   );
-  console.log(`pairs linked one after another: ${half} in ${(seqMs / 1000).toFixed(2)} s (${(seqMs / half).toFixed(1)} ms per pair, ptp ADD included)`);
-  console.log(`pairs linked 8 ADDs at a time: ${PAIRS - half} in ${(parMs / 1000).toFixed(2)} s (${(parMs / (PAIRS - half)).toFixed(1)} ms per pair)`);
-  console.log(`etcd round trips per ADD: first pod median ${median(firstTrips)}, second pod median ${median(secondTrips)} (max ${Math.max(...secondTrips)})`);
 } finally {
   for (const pid of agents()) process.kill(Number(pid), "SIGKILL");
   for (const ns of namespaces) await Bun.spawn({ cmd: ["ip", "netns", "delete", ns] }).exited;

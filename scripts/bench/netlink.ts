@@ -3,8 +3,9 @@
 // Run as root: node_modules/.bin/bun scripts/bench/netlink.ts [pairs]
 import { readdirSync } from "node:fs";
 import { addAddress, addVethPair, deleteLink, getLink } from "../../src/netlink/index.ts";
+import { ARGS, report } from "./support.ts";
 
-const PAIRS = Number(process.argv[2] ?? 200);
+const PAIRS = Number(ARGS[0] ?? 200);
 const tag = `rtb${process.pid.toString(36).slice(-4)}`;
 const nsA = `${tag}a`;
 const nsB = `${tag}b`;
@@ -81,9 +82,6 @@ try {
     const nl = measure(viaNetlink);
     const fdsAfter = fdCount();
     const ipTimes = measure(viaIp);
-    console.log(`${PAIRS} veth pairs between two fresh namespaces; median ms per pair`);
-    console.log("| phase                         |  netlink | iproute2 |  ratio |");
-    console.log("|-------------------------------|----------|----------|--------|");
     const label: Record<Phase | "total", string> = {
       create: "create pair, both ends up",
       address: "add an IPv4 address per end",
@@ -91,14 +89,33 @@ try {
       delete: "delete pair",
       total: "total",
     };
+    const human = [
+      `${PAIRS} veth pairs between two fresh namespaces; median ms per pair`,
+      "| phase                         |  netlink | iproute2 |  ratio |",
+      "|-------------------------------|----------|----------|--------|",
+    ];
     for (const phase of [...PHASES, "total"] as const) {
       const a = median(nl[phase]);
       const b = median(ipTimes[phase]);
-      console.log(`| ${label[phase].padEnd(29)} | ${a.toFixed(3).padStart(8)} | ${b.toFixed(3).padStart(8)} | ${(b / a).toFixed(1).padStart(5)}x |`);
+      human.push(`| ${label[phase].padEnd(29)} | ${a.toFixed(3).padStart(8)} | ${b.toFixed(3).padStart(8)} | ${(b / a).toFixed(1).padStart(5)}x |`);
     }
     const sum = (r: Record<Phase | "total", number[]>) => median(r.total.map((t, i) => t - (r.delete[i] as number)));
-    console.log(`without the delete (kernel-bound, see below): ${sum(nl).toFixed(3)} vs ${sum(ipTimes).toFixed(3)} ms, ${(sum(ipTimes) / sum(nl)).toFixed(1)}x`);
-    console.log(`/proc/self/fd entries before / after the netlink run: ${fdsBefore} / ${fdsAfter}${fdsBefore === fdsAfter ? "" : "  <-- LEAK"}`);
+    human.push(`without the delete (kernel-bound, see below): ${sum(nl).toFixed(3)} vs ${sum(ipTimes).toFixed(3)} ms, ${(sum(ipTimes) / sum(nl)).toFixed(1)}x`);
+    human.push(`/proc/self/fd entries before / after the netlink run: ${fdsBefore} / ${fdsAfter}${fdsBefore === fdsAfter ? "" : "  <-- LEAK"}`);
+    report(
+      {
+        pairs: PAIRS,
+        netlinkNoDeleteMs: sum(nl),
+        iprouteNoDeleteMs: sum(ipTimes),
+        netlinkDeleteMs: median(nl.delete),
+        iprouteDeleteMs: median(ipTimes.delete),
+        netlinkTotalMs: median(nl.total),
+        iprouteTotalMs: median(ipTimes.total),
+        fdsBefore,
+        fdsAfter,
+      },
+      human,
+    );
     if (fdsBefore !== fdsAfter) process.exitCode = 1;
   } finally {
     ip("netns", "delete", nsB);

@@ -2,17 +2,24 @@
 // host-local) against calling bridge directly, interleaved in one run on one namespace.
 // Prints medians, the overhead, the ratio and ratchet's peak RSS. Run as root:
 //   node_modules/.bin/bun scripts/bench/passthrough.ts [ROUNDS]
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readlinkSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { median, table, timed } from "./support.ts";
+import { startApiServer } from "../../test/support/apiserver.ts";
+import { ARGS, ETCD, median, report, table, timed } from "./support.ts";
 
-const ROUNDS = Number(process.argv[2] ?? 60);
-const BIN = process.env.RATCHET_BIN ?? join(import.meta.dir, "..", "..", "bin", "ratchet");
+const ROUNDS = Number(ARGS[0] ?? 60);
 const CNI_PATH = "/usr/lib/cni";
 const tag = `rb${process.pid.toString(36).slice(-4)}`;
 const netns = `${tag}ns`;
 const dir = mkdtempSync(join(tmpdir(), "ratchet-bench-"));
+// Installed as on a node: the agent (ratchet-child) beside the plugin; it reads the pod from
+// a stand-in API server, which says it is not a ratchet pod.
+const BIN = join(dir, "ratchet");
+copyFileSync(process.env.RATCHET_BIN ?? join(import.meta.dir, "..", "..", "bin", "ratchet"), BIN);
+symlinkSync("ratchet", join(dir, "ratchet-child"));
+const api = startApiServer({ dir });
+api.putPod({ kind: "Pod", metadata: { name: "bench-pod", namespace: "default", labels: { app: "bench" } }, spec: {} });
 
 const bridge = (name: string) => ({
   type: "bridge",
@@ -25,7 +32,8 @@ const viaRatchet = {
   cniVersion: "1.0.0",
   name: "ratchet",
   type: "ratchet",
-  etcd_host: "127.0.0.1",
+  etcd_endpoints: [ETCD],
+  kubeconfig: api.writeKubeconfig(dir, { auth: "token" }),
   log_file: join(dir, "ratchet.log"),
   child_socket: join(dir, "child.sock"),
   delegate: bridge("ratchet"),
@@ -66,6 +74,14 @@ try {
     samples.rss.push(r1.maxRssKiB, r2.maxRssKiB);
   }
 } finally {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/1`) === join(dir, "ratchet.log")) process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // gone, or not ours
+    }
+  }
+  await api.stop();
   await ip("netns", "delete", netns);
   await ip("link", "delete", `${tag}br`);
   rmSync(dir, { recursive: true, force: true });
@@ -78,12 +94,22 @@ const row = (what: string, r: number[], d: number[]) => ({
   "overhead ms": median(r) - median(d),
   ratio: median(r) / median(d),
 });
-console.log(`passthrough: ${ROUNDS} rounds, medians, interleaved in one run`);
-console.log(
-  table([
-    row("ADD", samples.ratchetAdd, samples.directAdd),
-    row("DEL", samples.ratchetDel, samples.directDel),
-    row("ADD+DEL", samples.ratchetAdd.map((x, i) => x + (samples.ratchetDel[i] as number)), samples.directAdd.map((x, i) => x + (samples.directDel[i] as number))),
-  ]),
+const add = row("ADD", samples.ratchetAdd, samples.directAdd);
+const del = row("DEL", samples.ratchetDel, samples.directDel);
+const both = row("ADD+DEL", samples.ratchetAdd.map((x, i) => x + (samples.ratchetDel[i] as number)), samples.directAdd.map((x, i) => x + (samples.directDel[i] as number)));
+report(
+  {
+    rounds: ROUNDS,
+    bridgeAddMs: add["bridge ms"],
+    ratchetAddMs: add["ratchet ms"],
+    bridgeDelMs: del["bridge ms"],
+    ratchetDelMs: del["ratchet ms"],
+    peakRssMedianMiB: median(samples.rss) / 1024,
+    peakRssMaxMiB: Math.max(...samples.rss) / 1024,
+  },
+  [
+    `passthrough: ${ROUNDS} rounds, medians, interleaved in one run`,
+    table([add, del, both]),
+    `ratchet peak RSS: median ${(median(samples.rss) / 1024).toFixed(1)} MiB, max ${(Math.max(...samples.rss) / 1024).toFixed(1)} MiB`,
+  ],
 );
-console.log(`ratchet peak RSS: median ${(median(samples.rss) / 1024).toFixed(1)} MiB, max ${(Math.max(...samples.rss) / 1024).toFixed(1)} MiB`);

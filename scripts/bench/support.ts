@@ -32,3 +32,17 @@ export function table(rows: Array<Record<string, string | number>>): string {
   const line = (vals: string[]) => vals.map((v, i) => v.padEnd(width[i] as number)).join("  ");
   return [line(cols), line(width.map((w) => "-".repeat(w))), ...rows.map((r) => line(cols.map((c) => String(cell(r[c] ?? "")))))].join("\n");
 }
+
+/** `--json` among the arguments: print one JSON object of the figures instead of tables. */
+export const JSON_OUT = process.argv.includes("--json");
+
+/** The positional arguments (flags such as --json left out). */
+export const ARGS = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+
+/** The etcd the benchmarks use: $RATCHET_TEST_ETCD (scripts/bench.sh starts one), else the default port. */
+export const ETCD = process.env.RATCHET_TEST_ETCD ?? "http://127.0.0.1:2379";
+
+/** Prints the human lines, or with --json the figures as one line of JSON. */
+export function report(figures: Record<string, number | string>, human: string[]): void {
+  console.log(JSON_OUT ? JSON.stringify(figures) : human.join("\n"));
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the project in one go and prints one table (as root). Starts its
+# own throwaway etcd on a free loopback port with a temporary data dir, builds bin/ratchet
+# if it is missing or older than the sources, and stops everything it started at the end.
+# Each benchmark runs side by side with its reference in the same run; a few short rounds.
+#   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+BUN="$repo/node_modules/.bin/bun"
+say() { printf '== %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/bench.sh: the benchmarks create network namespaces and links: run as root" >&2
+  exit 1
+fi
+[ -x "$BUN" ] || { echo "scripts/bench.sh: $BUN is missing: run npm ci (or ./scripts/test.sh)" >&2; exit 1; }
+
+work="$(mktemp -d /tmp/ratchet-bench.XXXXXX)"
+etcd_pid=""
+export RATCHET_TEST_PREFIX="rb$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
+cleanup() {
+  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  # Node agents the load test started log (stdout) into $work: stop any still running.
+  for fd1 in /proc/[0-9]*/fd/1; do
+    case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac
+  done
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$RATCHET_TEST_PREFIX"); do ip netns delete "$ns" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ ! -x bin/ratchet ] || [ -n "$(find src scripts/build.ts package.json -newer bin/ratchet -print -quit)" ]; then
+  say "build"
+  ./scripts/build >&2 || exit 1
+fi
+
+free_port() { "$BUN" -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true);'; }
+client_port="$(free_port)"; peer_port="$(free_port)"
+say "etcd on 127.0.0.1:$client_port"
+etcd --name ratchet-bench --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "ratchet-bench=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+etcd_pid=$!
+export RATCHET_TEST_ETCD="http://127.0.0.1:$client_port"
+for _ in $(seq 100); do
+  "$BUN" -e "await fetch('$RATCHET_TEST_ETCD/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && break
+  sleep 0.1
+done
+
+status=0
+bench() {
+  local name="$1"; shift
+  say "$name"
+  local t0=$SECONDS
+  if ! "$BUN" "scripts/bench/$name.ts" "$@" --json >"$work/$name.json" 2>"$work/$name.err"; then
+    echo "scripts/bench.sh: $name failed:" >&2; tail -n 20 "$work/$name.err" >&2; status=1
+  fi
+  say "$name: $((SECONDS - t0)) s"
+}
+bench passthrough 40
+bench agent 30 400
+bench netlink 100
+bench link 60
+
+say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
+t0=$SECONDS
+if ! RATCHET_TEST_WORK="$work" RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="$work/load.json" \
+  "$BUN" test --timeout 900000 test/integration/load.test.ts >"$work/load.err" 2>&1; then
+  echo "scripts/bench.sh: the load run failed:" >&2; tail -n 30 "$work/load.err" >&2; status=1
+fi
+say "load: $((SECONDS - t0)) s"
+
+echo "ratchet benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; medians, each measured side by side with its reference in this run"
+"$BUN" scripts/bench/summary.ts "$work" || status=1
+exit "$status"
