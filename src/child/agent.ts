@@ -260,12 +260,4 @@ export class NodeAgent {
   }
 }
 
-/** Serialization key: the pod, else the container. */
-export function requestKey(req: Request): string | undefined {
-  const p = req.params as Partial<CallParams>;
-  if (p.env?.pod) return `pod/${p.env.pod.namespace}/${p.env.pod.name}`;
-  if (p.env?.containerId) return `ctr/${p.env.containerId}`;
-  return undefined;
-}
-
 export const journalPath = (conf: NetConf): string => join(dirname(conf.child_socket), "deferred-del.jsonl");

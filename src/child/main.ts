@@ -4,10 +4,10 @@ import { dirname } from "node:path";
 import { etcdEndpoints, parseNetConf, type NetConf } from "../cni/config.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import { Logger } from "../log.ts";
-import { BUILD_ID } from "../version.ts";
+import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
 import type { NodeAgent } from "./agent.ts";
 import { SocketLock } from "./lock.ts";
-import { Server } from "./server.ts";
+import { requestKey, Server } from "./server.ts";
 
 function option(args: string[], name: string): string | undefined {
   const i = args.findIndex((a) => a === name || a.startsWith(`${name}=`));
@@ -93,10 +93,17 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     await server.idle();
     finish(0);
   };
-  const { NodeAgent, journalPath, requestKey } = await import("./agent.ts");
-  const agent: NodeAgent = new NodeAgent(log, () => void shutdown("drain"), journalPath(conf));
-  server = new Server({ socket: conf.child_socket, log, handle: (req) => agent.handle(req), keyOf: requestKey });
+  // Listen first, load the etcd and Kubernetes clients meanwhile: the plugin that started
+  // us connects (and says hello) while they load, and its real request waits for them.
+  const loading = import("./agent.ts").then(({ NodeAgent, journalPath }) => new NodeAgent(log, () => void shutdown("drain"), journalPath(conf)));
+  server = new Server({
+    socket: conf.child_socket,
+    log,
+    handle: async (req) => (req.method === "hello" ? { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid } : (await loading).handle(req)),
+    keyOf: requestKey,
+  });
   server.listen();
+  const agent: NodeAgent = await loading;
   log.info("node agent serving", { socket: conf.child_socket, pid: process.pid, build: BUILD_ID, foreground: opts.foreground });
   // Take up this node's links now (reconcile, watch), not at the first request.
   if (conf.etcd_endpoints || conf.etcd_host) agent.warm(conf);

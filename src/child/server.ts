@@ -4,7 +4,7 @@ import { chmodSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import { LineReader, type Method, type Request, type Response } from "../rpc/protocol.ts";
+import { LineReader, type CallParams, type Method, type Request, type Response } from "../rpc/protocol.ts";
 
 export type Handler = (req: Request, signal: AbortSignal) => Promise<unknown>;
 
@@ -184,4 +184,12 @@ export class Server {
 
 export function isMethod(m: string): m is Method {
   return ["hello", "drain", "classify", "attach", "detach", "check", "status", "gc"].includes(m);
+}
+
+/** Serialization key: the pod, else the container. */
+export function requestKey(req: Request): string | undefined {
+  const p = req.params as Partial<CallParams>;
+  if (p.env?.pod) return `pod/${p.env.pod.namespace}/${p.env.pod.name}`;
+  if (p.env?.containerId) return `ctr/${p.env.containerId}`;
+  return undefined;
 }
