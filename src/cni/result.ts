@@ -109,7 +109,7 @@ export function parseResult(x: unknown, what: string): Result {
       const c = x[fam];
       if (c === undefined || c === null) continue;
       if (!isObject(c)) throw bad(what, `${fam} must be an object`);
-      // 0.1.0/0.2.0 called the address field "ip".
+      // 0.1.0/0.2.0 named the address field ip (no "address").
       const address = c.ip;
       if (typeof address !== "string" || address === "") throw bad(what, `${fam}.ip is missing`);
       ips.push(defined({ address, gateway: str(c, "gateway", what) }));
