@@ -14,7 +14,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "scripts/bench.sh: the benchmarks create network namespaces and links: run as root" >&2
   exit 1
 fi
-[ -x "$BUN" ] || { echo "scripts/bench.sh: $BUN is missing: run npm ci (or ./scripts/test.sh)" >&2; exit 1; }
+. "$repo/scripts/deps.sh"
+ensure_deps || exit 1
 
 work="$(mktemp -d /tmp/ratchet-bench.XXXXXX)"
 etcd_pid=""
@@ -35,19 +36,7 @@ if [ ! -x bin/ratchet ] || [ -n "$(find src scripts/build.ts package.json -newer
   ./scripts/build >&2 || exit 1
 fi
 
-free_port() { "$BUN" -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true);'; }
-client_port="$(free_port)"; peer_port="$(free_port)"
-say "etcd on 127.0.0.1:$client_port"
-etcd --name ratchet-bench --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
-  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-cluster "ratchet-bench=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
-etcd_pid=$!
-export RATCHET_TEST_ETCD="http://127.0.0.1:$client_port"
-for _ in $(seq 100); do
-  "$BUN" -e "await fetch('$RATCHET_TEST_ETCD/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && break
-  sleep 0.1
-done
+start_etcd ratchet-bench "$work" || { exit 1; }
 
 status=0
 bench() {

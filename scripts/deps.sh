@@ -25,3 +25,24 @@ ensure_deps() {
     echo "$lock_sum" > node_modules/.ratchet-lock.sha256
   fi
 }
+
+# start_etcd NAME WORK: a throwaway etcd on free loopback ports, data in WORK/etcd, log in
+# WORK/etcd.log. Sets etcd_pid, exports RATCHET_TEST_ETCD, and waits until it is healthy.
+start_etcd() {
+  local name="$1" work="$2" bun="node_modules/.bin/bun" client_port peer_port
+  free_port() { "$bun" -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true);'; }
+  client_port="$(free_port)"; peer_port="$(free_port)"
+  echo "== etcd on 127.0.0.1:$client_port" >&2
+  etcd --name "$name" --data-dir "$work/etcd" \
+    --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "$name=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+  etcd_pid=$!
+  export RATCHET_TEST_ETCD="http://127.0.0.1:$client_port"
+  for _ in $(seq 100); do
+    "$bun" -e "await fetch('$RATCHET_TEST_ETCD/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "etcd did not become healthy; see $work/etcd.log" >&2
+  return 1
+}

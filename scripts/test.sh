@@ -49,20 +49,7 @@ say "typecheck"
 if node_modules/.bin/tsc --noEmit -p . >&2; then passed=$((passed+1)); else failed=$((failed+1)); fi
 
 # --- etcd on loopback, free ports, data in a temp dir ------------------------------------------
-free_port() { "$BUN" -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true);'; }
-client_port="$(free_port)"; peer_port="$(free_port)"
-say "etcd on 127.0.0.1:$client_port"
-etcd --name ratchet-test --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
-  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-cluster "ratchet-test=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
-etcd_pid=$!
-export RATCHET_TEST_ETCD="http://127.0.0.1:$client_port"
-for _ in $(seq 100); do
-  curl -fsS "$RATCHET_TEST_ETCD/health" >/dev/null 2>&1 && break
-  "$BUN" -e "await fetch('$RATCHET_TEST_ETCD/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && break
-  sleep 0.1
-done
+start_etcd ratchet-test "$work" || { echo "$passed passed, $((failed+1)) failed"; exit 1; }
 export RATCHET_TEST_WORK="$work"
 
 # --- tests -------------------------------------------------------------------------------

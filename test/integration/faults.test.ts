@@ -8,19 +8,10 @@ import { cni, cniEnv } from "../support/cni.ts";
 import { makeCluster, type Pod } from "../support/cluster.ts";
 import { installedBin, REPO, tempDir } from "../support/env.ts";
 import { ipIn, makeNetns } from "../support/netns.ts";
+import { rng } from "../support/rng.ts";
 
 const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
 
-/** rng for delays: seeded so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("the node agent killed at random points", () => {
   test("50 times during ADD and DEL: after the runtime's retry every link is right, nothing leaks", async () => {

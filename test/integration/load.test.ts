@@ -12,6 +12,7 @@ import { waitFor } from "../support/child.ts";
 import { type CniResultJson } from "../support/cni.ts";
 import { makeCluster, plainPod, type AnnotationLink, type CniRun, type Cluster, type Node, type Pod } from "../support/cluster.ts";
 import type { PodObject } from "../support/pods.ts";
+import { rng } from "../support/rng.ts";
 
 const PAIRS = Number(process.env.RATCHET_LOAD_PAIRS ?? 500);
 const SEED = Number(process.env.RATCHET_LOAD_SEED ?? 8);
@@ -22,17 +23,6 @@ const MAX_RSS_MIB = 150;
 const FD_SLACK = 8;
 const CONF = { log_level: "info" };
 
-/** mulberry32: a small seeded PRNG, so a failing order can be replayed (RATCHET_LOAD_SEED). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function shuffle<T>(xs: T[], rand: () => number): T[] {
   const a = [...xs];

@@ -6,18 +6,8 @@ import { describe, expect, test } from "bun:test";
 import { parseNetConf } from "../../src/cni/config.ts";
 import { CniError } from "../../src/cni/errors.ts";
 import { podLinks } from "../../src/child/podspec.ts";
+import { rng } from "../support/rng.ts";
 
-/** mulberry32: small, seeded, good enough to pick mutations. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = Number(process.env.RATCHET_FUZZ_SEED ?? 20261128);
 const ROUNDS = 4000;

@@ -44,6 +44,7 @@ import {
   parseError,
   parseMessages,
 } from "../../src/netlink/nl.ts";
+import { rng } from "../support/rng.ts";
 
 const hex = (s: string): Uint8Array => Uint8Array.from(Buffer.from(s, "hex"));
 const toHex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
@@ -203,14 +204,6 @@ describe("bad lengths are rejected", () => {
   });
 });
 
-// A deterministic pseudo-random generator, so a failure can be reproduced.
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 function randomTree(rand: () => number, depth: number): Attr {
   const type = 1 + Math.floor(rand() * 30);
