@@ -32,7 +32,10 @@ export const embedEtcdProto: BunPlugin = {
   setup(build) {
     build.onLoad({ filter: /etcd3[\\/]lib[\\/]connection-pool\.js$/ }, async (args) => {
       const src = await Bun.file(args.path).text();
-      if (!LOAD_CALL.test(src)) throw new Error(`${args.path}: the proto loadSync call was not found; update scripts/build.ts for this etcd3 version`);
+      if (!LOAD_CALL.test(src))
+        throw new Error(
+          `${args.path}: the proto loadSync call was not found; update scripts/build.ts for this etcd3 version`,
+        );
       const contents = src.replace(LOAD_CALL, `(0, proto_loader_1.fromJSON)(${etcdSchemaJson()}, {`);
       return { contents, loader: "js" };
     });
@@ -42,7 +45,8 @@ export const embedEtcdProto: BunPlugin = {
 async function gitCommit(): Promise<string> {
   const r = await $`git -C ${root} rev-parse --short=12 HEAD`.quiet().nothrow();
   if (r.exitCode !== 0) return "unknown";
-  const dirty = (await $`git -C ${root} status --porcelain --untracked-files=no`.quiet().nothrow()).stdout.length > 0;
+  const dirty =
+    (await $`git -C ${root} status --porcelain --untracked-files=no`.quiet().nothrow()).stdout.length > 0;
   return r.stdout.toString().trim() + (dirty ? "-dirty" : "");
 }
 

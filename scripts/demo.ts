@@ -5,7 +5,15 @@
 // topology. Everything it starts and creates is removed at the end, also on failure.
 // Run by scripts/demo.sh (as root), which installs what is missing and builds first.
 import { Etcd3 } from "etcd3";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startApiServer, type ApiServer } from "../test/support/apiserver.ts";
@@ -25,8 +33,18 @@ const step = (s: string) => console.log(`\n${bold(`== ${s}`)}`);
 const say = (s: string) => console.log(`   ${s}`);
 
 async function sh(cmd: string[], stdin?: string, env?: Record<string, string>): Promise<string> {
-  const p = Bun.spawn({ cmd, stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe", ...(env ? { env } : {}) });
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const p = Bun.spawn({
+    cmd,
+    stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+    ...(env ? { env } : {}),
+  });
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   if (code !== 0) throw new Error(`${cmd.join(" ")} failed (${code}): ${(out + err).trim()}`);
   return out;
 }
@@ -46,7 +64,13 @@ async function netns(name: string): Promise<string> {
 }
 
 /** One CNI command through the installed plugin, exactly as a runtime runs it. */
-async function cni(command: "ADD" | "DEL", conf: object, pod: string, containerId: string, ns: string): Promise<Record<string, unknown> | undefined> {
+async function cni(
+  command: "ADD" | "DEL",
+  conf: object,
+  pod: string,
+  containerId: string,
+  ns: string,
+): Promise<Record<string, unknown> | undefined> {
   const out = await sh([join(cniBin, "ratchet")], JSON.stringify(conf), {
     PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
     CNI_COMMAND: command,
@@ -66,7 +90,10 @@ function describeResult(r: Record<string, unknown> | undefined): string {
     .filter((i) => i.sandbox)
     .map((i) => {
       const n = ifaces.indexOf(i);
-      return `${i.name} ${ips.filter((ip) => ip.interface === n).map((ip) => ip.address).join(" ")}`.trim();
+      return `${i.name} ${ips
+        .filter((ip) => ip.interface === n)
+        .map((ip) => ip.address)
+        .join(" ")}`.trim();
     })
     .join(", ");
 }
@@ -81,10 +108,24 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 1
   }
 }
 
-async function iface(ns: string, name: string): Promise<{ kind: string; vni?: number; remote?: string } | undefined> {
+async function iface(
+  ns: string,
+  name: string,
+): Promise<{ kind: string; vni?: number; remote?: string } | undefined> {
   const out = await sh(["ip", "-n", ns, "-j", "-d", "link", "show", "dev", name]);
-  const l = (JSON.parse(out) as Array<{ linkinfo?: { info_kind: string; info_data?: { id?: number; remote?: string } } }>)[0];
-  return l ? { kind: l.linkinfo?.info_kind ?? "?", ...(l.linkinfo?.info_data?.id ? { vni: l.linkinfo.info_data.id, remote: l.linkinfo.info_data.remote } : {}) } : undefined;
+  const l = (
+    JSON.parse(out) as Array<{
+      linkinfo?: { info_kind: string; info_data?: { id?: number; remote?: string } };
+    }>
+  )[0];
+  return l
+    ? {
+        kind: l.linkinfo?.info_kind ?? "?",
+        ...(l.linkinfo?.info_data?.id
+          ? { vni: l.linkinfo.info_data.id, remote: l.linkinfo.info_data.remote }
+          : {}),
+      }
+    : undefined;
 }
 
 async function ping(fromNs: string, to: string): Promise<string> {
@@ -123,13 +164,31 @@ async function cleanup(): Promise<void> {
 async function main(): Promise<void> {
   step("Installing ratchet into a CNI bin directory");
   await sh([join(REPO, "scripts", "install.sh"), cniBin]);
-  say(`${cniBin}/ratchet and ratchet-child -> ratchet (${(await sh([join(cniBin, "ratchet"), "--version"])).trim()})`);
+  say(
+    `${cniBin}/ratchet and ratchet-child -> ratchet (${(await sh([join(cniBin, "ratchet"), "--version"])).trim()})`,
+  );
 
   step("Starting a throwaway etcd and a stand-in Kubernetes API server");
   const [client, peer] = [await freePort(), await freePort()];
   const etcdUrl = `http://127.0.0.1:${client}`;
   etcdProc = Bun.spawn({
-    cmd: ["etcd", "--name", "demo", "--data-dir", join(work, "etcd"), "--listen-client-urls", etcdUrl, "--advertise-client-urls", etcdUrl, "--listen-peer-urls", `http://127.0.0.1:${peer}`, "--initial-advertise-peer-urls", `http://127.0.0.1:${peer}`, "--initial-cluster", `demo=http://127.0.0.1:${peer}`],
+    cmd: [
+      "etcd",
+      "--name",
+      "demo",
+      "--data-dir",
+      join(work, "etcd"),
+      "--listen-client-urls",
+      etcdUrl,
+      "--advertise-client-urls",
+      etcdUrl,
+      "--listen-peer-urls",
+      `http://127.0.0.1:${peer}`,
+      "--initial-advertise-peer-urls",
+      `http://127.0.0.1:${peer}`,
+      "--initial-cluster",
+      `demo=http://127.0.0.1:${peer}`,
+    ],
     stdout: "ignore",
     stderr: "ignore",
   });
@@ -142,7 +201,21 @@ async function main(): Promise<void> {
   step("Two simulated nodes: host namespaces joined by an underlay link (ul0)");
   const hostA = await netns(`${tag}-node-a`);
   const hostB = await netns(`${tag}-node-b`);
-  await sh(["ip", "-n", `${tag}-node-a`, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", `${tag}-node-b`]);
+  await sh([
+    "ip",
+    "-n",
+    `${tag}-node-a`,
+    "link",
+    "add",
+    "ul0",
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "ul0",
+    "netns",
+    `${tag}-node-b`,
+  ]);
   await sh(["ip", "-n", `${tag}-node-a`, "addr", "add", "10.254.0.1/24", "dev", "ul0"]);
   await sh(["ip", "-n", `${tag}-node-b`, "addr", "add", "10.254.0.2/24", "dev", "ul0"]);
   await sh(["ip", "-n", `${tag}-node-a`, "link", "set", "ul0", "up"]);
@@ -175,7 +248,9 @@ async function main(): Promise<void> {
   r = await cni("ADD", confA, "pair-pod", "pair-1", q1);
   say(`ADD pair-pod    -> ${describeResult(r)}`);
   const v1 = await iface(`${tag}-primary-1`, "in1");
-  say(`primary-pod in1 is a ${v1?.kind}; ping 192.168.2.101 from primary-pod: ${await ping(`${tag}-primary-1`, "192.168.2.101")}`);
+  say(
+    `primary-pod in1 is a ${v1?.kind}; ping 192.168.2.101 from primary-pod: ${await ping(`${tag}-primary-1`, "192.168.2.101")}`,
+  );
   console.log(await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf")]));
   await cni("DEL", confA, "pair-pod", "pair-1", q1);
   await cni("DEL", confA, "primary-pod", "primary-1", p1);
@@ -185,15 +260,26 @@ async function main(): Promise<void> {
   const p2 = await netns(`${tag}-primary-2`);
   const q2 = await netns(`${tag}-pair-2`);
   r = await cni("ADD", confA, "primary-pod", "primary-2", p2);
-  say(`ADD primary-pod on node-a -> ${describeResult(r) || "(boot network only: its peer is not there yet)"}`);
+  say(
+    `ADD primary-pod on node-a -> ${describeResult(r) || "(boot network only: its peer is not there yet)"}`,
+  );
   r = await cni("ADD", confB, "pair-pod", "pair-2", q2);
   say(`ADD pair-pod on node-b    -> ${describeResult(r)}`);
   const a = await waitFor("node-a's end of the tunnel", () => iface(`${tag}-primary-2`, "in1"));
   const b = await iface(`${tag}-pair-2`, "in2");
-  say(`in1 on node-a: ${a.kind} vni ${a.vni} remote ${a.remote}; in2 on node-b: ${b?.kind} vni ${b?.vni} remote ${b?.remote}`);
+  say(
+    `in1 on node-a: ${a.kind} vni ${a.vni} remote ${a.remote}; in2 on node-b: ${b?.kind} vni ${b?.vni} remote ${b?.remote}`,
+  );
   say(`ping 192.168.2.100 from pair-pod: ${await ping(`${tag}-pair-2`, "192.168.2.100")}`);
   console.log(await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf")]));
-  const dot = await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf"), "--output", "dot"]);
+  const dot = await sh([
+    join(cniBin, "ratchet"),
+    "links",
+    "--config",
+    join(work, "10-ratchet.conf"),
+    "--output",
+    "dot",
+  ]);
   if (Bun.which("dot")) {
     mkdirSync(outDir, { recursive: true });
     await sh(["dot", "-Tsvg", "-o", join(outDir, "topology.svg")], dot);
@@ -219,7 +305,10 @@ try {
   console.error(`\ndemo failed: ${(err as Error).message}`);
   for (const node of ["a", "b"]) {
     const log = join(work, `node-${node}`, "ratchet.log");
-    if (existsSync(log)) console.error(`--- node-${node} log (last lines)\n${(await Bun.file(log).text()).split("\n").slice(-8).join("\n")}`);
+    if (existsSync(log))
+      console.error(
+        `--- node-${node} log (last lines)\n${(await Bun.file(log).text()).split("\n").slice(-8).join("\n")}`,
+      );
   }
 } finally {
   step("Tearing down");
@@ -228,7 +317,9 @@ try {
   const leftProcs = agentPids();
   if (leftNs.length || leftProcs.length || existsSync(work)) {
     failed = true;
-    console.error(`left behind: ${[...leftNs, ...leftProcs.map((p) => `pid ${p}`), ...(existsSync(work) ? [work] : [])].join(", ")}`);
+    console.error(
+      `left behind: ${[...leftNs, ...leftProcs.map((p) => `pid ${p}`), ...(existsSync(work) ? [work] : [])].join(", ")}`,
+    );
   } else {
     say("no namespaces, links, processes or temp files left");
   }

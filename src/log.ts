@@ -36,21 +36,40 @@ export class Logger {
 
   log(level: Level, msg: string, fields?: Record<string, unknown>): void {
     if (RANK[level] > RANK[this.level]) return;
-    const line = JSON.stringify({ time: new Date().toISOString(), level, component: this.component, pid: process.pid, msg, ...fields });
+    const line = JSON.stringify({
+      time: new Date().toISOString(),
+      level,
+      component: this.component,
+      pid: process.pid,
+      msg,
+      ...fields,
+    });
     try {
       loadFs().writeSync(this.open(), `${line}\n`);
     } catch {
       // See the class comment: logging is best effort.
     }
   }
-  error(msg: string, fields?: Record<string, unknown>): void { this.log("error", msg, fields); }
-  warn(msg: string, fields?: Record<string, unknown>): void { this.log("warn", msg, fields); }
-  info(msg: string, fields?: Record<string, unknown>): void { this.log("info", msg, fields); }
-  debug(msg: string, fields?: Record<string, unknown>): void { this.log("debug", msg, fields); }
+  error(msg: string, fields?: Record<string, unknown>): void {
+    this.log("error", msg, fields);
+  }
+  warn(msg: string, fields?: Record<string, unknown>): void {
+    this.log("warn", msg, fields);
+  }
+  info(msg: string, fields?: Record<string, unknown>): void {
+    this.log("info", msg, fields);
+  }
+  debug(msg: string, fields?: Record<string, unknown>): void {
+    this.log("debug", msg, fields);
+  }
 
   close(): void {
     if (this.fd !== undefined && this.fd > 2) {
-      try { loadFs().closeSync(this.fd); } catch { /* already closed */ }
+      try {
+        loadFs().closeSync(this.fd);
+      } catch {
+        /* already closed */
+      }
     }
     this.fd = undefined;
   }

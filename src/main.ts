@@ -25,7 +25,8 @@ export function pickMode(argv0: string, args: readonly string[]): { mode: Mode; 
       rest.push(a);
       continue;
     }
-    if (value !== "parent" && value !== "child") throw new UsageError(`unknown mode ${JSON.stringify(value)}: expected parent or child`);
+    if (value !== "parent" && value !== "child")
+      throw new UsageError(`unknown mode ${JSON.stringify(value)}: expected parent or child`);
     mode = value;
   }
   return { mode, rest };
@@ -77,7 +78,11 @@ async function main(): Promise<number> {
   }
   if (rest[0] === "links") {
     const { runLinks } = await import("./cli/links.ts");
-    return runLinks(rest.slice(1), (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+    return runLinks(
+      rest.slice(1),
+      (s) => process.stdout.write(s),
+      (s) => process.stderr.write(s),
+    );
   }
   const { runParent } = await import("./parent/main.ts");
   return runParent(rest, {
@@ -91,7 +96,9 @@ if (import.meta.main) {
   main().then(
     (code) => process.exit(code),
     (err: unknown) => {
-      process.stderr.write(`ratchet: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.stderr.write(
+        `ratchet: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      );
       process.exit(1);
     },
   );

@@ -4,7 +4,15 @@
 //  - cold: the first call on a node, which starts the agent;
 //  - the agent's RSS at rest and after 1000 more requests.
 //   node_modules/.bin/bun scripts/bench/agent.ts [ROUNDS]
-import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync } from "node:fs";
+import {
+  copyFileSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startApiServer } from "../../test/support/apiserver.ts";
@@ -20,7 +28,11 @@ copyFileSync(process.env.RATCHET_BIN ?? join(REPO, "bin", "ratchet"), bin);
 symlinkSync("ratchet", join(dir, "ratchet-child"));
 const netns = `rba${process.pid.toString(36).slice(-4)}`;
 const api = startApiServer({ dir });
-api.putPod({ kind: "Pod", metadata: { name: "web", namespace: "default", labels: { app: "web" } }, spec: {} });
+api.putPod({
+  kind: "Pod",
+  metadata: { name: "web", namespace: "default", labels: { app: "web" } },
+  spec: {},
+});
 
 const conf = (socket: string) => ({
   cniVersion: "1.0.0",
@@ -45,15 +57,19 @@ const env = (command: string, id: string, k8s = true): Record<string, string> =>
 
 function agentPids(): number[] {
   const log = join(dir, "ratchet.log");
-  return readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try {
-      return readlinkSync(`/proc/${d}/fd/1`) === log;
-    } catch {
-      return false;
-    }
-  }).map(Number);
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        return readlinkSync(`/proc/${d}/fd/1`) === log;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }
-const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+const rssMiB = (pid: number) =>
+  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
 
 const proc = Bun.spawn({ cmd: ["ip", "netns", "add", netns] });
 await proc.exited;
@@ -73,10 +89,14 @@ try {
   }
   // Cold: a fresh socket each time, so every call starts (and waits for) a new agent.
   for (let i = 0; i < Math.min(ROUNDS, 10); i++) {
-    const c = await timed([bin], env("ADD", `c${i}`), JSON.stringify(conf(join(dir, `cold${i}`, "child.sock"))));
+    const c = await timed(
+      [bin],
+      env("ADD", `c${i}`),
+      JSON.stringify(conf(join(dir, `cold${i}`, "child.sock"))),
+    );
     s.cold.push(c.ms);
   }
-  const [warmPid] = agentPids().filter((pid) => readlinkSync(`/proc/${pid}/cwd`) !== "" );
+  const [warmPid] = agentPids().filter((pid) => readlinkSync(`/proc/${pid}/cwd`) !== "");
   rest = rssMiB(warmPid as number);
   // LOAD more requests to the warm agent, 8 at a time.
   for (let i = 0; i < LOAD; i += 8) {
@@ -92,13 +112,37 @@ try {
 
 const dm = median(s.direct);
 const rows = [
-  { call: "ADD, delegate alone", "ms": dm, "overhead ms": 0, ratio: 1 },
-  { call: "ADD via ratchet, no K8S args (no agent)", "ms": median(s.plain), "overhead ms": median(s.plain) - dm, ratio: median(s.plain) / dm },
-  { call: "ADD via ratchet, K8S pod, warm agent", "ms": median(s.warm), "overhead ms": median(s.warm) - dm, ratio: median(s.warm) / dm },
-  { call: "ADD via ratchet, cold (starts the agent)", "ms": median(s.cold), "overhead ms": median(s.cold) - dm, ratio: median(s.cold) / dm },
+  { call: "ADD, delegate alone", ms: dm, "overhead ms": 0, ratio: 1 },
+  {
+    call: "ADD via ratchet, no K8S args (no agent)",
+    ms: median(s.plain),
+    "overhead ms": median(s.plain) - dm,
+    ratio: median(s.plain) / dm,
+  },
+  {
+    call: "ADD via ratchet, K8S pod, warm agent",
+    ms: median(s.warm),
+    "overhead ms": median(s.warm) - dm,
+    ratio: median(s.warm) / dm,
+  },
+  {
+    call: "ADD via ratchet, cold (starts the agent)",
+    ms: median(s.cold),
+    "overhead ms": median(s.cold) - dm,
+    ratio: median(s.cold) / dm,
+  },
 ];
 report(
-  { rounds: ROUNDS, load: LOAD, delegateAddMs: dm, plainAddMs: median(s.plain), warmAddMs: median(s.warm), coldAddMs: median(s.cold), agentRestMiB: rest, agentLoadedMiB: loaded },
+  {
+    rounds: ROUNDS,
+    load: LOAD,
+    delegateAddMs: dm,
+    plainAddMs: median(s.plain),
+    warmAddMs: median(s.warm),
+    coldAddMs: median(s.cold),
+    agentRestMiB: rest,
+    agentLoadedMiB: loaded,
+  },
   [
     `node agent: ${ROUNDS} rounds, medians, interleaved in one run (delegate: loopback)`,
     table(rows),

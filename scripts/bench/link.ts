@@ -4,7 +4,15 @@
 //  - PAIRS pairs linked one after another, then 8 at a time; etcd round trips per ADD.
 //   node_modules/.bin/bun scripts/bench/link.ts [PAIRS]
 import { Etcd3 } from "etcd3";
-import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync } from "node:fs";
+import {
+  copyFileSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startApiServer } from "../../test/support/apiserver.ts";
@@ -23,9 +31,30 @@ const api = startApiServer({ dir });
 // Pair i: a-i declares one link to b-i with addresses; b-i only opts in.
 for (let i = 0; i < PAIRS; i++) {
   const net = `10.${100 + (i >> 8)}.${i & 255}`;
-  const links = [{ peer: `b-${i}`, local_ifname: "net1", peer_ifname: "net1", local_ip: `${net}.1/30`, peer_ip: `${net}.2/30` }];
-  api.putPod({ kind: "Pod", metadata: { name: `a-${i}`, namespace: "default", labels: { ratchet: "true" }, annotations: { "ratchet/links": JSON.stringify(links) } }, spec: {} });
-  api.putPod({ kind: "Pod", metadata: { name: `b-${i}`, namespace: "default", labels: { ratchet: "true" } }, spec: {} });
+  const links = [
+    {
+      peer: `b-${i}`,
+      local_ifname: "net1",
+      peer_ifname: "net1",
+      local_ip: `${net}.1/30`,
+      peer_ip: `${net}.2/30`,
+    },
+  ];
+  api.putPod({
+    kind: "Pod",
+    metadata: {
+      name: `a-${i}`,
+      namespace: "default",
+      labels: { ratchet: "true" },
+      annotations: { "ratchet/links": JSON.stringify(links) },
+    },
+    spec: {},
+  });
+  api.putPod({
+    kind: "Pod",
+    metadata: { name: `b-${i}`, namespace: "default", labels: { ratchet: "true" } },
+    spec: {},
+  });
 }
 const conf = JSON.stringify({
   cniVersion: "1.0.0",
@@ -40,7 +69,12 @@ const conf = JSON.stringify({
   delegate: { type: "loopback" },
   boot_network: { type: "loopback" },
 });
-const ptp = JSON.stringify({ cniVersion: "1.0.0", name: "ptp-bench", type: "ptp", ipam: { type: "host-local", subnet: "10.98.0.0/16", dataDir: join(dir, "ipam") } });
+const ptp = JSON.stringify({
+  cniVersion: "1.0.0",
+  name: "ptp-bench",
+  type: "ptp",
+  ipam: { type: "host-local", subnet: "10.98.0.0/16", dataDir: join(dir, "ipam") },
+});
 
 const namespaces: string[] = [];
 async function netns(name: string): Promise<string> {
@@ -48,7 +82,13 @@ async function netns(name: string): Promise<string> {
   namespaces.push(name);
   return `/var/run/netns/${name}`;
 }
-const env = (command: string, id: string, ns: string, ifname: string, pod?: string): Record<string, string> => ({
+const env = (
+  command: string,
+  id: string,
+  ns: string,
+  ifname: string,
+  pod?: string,
+): Record<string, string> => ({
   PATH: process.env.PATH ?? "/usr/bin:/bin",
   CNI_COMMAND: command,
   CNI_CONTAINERID: id,
@@ -58,13 +98,15 @@ const env = (command: string, id: string, ns: string, ifname: string, pod?: stri
   ...(pod ? { CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${pod}` } : {}),
 });
 const agents = () =>
-  readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try {
-      return readlinkSync(`/proc/${d}/fd/1`) === join(dir, "ratchet.log");
-    } catch {
-      return false;
-    }
-  });
+  readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        return readlinkSync(`/proc/${d}/fd/1`) === join(dir, "ratchet.log");
+      } catch {
+        return false;
+      }
+    });
 
 const second: number[] = [];
 const ptpAdd: number[] = [];
@@ -102,7 +144,7 @@ try {
   const trips = readFileSync(join(dir, "ratchet.log"), "utf8")
     .split("\n")
     .filter((l) => l.includes('"attached"'))
-    .map((l) => (JSON.parse(l) as { etcdRoundTrips: number; built: string[] }))
+    .map((l) => JSON.parse(l) as { etcdRoundTrips: number; built: string[] })
     .slice(0, half * 2);
   const firstTrips = trips.filter((t) => t.built.length === 0).map((t) => t.etcdRoundTrips);
   const secondTrips = trips.filter((t) => t.built.length > 0).map((t) => t.etcdRoundTrips);
@@ -122,7 +164,11 @@ try {
       `linking: ${PAIRS} pairs on one node (boot network: loopback), medians, in one run`,
       table([
         { ADD: "ptp + host-local (Debian)", ms: dm, ratio: 1 },
-        { ADD: "ratchet, second pod of a pair (builds the veth)", ms: median(second), ratio: median(second) / dm },
+        {
+          ADD: "ratchet, second pod of a pair (builds the veth)",
+          ms: median(second),
+          ratio: median(second) / dm,
+        },
       ]),
       `pairs linked one after another: ${half} in ${(seqMs / 1000).toFixed(2)} s (${(seqMs / half).toFixed(1)} ms per pair, ptp ADD included)`,
       `pairs linked 8 ADDs at a time: ${PAIRS - half} in ${(parMs / 1000).toFixed(2)} s (${(parMs / (PAIRS - half)).toFixed(1)} ms per pair)`,

@@ -23,7 +23,9 @@ function ip(...args: string[]): void {
 const fdCount = () => readdirSync("/proc/self/fd").length;
 const median = (xs: number[]) => {
   const s = [...xs].sort((x, y) => x - y);
-  return s.length % 2 ? (s[(s.length - 1) / 2] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+  return s.length % 2
+    ? (s[(s.length - 1) / 2] as number)
+    : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
 };
 const addr = (i: number, end: 1 | 2) => `10.${100 + Math.floor(i / 64)}.${(i % 64) * 4}.${end}/30`;
 
@@ -59,7 +61,13 @@ const viaIp: Steps = {
 
 /** Per phase and in total, the milliseconds each pair took. */
 function measure(steps: Steps): Record<Phase | "total", number[]> {
-  const out = { create: [] as number[], address: [] as number[], get: [] as number[], delete: [] as number[], total: [] as number[] };
+  const out = {
+    create: [] as number[],
+    address: [] as number[],
+    get: [] as number[],
+    delete: [] as number[],
+    total: [] as number[],
+  };
   for (let i = 0; i < PAIRS; i++) {
     let total = 0;
     for (const phase of PHASES) {
@@ -97,11 +105,18 @@ try {
     for (const phase of [...PHASES, "total"] as const) {
       const a = median(nl[phase]);
       const b = median(ipTimes[phase]);
-      human.push(`| ${label[phase].padEnd(29)} | ${a.toFixed(3).padStart(8)} | ${b.toFixed(3).padStart(8)} | ${(b / a).toFixed(1).padStart(5)}x |`);
+      human.push(
+        `| ${label[phase].padEnd(29)} | ${a.toFixed(3).padStart(8)} | ${b.toFixed(3).padStart(8)} | ${(b / a).toFixed(1).padStart(5)}x |`,
+      );
     }
-    const sum = (r: Record<Phase | "total", number[]>) => median(r.total.map((t, i) => t - (r.delete[i] as number)));
-    human.push(`without the delete (kernel-bound, see below): ${sum(nl).toFixed(3)} vs ${sum(ipTimes).toFixed(3)} ms, ${(sum(ipTimes) / sum(nl)).toFixed(1)}x`);
-    human.push(`/proc/self/fd entries before / after the netlink run: ${fdsBefore} / ${fdsAfter}${fdsBefore === fdsAfter ? "" : "  <-- LEAK"}`);
+    const sum = (r: Record<Phase | "total", number[]>) =>
+      median(r.total.map((t, i) => t - (r.delete[i] as number)));
+    human.push(
+      `without the delete (kernel-bound, see below): ${sum(nl).toFixed(3)} vs ${sum(ipTimes).toFixed(3)} ms, ${(sum(ipTimes) / sum(nl)).toFixed(1)}x`,
+    );
+    human.push(
+      `/proc/self/fd entries before / after the netlink run: ${fdsBefore} / ${fdsAfter}${fdsBefore === fdsAfter ? "" : "  <-- LEAK"}`,
+    );
     report(
       {
         pairs: PAIRS,

@@ -19,7 +19,11 @@ const BIN = join(dir, "ratchet");
 copyFileSync(process.env.RATCHET_BIN ?? join(import.meta.dir, "..", "..", "bin", "ratchet"), BIN);
 symlinkSync("ratchet", join(dir, "ratchet-child"));
 const api = startApiServer({ dir });
-api.putPod({ kind: "Pod", metadata: { name: "bench-pod", namespace: "default", labels: { app: "bench" } }, spec: {} });
+api.putPod({
+  kind: "Pod",
+  metadata: { name: "bench-pod", namespace: "default", labels: { app: "bench" } },
+  spec: {},
+});
 
 const bridge = (name: string) => ({
   type: "bridge",
@@ -56,7 +60,13 @@ async function ip(...args: string[]): Promise<void> {
   await p.exited;
 }
 
-const samples = { directAdd: [] as number[], directDel: [] as number[], ratchetAdd: [] as number[], ratchetDel: [] as number[], rss: [] as number[] };
+const samples = {
+  directAdd: [] as number[],
+  directDel: [] as number[],
+  ratchetAdd: [] as number[],
+  ratchetDel: [] as number[],
+  rss: [] as number[],
+};
 await ip("netns", "add", netns);
 try {
   // One warm-up round each: page cache, host-local's directory.
@@ -76,7 +86,8 @@ try {
 } finally {
   for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
     try {
-      if (readlinkSync(`/proc/${pid}/fd/1`) === join(dir, "ratchet.log")) process.kill(Number(pid), "SIGKILL");
+      if (readlinkSync(`/proc/${pid}/fd/1`) === join(dir, "ratchet.log"))
+        process.kill(Number(pid), "SIGKILL");
     } catch {
       // gone, or not ours
     }
@@ -96,7 +107,11 @@ const row = (what: string, r: number[], d: number[]) => ({
 });
 const add = row("ADD", samples.ratchetAdd, samples.directAdd);
 const del = row("DEL", samples.ratchetDel, samples.directDel);
-const both = row("ADD+DEL", samples.ratchetAdd.map((x, i) => x + (samples.ratchetDel[i] as number)), samples.directAdd.map((x, i) => x + (samples.directDel[i] as number)));
+const both = row(
+  "ADD+DEL",
+  samples.ratchetAdd.map((x, i) => x + (samples.ratchetDel[i] as number)),
+  samples.directAdd.map((x, i) => x + (samples.directDel[i] as number)),
+);
 report(
   {
     rounds: ROUNDS,

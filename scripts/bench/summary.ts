@@ -19,11 +19,13 @@ function load(name: string): Figures | undefined {
     return undefined;
   }
 }
-const num = (f: Figures | undefined, k: string): number => (f && typeof f[k] === "number" ? (f[k] as number) : NaN);
+const num = (f: Figures | undefined, k: string): number =>
+  f && typeof f[k] === "number" ? (f[k] as number) : NaN;
 const ms = (x: number) => (Number.isNaN(x) ? "failed" : `${x.toFixed(2)} ms`);
 const mib = (x: number) => (Number.isNaN(x) ? "failed" : `${x.toFixed(1)} MiB`);
 const ratio = (a: number, b: number) => (Number.isNaN(a) || Number.isNaN(b) ? "" : `${(a / b).toFixed(2)}x`);
-const over = (a: number, b: number) => (Number.isNaN(a) || Number.isNaN(b) ? "" : `+${(a - b).toFixed(1)} ms`);
+const over = (a: number, b: number) =>
+  Number.isNaN(a) || Number.isNaN(b) ? "" : `+${(a - b).toFixed(1)} ms`;
 
 const p = load("passthrough");
 const a = load("agent");
@@ -33,22 +35,84 @@ const L = load("load");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
 const rows: Row[] = [
-  { benchmark: "passthrough ADD (delegate bridge)", ratchet: ms(num(p, "ratchetAddMs")), reference: `${ms(num(p, "bridgeAddMs"))} bridge alone`, ratio: ratio(num(p, "ratchetAddMs"), num(p, "bridgeAddMs")), "diff / note": over(num(p, "ratchetAddMs"), num(p, "bridgeAddMs")) },
-  { benchmark: "passthrough DEL (delegate bridge)", ratchet: ms(num(p, "ratchetDelMs")), reference: `${ms(num(p, "bridgeDelMs"))} bridge alone`, ratio: ratio(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")), "diff / note": over(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")) },
-  { benchmark: "K8s pod ADD, warm agent (ineligible)", ratchet: ms(num(a, "warmAddMs")), reference: `${ms(num(a, "delegateAddMs"))} loopback alone`, ratio: ratio(num(a, "warmAddMs"), num(a, "delegateAddMs")), "diff / note": over(num(a, "warmAddMs"), num(a, "delegateAddMs")) },
-  { benchmark: "cold start (first call starts the agent)", ratchet: ms(num(a, "coldAddMs")), reference: `${ms(num(a, "delegateAddMs"))} loopback alone`, ratio: ratio(num(a, "coldAddMs"), num(a, "delegateAddMs")), "diff / note": over(num(a, "coldAddMs"), num(a, "delegateAddMs")) },
-  { benchmark: "second pod's ADD (builds the veth)", ratchet: ms(num(l, "secondAddMs")), reference: `${ms(num(l, "ptpAddMs"))} ptp + host-local`, ratio: ratio(num(l, "secondAddMs"), num(l, "ptpAddMs")), "diff / note": over(num(l, "secondAddMs"), num(l, "ptpAddMs")) },
-  { benchmark: "veth pair create+address+get", ratchet: ms(num(n, "netlinkNoDeleteMs")), reference: `${ms(num(n, "iprouteNoDeleteMs"))} iproute2`, ratio: ratio(num(n, "netlinkNoDeleteMs"), num(n, "iprouteNoDeleteMs")), "diff / note": `iproute2 ${ratio(num(n, "iprouteNoDeleteMs"), num(n, "netlinkNoDeleteMs"))} slower` },
-  { benchmark: "veth pair delete", ratchet: ms(num(n, "netlinkDeleteMs")), reference: `${ms(num(n, "iprouteDeleteMs"))} iproute2`, ratio: ratio(num(n, "netlinkDeleteMs"), num(n, "iprouteDeleteMs")), "diff / note": "kernel-bound" },
-  { benchmark: "parent peak RSS (passthrough)", ratchet: mib(num(p, "peakRssMedianMiB")), reference: "", ratio: "", "diff / note": `max ${mib(num(p, "peakRssMaxMiB"))}` },
-  { benchmark: "child RSS at rest / after requests", ratchet: `${mib(num(a, "agentRestMiB"))} / ${mib(num(a, "agentLoadedMiB"))}`, reference: "", ratio: "", "diff / note": `after ${num(a, "load")} more ADDs` },
+  {
+    benchmark: "passthrough ADD (delegate bridge)",
+    ratchet: ms(num(p, "ratchetAddMs")),
+    reference: `${ms(num(p, "bridgeAddMs"))} bridge alone`,
+    ratio: ratio(num(p, "ratchetAddMs"), num(p, "bridgeAddMs")),
+    "diff / note": over(num(p, "ratchetAddMs"), num(p, "bridgeAddMs")),
+  },
+  {
+    benchmark: "passthrough DEL (delegate bridge)",
+    ratchet: ms(num(p, "ratchetDelMs")),
+    reference: `${ms(num(p, "bridgeDelMs"))} bridge alone`,
+    ratio: ratio(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
+    "diff / note": over(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
+  },
+  {
+    benchmark: "K8s pod ADD, warm agent (ineligible)",
+    ratchet: ms(num(a, "warmAddMs")),
+    reference: `${ms(num(a, "delegateAddMs"))} loopback alone`,
+    ratio: ratio(num(a, "warmAddMs"), num(a, "delegateAddMs")),
+    "diff / note": over(num(a, "warmAddMs"), num(a, "delegateAddMs")),
+  },
+  {
+    benchmark: "cold start (first call starts the agent)",
+    ratchet: ms(num(a, "coldAddMs")),
+    reference: `${ms(num(a, "delegateAddMs"))} loopback alone`,
+    ratio: ratio(num(a, "coldAddMs"), num(a, "delegateAddMs")),
+    "diff / note": over(num(a, "coldAddMs"), num(a, "delegateAddMs")),
+  },
+  {
+    benchmark: "second pod's ADD (builds the veth)",
+    ratchet: ms(num(l, "secondAddMs")),
+    reference: `${ms(num(l, "ptpAddMs"))} ptp + host-local`,
+    ratio: ratio(num(l, "secondAddMs"), num(l, "ptpAddMs")),
+    "diff / note": over(num(l, "secondAddMs"), num(l, "ptpAddMs")),
+  },
+  {
+    benchmark: "veth pair create+address+get",
+    ratchet: ms(num(n, "netlinkNoDeleteMs")),
+    reference: `${ms(num(n, "iprouteNoDeleteMs"))} iproute2`,
+    ratio: ratio(num(n, "netlinkNoDeleteMs"), num(n, "iprouteNoDeleteMs")),
+    "diff / note": `iproute2 ${ratio(num(n, "iprouteNoDeleteMs"), num(n, "netlinkNoDeleteMs"))} slower`,
+  },
+  {
+    benchmark: "veth pair delete",
+    ratchet: ms(num(n, "netlinkDeleteMs")),
+    reference: `${ms(num(n, "iprouteDeleteMs"))} iproute2`,
+    ratio: ratio(num(n, "netlinkDeleteMs"), num(n, "iprouteDeleteMs")),
+    "diff / note": "kernel-bound",
+  },
+  {
+    benchmark: "parent peak RSS (passthrough)",
+    ratchet: mib(num(p, "peakRssMedianMiB")),
+    reference: "",
+    ratio: "",
+    "diff / note": `max ${mib(num(p, "peakRssMaxMiB"))}`,
+  },
+  {
+    benchmark: "child RSS at rest / after requests",
+    ratchet: `${mib(num(a, "agentRestMiB"))} / ${mib(num(a, "agentLoadedMiB"))}`,
+    reference: "",
+    ratio: "",
+    "diff / note": `after ${num(a, "load")} more ADDs`,
+  },
   {
     benchmark: "child RSS at rest / after the load run",
     ratchet: `${mib(num(L, "restMiB"))} / ${mib(num(L, "afterMiB"))}`,
     reference: "",
     ratio: "",
-    "diff / note": L ? `${num(L, "pairs")} pairs + ${num(L, "pairs")} ineligible pods in ${num(L, "seconds").toFixed(1)} s; fds ${String(L.fdsRest)} -> ${String(L.fdsAfter)}` : "failed",
+    "diff / note": L
+      ? `${num(L, "pairs")} pairs + ${num(L, "pairs")} ineligible pods in ${num(L, "seconds").toFixed(1)} s; fds ${String(L.fdsRest)} -> ${String(L.fdsAfter)}`
+      : "failed",
   },
-  { benchmark: "etcd round trips per ADD", ratchet: `${num(l, "firstPodRoundTrips")} / ${num(l, "secondPodRoundTrips")}`, reference: "", ratio: "", "diff / note": `first pod / second pod (max ${num(l, "secondPodRoundTripsMax")})` },
+  {
+    benchmark: "etcd round trips per ADD",
+    ratchet: `${num(l, "firstPodRoundTrips")} / ${num(l, "secondPodRoundTrips")}`,
+    reference: "",
+    ratio: "",
+    "diff / note": `first pod / second pod (max ${num(l, "secondPodRoundTripsMax")})`,
+  },
 ];
 console.log(table(rows));

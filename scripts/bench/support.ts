@@ -9,7 +9,13 @@ export interface Timed {
 /** Runs a program with env and stdin; wall time in ms and its peak RSS (from wait4). */
 export async function timed(cmd: string[], env: Record<string, string>, stdin: string): Promise<Timed> {
   const t0 = performance.now();
-  const proc = Bun.spawn({ cmd, env, stdin: new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
+  const proc = Bun.spawn({
+    cmd,
+    env,
+    stdin: new TextEncoder().encode(stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
   const ms = performance.now() - t0;
   const usage = proc.resourceUsage();
@@ -30,7 +36,11 @@ export function table(rows: Array<Record<string, string | number>>): string {
   const cell = (v: string | number) => (typeof v === "number" ? v.toFixed(v < 10 ? 2 : 1) : v);
   const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(cell(r[c] ?? "")).length)));
   const line = (vals: string[]) => vals.map((v, i) => v.padEnd(width[i] as number)).join("  ");
-  return [line(cols), line(width.map((w) => "-".repeat(w))), ...rows.map((r) => line(cols.map((c) => String(cell(r[c] ?? "")))))].join("\n");
+  return [
+    line(cols),
+    line(width.map((w) => "-".repeat(w))),
+    ...rows.map((r) => line(cols.map((c) => String(cell(r[c] ?? ""))))),
+  ].join("\n");
 }
 
 /** `--json` among the arguments: print one JSON object of the figures instead of tables. */

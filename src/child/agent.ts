@@ -44,7 +44,10 @@ export class NodeAgent {
     private readonly journal: string,
   ) {
     try {
-      this.deferred = readFileSync(journal, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as DeferredDel);
+      this.deferred = readFileSync(journal, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as DeferredDel);
       if (this.deferred.length > 0) this.scheduleRetry();
     } catch {
       // no journal yet
@@ -58,7 +61,16 @@ export class NodeAgent {
   /** The linker for this config's etcd, prefix and node; made (and reconciled, watched) once. */
   private async store(conf: NetConf): Promise<NodeStore> {
     const settings = nodeSettings(conf);
-    const key = JSON.stringify([conf.etcd_endpoints, conf.etcd_host, conf.etcd_port, conf.etcd_ca_file, conf.etcd_cert_file, conf.etcd_key_file, conf.etcd_username, settings]);
+    const key = JSON.stringify([
+      conf.etcd_endpoints,
+      conf.etcd_host,
+      conf.etcd_port,
+      conf.etcd_ca_file,
+      conf.etcd_cert_file,
+      conf.etcd_key_file,
+      conf.etcd_username,
+      settings,
+    ]);
     let s = this.stores.get(key);
     if (!s) {
       const etcd = openEtcd(conf);
@@ -81,7 +93,11 @@ export class NodeAgent {
     const node = linker.node;
     try {
       const fixed = await linker.reconcile();
-      this.log.info("reconciled this node's links with etcd", { node, tunnelEnds: fixed, endpoints: linker.local.size });
+      this.log.info("reconciled this node's links with etcd", {
+        node,
+        tunnelEnds: fixed,
+        endpoints: linker.local.size,
+      });
       const watcher = await etcd.watch().prefix(linker.keys.nodeLinksPrefix(node)).create();
       watcher.on("put", (kv) => {
         let nl: NodeLink;
@@ -94,11 +110,19 @@ export class NodeAgent {
         // one of the two fail with EEXIST). An entry from the other node means it (re)built
         // its side just now: rebuild ours even if it matches, for a fresh neighbour table.
         if (nl.builtBy === node) return;
-        linker.ensureNodeLink(nl, true).catch((err: unknown) => this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }));
+        linker
+          .ensureNodeLink(nl, true)
+          .catch((err: unknown) =>
+            this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }),
+          );
       });
       watcher.on("delete", (kv) => {
         const key = kv.key.toString().slice(linker.keys.nodeLinksPrefix(node).length);
-        linker.dropNodeLink(key).catch((err: unknown) => this.log.warn("could not remove a tunnel end", { link: key, error: (err as Error).message }));
+        linker
+          .dropNodeLink(key)
+          .catch((err: unknown) =>
+            this.log.warn("could not remove a tunnel end", { link: key, error: (err as Error).message }),
+          );
       });
       watcher.on("error", (err) => this.log.warn("etcd watch error", { error: err.message }));
     } catch (err) {
@@ -108,7 +132,11 @@ export class NodeAgent {
 
   /** Starts on this config's store in the background (errors are logged, retried on use). */
   warm(conf: NetConf): void {
-    this.store(conf).catch((err: unknown) => this.log.warn("etcd not reachable at start; will retry on the next request", { error: (err as Error).message }));
+    this.store(conf).catch((err: unknown) =>
+      this.log.warn("etcd not reachable at start; will retry on the next request", {
+        error: (err as Error).message,
+      }),
+    );
   }
 
   async handle(req: Request): Promise<unknown> {
@@ -137,21 +165,32 @@ export class NodeAgent {
         return { removed: await (await this.store(p.conf)).linker.gc(p.valid) };
       }
       default:
-        throw new CniError(Code.InvalidConfig, `unknown request ${JSON.stringify((req as { method: unknown }).method)}`);
+        throw new CniError(
+          Code.InvalidConfig,
+          `unknown request ${JSON.stringify((req as { method: unknown }).method)}`,
+        );
     }
   }
 
   private async classify(p: CallParams, deadline: number): Promise<Methods["classify"]["result"]> {
     if (!p.env.pod) return { eligible: false, links: 0 };
     const c = await this.pods.classify(p.env.pod, p.conf, deadline);
-    this.log.debug("classified", { pod: `${c.pod.namespace}/${c.pod.name}`, eligible: c.eligible, links: c.links.length });
+    this.log.debug("classified", {
+      pod: `${c.pod.namespace}/${c.pod.name}`,
+      eligible: c.eligible,
+      links: c.links.length,
+    });
     return { eligible: c.eligible, links: c.links.length };
   }
 
   private async attach(p: CallParams, deadline: number): Promise<Methods["attach"]["result"]> {
     if (!p.env.pod) throw new CniError(Code.Internal, "attach needs K8S_POD_NAMESPACE and K8S_POD_NAME");
     const c = await this.pods.classify(p.env.pod, p.conf, deadline);
-    if (!c.eligible) throw new CniError(Code.TryAgainLater, `pod ${c.pod.namespace}/${c.pod.name} is no longer a ratchet pod`);
+    if (!c.eligible)
+      throw new CniError(
+        Code.TryAgainLater,
+        `pod ${c.pod.namespace}/${c.pod.name} is no longer a ratchet pod`,
+      );
     const { linker } = await this.store(p.conf);
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links);
@@ -175,7 +214,10 @@ export class NodeAgent {
       if (e.code !== Code.TryAgainLater) throw e;
       // etcd is away: the netns (and our ends in it) goes with the pod anyway; the records
       // are removed when etcd is back.
-      this.log.warn("etcd unreachable during DEL: records will be removed later", { containerId: p.env.containerId, error: e.message });
+      this.log.warn("etcd unreachable during DEL: records will be removed later", {
+        containerId: p.env.containerId,
+        error: e.message,
+      });
       this.defer({ conf: p.conf, env: p.env });
       return { owned: null };
     }
@@ -198,14 +240,20 @@ export class NodeAgent {
       etcd = openEtcd(p.conf, { callTimeoutMs: Math.max(100, until - Date.now()) });
       await etcd.maintenance.status();
     } catch (err) {
-      throw new CniError(Code.PluginNotAvailable, `etcd is not ready: ${describeEtcdError(err, p.conf, etcd)}`);
+      throw new CniError(
+        Code.PluginNotAvailable,
+        `etcd is not ready: ${describeEtcdError(err, p.conf, etcd)}`,
+      );
     } finally {
       etcd?.close();
     }
     try {
       await this.pods.ping(p.conf, Math.max(1, until - Date.now()));
     } catch (err) {
-      throw new CniError(Code.PluginNotAvailable, `the Kubernetes API server is not reachable: ${(err as Error).message}`);
+      throw new CniError(
+        Code.PluginNotAvailable,
+        `the Kubernetes API server is not reachable: ${(err as Error).message}`,
+      );
     }
     return { ok: true };
   }
@@ -218,7 +266,11 @@ export class NodeAgent {
 
   private saveJournal(): void {
     try {
-      writeFileSync(this.journal, this.deferred.map((d) => JSON.stringify(d)).join("\n") + (this.deferred.length ? "\n" : ""), { mode: 0o600 });
+      writeFileSync(
+        this.journal,
+        this.deferred.map((d) => JSON.stringify(d)).join("\n") + (this.deferred.length ? "\n" : ""),
+        { mode: 0o600 },
+      );
     } catch (err) {
       this.log.warn("could not save the deferred DEL journal", { error: (err as Error).message });
     }
@@ -234,7 +286,9 @@ export class NodeAgent {
     for (const d of this.deferred) {
       try {
         await (await this.store(d.conf)).linker.detach(d.env);
-        this.log.info("removed the records of a DEL that happened while etcd was away", { containerId: d.env.containerId });
+        this.log.info("removed the records of a DEL that happened while etcd was away", {
+          containerId: d.env.containerId,
+        });
       } catch {
         left.push(d);
       }

@@ -120,7 +120,8 @@ function statusMessage(body: unknown): string | undefined {
       b = { message: body };
     }
   }
-  if (!b || typeof b !== "object" || !("message" in b) || typeof b.message !== "string" || b.message === "") return undefined;
+  if (!b || typeof b !== "object" || !("message" in b) || typeof b.message !== "string" || b.message === "")
+    return undefined;
   const line = b.message.replace(/\p{Cc}+/gu, " ").trim();
   return line.length > 300 ? `${line.slice(0, 300)}...` : line;
 }
@@ -150,7 +151,10 @@ export class PodReader implements Disposable {
   private readonly session = new Bun.FetchSession();
 
   /** A reader for a config's `kubeconfig`, or the in-cluster service account when it has none. */
-  static fromConfig(conf: { kubeconfig?: string | undefined }, env: Record<string, string | undefined>): PodReader {
+  static fromConfig(
+    conf: { kubeconfig?: string | undefined },
+    env: Record<string, string | undefined>,
+  ): PodReader {
     return new PodReader({ kubeconfig: conf.kubeconfig, env });
   }
 
@@ -161,25 +165,45 @@ export class PodReader implements Disposable {
       try {
         this.tokenFile = loadKubeconfig(kc, path);
       } catch (err) {
-        throw new CniError(Code.InvalidConfig, `cannot load kubeconfig ${show(path)}: ${(err as Error).message}`, "", { cause: err });
+        throw new CniError(
+          Code.InvalidConfig,
+          `cannot load kubeconfig ${show(path)}: ${(err as Error).message}`,
+          "",
+          { cause: err },
+        );
       }
     } else {
       const env = opts.env ?? {};
       const host = env.KUBERNETES_SERVICE_HOST;
       const port = env.KUBERNETES_SERVICE_PORT;
       if (!host || !port) {
-        throw new CniError(Code.InvalidConfig, "no kubeconfig in the network configuration and not in a cluster (KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT unset)");
+        throw new CniError(
+          Code.InvalidConfig,
+          "no kubeconfig in the network configuration and not in a cluster (KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT unset)",
+        );
       }
       const dir = opts.serviceAccountDir ?? SERVICE_ACCOUNT_DIR;
       const h = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
       // The client's loadFromCluster would re-read the token only once a minute; ours reads it per request.
-      kc.loadFromClusterAndUser({ name: "in-cluster", server: `https://${h}:${port}`, caFile: join(dir, "ca.crt"), skipTLSVerify: false }, { name: "in-cluster" });
+      kc.loadFromClusterAndUser(
+        {
+          name: "in-cluster",
+          server: `https://${h}:${port}`,
+          caFile: join(dir, "ca.crt"),
+          skipTLSVerify: false,
+        },
+        { name: "in-cluster" },
+      );
       this.tokenFile = new TokenFile(join(dir, "token"));
     }
     const cluster = kc.getCurrentCluster();
-    if (!cluster) throw new CniError(Code.InvalidConfig, `kubeconfig ${show(opts.kubeconfig)} has no current cluster`);
+    if (!cluster)
+      throw new CniError(Code.InvalidConfig, `kubeconfig ${show(opts.kubeconfig)} has no current cluster`);
     if (cluster.proxyUrl && !/^https?:\/\//.test(cluster.proxyUrl)) {
-      throw new CniError(Code.InvalidConfig, `kubeconfig ${show(opts.kubeconfig)}: proxy-url ${show(cluster.proxyUrl)} is not supported (only http:// and https:// proxies)`);
+      throw new CniError(
+        Code.InvalidConfig,
+        `kubeconfig ${show(opts.kubeconfig)}: proxy-url ${show(cluster.proxyUrl)} is not supported (only http:// and https:// proxies)`,
+      );
     }
     this.kc = kc;
     this.server = cluster.server.replace(/\/+$/, "");
@@ -203,14 +227,21 @@ export class PodReader implements Disposable {
     // The client's own view of the kubeconfig: CA, client certificate and key (inline or
     // files, read now so rotated files are picked up), auth headers from token, basic auth,
     // exec or auth-provider plugins.
-    const opts: RequestOptions & { ca?: Pem; cert?: Pem; key?: Pem; rejectUnauthorized?: boolean; servername?: string } = {};
+    const opts: RequestOptions & {
+      ca?: Pem;
+      cert?: Pem;
+      key?: Pem;
+      rejectUnauthorized?: boolean;
+      servername?: string;
+    } = {};
     await this.kc.applyToHTTPSOptions(opts);
     const headers = new Headers(req.getHeaders());
     for (const [k, v] of Object.entries(opts.headers ?? {})) {
       const value = headerValue(v as OutgoingHttpHeaders[string]);
       if (value !== undefined) headers.set(k, value);
     }
-    if (typeof opts.auth === "string") headers.set("Authorization", `Basic ${Buffer.from(opts.auth).toString("base64")}`);
+    if (typeof opts.auth === "string")
+      headers.set("Authorization", `Basic ${Buffer.from(opts.auth).toString("base64")}`);
     if (this.tokenFile) headers.set("Authorization", `Bearer ${this.tokenFile.read()}`);
     headers.set("User-Agent", `ratchet/${VERSION}`);
 
@@ -264,7 +295,10 @@ export class PodReader implements Disposable {
       }, deadlineMs);
     });
     try {
-      const pod = await Promise.race([this.api.readNamespacedPod({ namespace, name }, { httpApi: this.transport(ctl.signal) }), deadline]);
+      const pod = await Promise.race([
+        this.api.readNamespacedPod({ namespace, name }, { httpApi: this.transport(ctl.signal) }),
+        deadline,
+      ]);
       return {
         namespace: pod.metadata?.namespace ?? namespace,
         name: pod.metadata?.name ?? name,
@@ -283,7 +317,10 @@ export class PodReader implements Disposable {
   /** Asks the API server for its version: is it there and do we get in? Code 11 otherwise. */
   async ping(deadlineMs: number): Promise<string> {
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(new DeadlineError(`no answer within ${deadlineMs} ms`)), deadlineMs);
+    const timer = setTimeout(
+      () => ctl.abort(new DeadlineError(`no answer within ${deadlineMs} ms`)),
+      deadlineMs,
+    );
     try {
       const v = await this.versionApi.getCode({ httpApi: this.transport(ctl.signal) });
       return v.gitVersion;
@@ -298,12 +335,34 @@ export class PodReader implements Disposable {
     if (err instanceof ApiException) {
       const code = (err as ApiException<unknown>).code;
       const detail = statusMessage((err as ApiException<unknown>).body);
-      if (code === 404) return new CniError(Code.TryAgainLater, `pod ${id} not found (404 from ${this.server})`, detail ?? "", { cause: err });
+      if (code === 404)
+        return new CniError(
+          Code.TryAgainLater,
+          `pod ${id} not found (404 from ${this.server})`,
+          detail ?? "",
+          { cause: err },
+        );
       const text = STATUS_TEXT[code] ? ` ${STATUS_TEXT[code]}` : "";
-      return new CniError(Code.TryAgainLater, `cannot read pod ${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`, "", { cause: err });
+      return new CniError(
+        Code.TryAgainLater,
+        `cannot read pod ${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
+        "",
+        { cause: err },
+      );
     }
-    if (err instanceof DeadlineError) return new CniError(Code.TryAgainLater, `cannot read pod ${id} from ${this.server}: ${err.message}`, "", { cause: err });
-    return new CniError(Code.TryAgainLater, `cannot read pod ${id} from ${this.server}: ${describeFetchError(err)}`, "", { cause: err });
+    if (err instanceof DeadlineError)
+      return new CniError(
+        Code.TryAgainLater,
+        `cannot read pod ${id} from ${this.server}: ${err.message}`,
+        "",
+        { cause: err },
+      );
+    return new CniError(
+      Code.TryAgainLater,
+      `cannot read pod ${id} from ${this.server}: ${describeFetchError(err)}`,
+      "",
+      { cause: err },
+    );
   }
 
   /** Closes idle connections. */

@@ -24,7 +24,18 @@ import {
   setLinkUp,
 } from "../netlink/index.ts";
 import { cmp, keyOf, op, parse, txn, type Compare, type KeyValue, type Op } from "../store/etcd-ops.ts";
-import { FIRST_VNI, Keys, MAX_VNI, podId, sides, toLink, type Endpoint, type Link, type LinkRecord, type NodeLink } from "../store/model.ts";
+import {
+  FIRST_VNI,
+  Keys,
+  MAX_VNI,
+  podId,
+  sides,
+  toLink,
+  type Endpoint,
+  type Link,
+  type LinkRecord,
+  type NodeLink,
+} from "../store/model.ts";
 import { linkDifferences, linkKey, type EndSpec, type LinkSpec } from "./podspec.ts";
 
 export interface AttachedInterface {
@@ -95,10 +106,17 @@ export class Linker {
     const { parentAddress, parentInterface, hostNetns } = this.settings;
     if (parentAddress) return (this.nodeAddr = parentAddress);
     if (!parentInterface) {
-      throw new CniError(Code.InvalidConfig, "invalid network configuration: field parent_address: empty, and parent_interface is not set either (one is needed to name this node)");
+      throw new CniError(
+        Code.InvalidConfig,
+        "invalid network configuration: field parent_address: empty, and parent_interface is not set either (one is needed to name this node)",
+      );
     }
     const addr = firstIpv4Address(parentInterface, hostNetns);
-    if (!addr) throw new CniError(Code.Netlink, `parent_interface ${show(parentInterface)} has no IPv4 address to use as this node's VTEP (set parent_address)`);
+    if (!addr)
+      throw new CniError(
+        Code.Netlink,
+        `parent_interface ${show(parentInterface)} has no IPv4 address to use as this node's VTEP (set parent_address)`,
+      );
     return (this.nodeAddr = addr);
   }
 
@@ -111,7 +129,10 @@ export class Linker {
     const node = this.node;
     for (const l of links) {
       if (l.local.ifname === env.ifname) {
-        throw new CniError(Code.InvalidPodSpec, `pod ${id}: link interface ${show(l.local.ifname)} is CNI_IFNAME, the interface of the boot network`);
+        throw new CniError(
+          Code.InvalidPodSpec,
+          `pod ${id}: link interface ${show(l.local.ifname)} is CNI_IFNAME, the interface of the boot network`,
+        );
       }
     }
     const endpoint: Endpoint = {
@@ -141,7 +162,10 @@ export class Linker {
       ...[...mine.keys()].map((k) => op.get(keys.link(k))),
       op.get(keys.vniNext),
     ];
-    const writes: Op[] = [op.put(keys.endpoint(id), endpoint), op.put(keys.nodeEndpoint(node, id), env.containerId)];
+    const writes: Op[] = [
+      op.put(keys.endpoint(id), endpoint),
+      op.put(keys.nodeEndpoint(node, id), env.containerId),
+    ];
     for (const [k, spec] of mine) {
       writes.push(op.put(keys.decl(id, k, id), spec), op.put(keys.decl(podId(spec.peer), k, id), spec));
     }
@@ -175,7 +199,8 @@ export class Linker {
       const spec = parse<LinkSpec>(kv);
       if (!parsed || !spec) continue;
       if (parsed.declarer === id) {
-        if (!mine.has(parsed.link)) stale.push({ link: parsed.link, peer: podId(sides(toLink(parsed.link, spec), id).theirs) }); // an earlier container's
+        if (!mine.has(parsed.link))
+          stale.push({ link: parsed.link, peer: podId(sides(toLink(parsed.link, spec), id).theirs) }); // an earlier container's
         continue;
       }
       const list = decls.get(parsed.link) ?? [];
@@ -186,7 +211,9 @@ export class Linker {
     try {
       this.checkAgreement(id, env.ifname, decls);
     } catch (err) {
-      await this.unregister(id, myRev, mine).catch((e: unknown) => this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }));
+      await this.unregister(id, myRev, mine).catch((e: unknown) =>
+        this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }),
+      );
       throw err;
     }
 
@@ -194,7 +221,13 @@ export class Linker {
     // none (a fresh link); the commit below compares, and re-reads one that exists.
 
     // What to build: every link whose peer is registered. The rest waits for the peer.
-    const builds: Array<{ link: Link; peer: Endpoint; kind: "veth" | "vxlan"; prev: LinkRecord | undefined; prevRev: string }> = [];
+    const builds: Array<{
+      link: Link;
+      peer: Endpoint;
+      kind: "veth" | "vxlan";
+      prev: LinkRecord | undefined;
+      prevRev: string;
+    }> = [];
     for (const k of decls.keys()) {
       const link = this.linkOf(k, decls);
       const peerId = podId(sides(link, id).theirs);
@@ -207,18 +240,33 @@ export class Linker {
       const { theirs } = sides(link, id);
       if (theirs.ifname === peer.ifname) {
         // Never touch the interface the peer's own network gave it.
-        this.log.error("link refused: it names the peer's CNI_IFNAME", { link: k, pod: id, peer: peerId, ifname: theirs.ifname });
+        this.log.error("link refused: it names the peer's CNI_IFNAME", {
+          link: k,
+          pod: id,
+          peer: peerId,
+          ifname: theirs.ifname,
+        });
         continue;
       }
       if (link.a.namespace !== link.b.namespace) {
         // Across namespaces, opting in is not consent enough: both pods must declare the link.
         const declarers = new Set((decls.get(k) ?? []).map((d) => d.declarer));
         if (!declarers.has(id) || !declarers.has(peerId)) {
-          this.log.warn("cross-namespace link waits for both pods to declare it", { link: k, pod: id, declaredBy: [...declarers] });
+          this.log.warn("cross-namespace link waits for both pods to declare it", {
+            link: k,
+            pod: id,
+            declaredBy: [...declarers],
+          });
           continue;
         }
       }
-      builds.push({ link, peer, kind: peer.node === node ? "veth" : "vxlan", prev: prev?.rec, prevRev: prev?.rev ?? "0" });
+      builds.push({
+        link,
+        peer,
+        kind: peer.node === node ? "veth" : "vxlan",
+        prev: prev?.rec,
+        prevRev: prev?.rev ?? "0",
+      });
     }
 
     // Round trip 2: record what we build (VNIs allocated atomically); retried on a race.
@@ -229,7 +277,10 @@ export class Linker {
     const out: AttachedInterface[] = [];
     for (const p of plans) out.push(this.realize(id, endpoint, p));
     this.local.set(id, endpoint);
-    this.localIfnames.set(`${id}/${env.containerId}`, [...decls.keys()].map((k) => sides(this.linkOf(k, decls), id).mine.ifname));
+    this.localIfnames.set(
+      `${id}/${env.containerId}`,
+      [...decls.keys()].map((k) => sides(this.linkOf(k, decls), id).mine.ifname),
+    );
     return out;
   }
 
@@ -271,13 +322,24 @@ export class Linker {
       for (const other of rest) {
         const diff = linkDifferences(first.spec, other.spec);
         if (diff.length > 0) {
-          throw new CniError(Code.InvalidPodSpec, `pod ${id}: link ${k} is declared differently by ${first.declarer} and ${other.declarer}: ${diff.join("; ")}`);
+          throw new CniError(
+            Code.InvalidPodSpec,
+            `pod ${id}: link ${k} is declared differently by ${first.declarer} and ${other.declarer}: ${diff.join("; ")}`,
+          );
         }
       }
       const { mine } = sides(toLink(k, first.spec), id);
-      if (mine.ifname === cniIfname) throw new CniError(Code.InvalidPodSpec, `pod ${id}: link ${k} (declared by ${first.declarer}) uses ${show(mine.ifname)}, the boot network's CNI_IFNAME`);
+      if (mine.ifname === cniIfname)
+        throw new CniError(
+          Code.InvalidPodSpec,
+          `pod ${id}: link ${k} (declared by ${first.declarer}) uses ${show(mine.ifname)}, the boot network's CNI_IFNAME`,
+        );
       const taken = names.get(mine.ifname);
-      if (taken && taken !== k) throw new CniError(Code.InvalidPodSpec, `pod ${id}: interface ${show(mine.ifname)} is used by two links, ${taken} and ${k}`);
+      if (taken && taken !== k)
+        throw new CniError(
+          Code.InvalidPodSpec,
+          `pod ${id}: interface ${show(mine.ifname)} is used by two links, ${taken} and ${k}`,
+        );
       names.set(mine.ifname, k);
     }
   }
@@ -285,8 +347,10 @@ export class Linker {
   /** Undoes a registration this call made (its declarations too), if nothing newer replaced it. */
   private async unregister(id: string, rev: string, mine: Map<string, LinkSpec>): Promise<void> {
     const ops: Op[] = [op.del(this.keys.endpoint(id)), op.del(this.keys.nodeEndpoint(this.node, id))];
-    for (const [k, spec] of mine) ops.push(op.del(this.keys.decl(id, k, id)), op.del(this.keys.decl(podId(spec.peer), k, id)));
-    for (const p of new Set([...mine.values()].map((spec) => podId(spec.peer)))) ops.push(op.del(this.keys.peer(p, id)));
+    for (const [k, spec] of mine)
+      ops.push(op.del(this.keys.decl(id, k, id)), op.del(this.keys.decl(podId(spec.peer), k, id)));
+    for (const p of new Set([...mine.values()].map((spec) => podId(spec.peer))))
+      ops.push(op.del(this.keys.peer(p, id)));
     await txn(this.etcd, [cmp.modRev(this.keys.endpoint(id), rev)], ops);
   }
 
@@ -294,7 +358,13 @@ export class Linker {
     id: string,
     endpoint: Endpoint,
     myRev: string,
-    builds: Array<{ link: Link; peer: Endpoint; kind: "veth" | "vxlan"; prev: LinkRecord | undefined; prevRev: string }>,
+    builds: Array<{
+      link: Link;
+      peer: Endpoint;
+      kind: "veth" | "vxlan";
+      prev: LinkRecord | undefined;
+      prevRev: string;
+    }>,
     vniNextKv: KeyValue | undefined,
     stale: Array<{ link: string; peer: string }>,
   ): Promise<Array<{ record: LinkRecord; peer: Endpoint; rebuilt: boolean }>> {
@@ -336,13 +406,35 @@ export class Linker {
             allocated = true;
           }
           const { mine, theirs } = sides(b.link, id);
-          const theirNode: NodeLink = { key: b.link.key, end: theirs, containerId: b.peer.containerId, netns: b.peer.netns, vni: record.vni, remote: endpoint.node, builtBy: endpoint.node, ...(b.link.mtu ? { mtu: b.link.mtu } : {}) };
-          const myNode: NodeLink = { key: b.link.key, end: mine, containerId: endpoint.containerId, netns: endpoint.netns, vni: record.vni, remote: b.peer.node, builtBy: endpoint.node, ...(b.link.mtu ? { mtu: b.link.mtu } : {}) };
-          ops.push(op.put(keys.nodeLink(b.peer.node, b.link.key), theirNode), op.put(keys.nodeLink(endpoint.node, b.link.key), myNode));
+          const theirNode: NodeLink = {
+            key: b.link.key,
+            end: theirs,
+            containerId: b.peer.containerId,
+            netns: b.peer.netns,
+            vni: record.vni,
+            remote: endpoint.node,
+            builtBy: endpoint.node,
+            ...(b.link.mtu ? { mtu: b.link.mtu } : {}),
+          };
+          const myNode: NodeLink = {
+            key: b.link.key,
+            end: mine,
+            containerId: endpoint.containerId,
+            netns: endpoint.netns,
+            vni: record.vni,
+            remote: b.peer.node,
+            builtBy: endpoint.node,
+            ...(b.link.mtu ? { mtu: b.link.mtu } : {}),
+          };
+          ops.push(
+            op.put(keys.nodeLink(b.peer.node, b.link.key), theirNode),
+            op.put(keys.nodeLink(endpoint.node, b.link.key), myNode),
+          );
         } else if (b.prev?.kind === "vxlan" && b.prev.vni !== undefined) {
           // The link was a tunnel and is now on one node: free its VNI and the old node entries.
           ops.push(op.del(keys.vni(b.prev.vni)));
-          for (const e of Object.values(b.prev.ends)) if (e.node !== endpoint.node) ops.push(op.del(keys.nodeLink(e.node, b.link.key)));
+          for (const e of Object.values(b.prev.ends))
+            if (e.node !== endpoint.node) ops.push(op.del(keys.nodeLink(e.node, b.link.key)));
           ops.push(op.del(keys.nodeLink(endpoint.node, b.link.key)));
         }
         ops.push(op.put(keys.link(b.link.key), record));
@@ -353,24 +445,42 @@ export class Linker {
         ops.push(op.put(keys.vniNext, String(vni)));
       }
       if (ops.length === 0 && plans.length === 0) return [];
-      const r = await txn(this.etcd, compare, ops, [op.get(keys.vniNext), op.get(keys.endpoint(id)), ...current.map((b) => op.get(keys.link(b.link.key)))]);
+      const r = await txn(this.etcd, compare, ops, [
+        op.get(keys.vniNext),
+        op.get(keys.endpoint(id)),
+        ...current.map((b) => op.get(keys.link(b.link.key))),
+      ]);
       if (r.succeeded) return plans;
       // Someone else moved: a newer container of ours, a VNI taken, a link recorded meanwhile.
       const [nextKvs, epKvs, ...linkKvs] = r.ranges;
       const ep = parse<Endpoint>(epKvs?.[0]);
       if (!ep || ep.containerId !== endpoint.containerId) {
-        throw new CniError(Code.TryAgainLater, `pod ${id} was registered again by another ADD while this one was linking`);
+        throw new CniError(
+          Code.TryAgainLater,
+          `pod ${id} was registered again by another ADD while this one was linking`,
+        );
       }
       myRev = epKvs?.[0]?.mod_revision ?? myRev;
       next = nextKvs?.[0];
       if (allocated) floor = firstTried + 1;
-      current = current.map((b, n) => ({ ...b, prev: parse<LinkRecord>(linkKvs[n]?.[0]), prevRev: linkKvs[n]?.[0]?.mod_revision ?? "0" }));
+      current = current.map((b, n) => ({
+        ...b,
+        prev: parse<LinkRecord>(linkKvs[n]?.[0]),
+        prevRev: linkKvs[n]?.[0]?.mod_revision ?? "0",
+      }));
     }
-    throw new CniError(Code.TryAgainLater, `could not record the links of pod ${id}: etcd kept changing under us`);
+    throw new CniError(
+      Code.TryAgainLater,
+      `could not record the links of pod ${id}: etcd kept changing under us`,
+    );
   }
 
   /** Builds this pod's end of a recorded link (both ends when the peer is on this node). */
-  private realize(id: string, me: Endpoint, plan: { record: LinkRecord; peer: Endpoint; rebuilt: boolean }): AttachedInterface {
+  private realize(
+    id: string,
+    me: Endpoint,
+    plan: { record: LinkRecord; peer: Endpoint; rebuilt: boolean },
+  ): AttachedInterface {
     const { record, peer, rebuilt } = plan;
     const { mine, theirs } = sides(record, id);
     // Ends of an earlier build of this very link (a retried ADD, a peer that moved) are
@@ -379,22 +489,48 @@ export class Linker {
     if (record.kind === "veth") {
       if (rebuilt) removeIface(theirs.ifname, peer.netns);
       addVethPair({
-        a: { name: mine.ifname, ns: me.netns, ...(record.mtu ? { mtu: record.mtu } : {}), ...(mine.mac ? { mac: mine.mac } : {}) },
-        b: { name: theirs.ifname, ns: peer.netns, ...(record.mtu ? { mtu: record.mtu } : {}), ...(theirs.mac ? { mac: theirs.mac } : {}) },
+        a: {
+          name: mine.ifname,
+          ns: me.netns,
+          ...(record.mtu ? { mtu: record.mtu } : {}),
+          ...(mine.mac ? { mac: mine.mac } : {}),
+        },
+        b: {
+          name: theirs.ifname,
+          ns: peer.netns,
+          ...(record.mtu ? { mtu: record.mtu } : {}),
+          ...(theirs.mac ? { mac: theirs.mac } : {}),
+        },
       });
       addAddresses(mine, me.netns);
       addAddresses(theirs, peer.netns);
     } else {
       this.addTunnelEnd(mine, me.netns, record.vni as number, peer.node, record.mtu);
     }
-    this.log.info("link built", { link: record.key, kind: record.kind, vni: record.vni, pod: id, peer: podId(peer) });
+    this.log.info("link built", {
+      link: record.key,
+      kind: record.kind,
+      vni: record.vni,
+      pod: id,
+      peer: podId(peer),
+    });
     const l = getLink(mine.ifname, me.netns);
     return { iface: { name: mine.ifname, mac: l.mac, sandbox: me.netns }, ips: mine.ips };
   }
 
-  private addTunnelEnd(end: EndSpec, netns: string, vni: number, remote: string, mtu: number | undefined): void {
+  private addTunnelEnd(
+    end: EndSpec,
+    netns: string,
+    vni: number,
+    remote: string,
+    mtu: number | undefined,
+  ): void {
     const { parentInterface, hostNetns } = this.settings;
-    if (!parentInterface) throw new CniError(Code.InvalidConfig, "invalid network configuration: field parent_interface: missing, and it is needed for VXLAN links");
+    if (!parentInterface)
+      throw new CniError(
+        Code.InvalidConfig,
+        "invalid network configuration: field parent_interface: missing, and it is needed for VXLAN links",
+      );
     addVxlan({
       name: end.ifname,
       ns: netns,
@@ -421,7 +557,11 @@ export class Linker {
     const ep = parse<Endpoint>(kv);
     if (!ep || ep.containerId !== nl.containerId || ep.node !== this.node) return; // that container is gone
     if (nl.end.ifname === ep.ifname) {
-      this.log.error("tunnel end refused: it names the pod's CNI_IFNAME", { link: nl.key, pod: id, ifname: nl.end.ifname });
+      this.log.error("tunnel end refused: it names the pod's CNI_IFNAME", {
+        link: nl.key,
+        pod: id,
+        ifname: nl.end.ifname,
+      });
       return;
     }
     try {
@@ -436,7 +576,12 @@ export class Linker {
       }
       if (cur.kind !== "vxlan") {
         // Not a tunnel end of ours: some other plugin's interface. Leave it, say so.
-        this.log.error("tunnel end not built: the name is taken by another interface", { link: nl.key, pod: id, ifname: nl.end.ifname, kind: cur.kind });
+        this.log.error("tunnel end not built: the name is taken by another interface", {
+          link: nl.key,
+          pod: id,
+          ifname: nl.end.ifname,
+          kind: cur.kind,
+        });
         return;
       }
       removeIface(nl.end.ifname, ep.netns);
@@ -445,7 +590,12 @@ export class Linker {
       if (!(err instanceof LinkNotFoundError)) throw err;
     }
     this.addTunnelEnd(nl.end, ep.netns, nl.vni, nl.remote, nl.mtu);
-    this.log.info("tunnel end built for a peer on another node", { link: nl.key, vni: nl.vni, pod: id, remote: nl.remote });
+    this.log.info("tunnel end built for a peer on another node", {
+      link: nl.key,
+      vni: nl.vni,
+      pod: id,
+      remote: nl.remote,
+    });
   }
 
   /** A node entry went away: the link is gone, remove our end if our pod is still here. */
@@ -456,7 +606,8 @@ export class Linker {
       const ep = this.local.get(`${ns}/${pod}`);
       if (ep && ifname) {
         const rec = (await txn(this.etcd, [], [op.get(this.keys.link(key))])).ranges[0]?.[0];
-        if (!rec && removeIface(ifname, ep.netns)) this.log.info("removed the end of a link that is gone", { link: key, pod: podId(ep) });
+        if (!rec && removeIface(ifname, ep.netns))
+          this.log.info("removed the end of a link that is gone", { link: key, pod: podId(ep) });
       }
     }
   }
@@ -464,10 +615,18 @@ export class Linker {
   /** At start: this node's endpoints into memory, and every tunnel end of this node built. */
   async reconcile(): Promise<number> {
     const node = this.node;
-    const r = await txn(this.etcd, [], [op.prefix(this.keys.nodeEndpointsPrefix(node)), op.prefix(this.keys.nodeLinksPrefix(node))]);
+    const r = await txn(
+      this.etcd,
+      [],
+      [op.prefix(this.keys.nodeEndpointsPrefix(node)), op.prefix(this.keys.nodeLinksPrefix(node))],
+    );
     const ids = (r.ranges[0] ?? []).map((kv) => keyOf(kv).slice(this.keys.nodeEndpointsPrefix(node).length));
     if (ids.length > 0) {
-      const eps = await txn(this.etcd, [], ids.map((id) => op.get(this.keys.endpoint(id))));
+      const eps = await txn(
+        this.etcd,
+        [],
+        ids.map((id) => op.get(this.keys.endpoint(id))),
+      );
       for (const kvs of eps.ranges) {
         const ep = parse<Endpoint>(kvs?.[0]);
         if (ep && ep.node === node) this.local.set(podId(ep), ep);
@@ -481,7 +640,10 @@ export class Linker {
         await this.ensureNodeLink(nl);
         fixed++;
       } catch (err) {
-        this.log.warn("could not build a tunnel end at start", { link: nl.key, error: (err as Error).message });
+        this.log.warn("could not build a tunnel end at start", {
+          link: nl.key,
+          error: (err as Error).message,
+        });
       }
     }
     return fixed;
@@ -504,7 +666,8 @@ export class Linker {
     } catch (err) {
       // etcd is away: remove the ends we know of now; the caller retries the records later.
       for (const ifname of this.localIfnames.get(`${id}/${env.containerId}`) ?? []) {
-        if (removeIface(ifname, env.netns)) this.log.info("removed link end (etcd unreachable)", { pod: id, ifname });
+        if (removeIface(ifname, env.netns))
+          this.log.info("removed link end (etcd unreachable)", { pod: id, ifname });
       }
       throw err;
     }
@@ -516,7 +679,8 @@ export class Linker {
     // Local first: our ends go now, whatever happens to the records.
     for (const k of decls.keys()) {
       const { mine } = sides(this.linkOf(k, decls), id);
-      if (removeIface(mine.ifname, netns)) this.log.info("removed link end", { link: k, pod: id, ifname: mine.ifname });
+      if (removeIface(mine.ifname, netns))
+        this.log.info("removed link end", { link: k, pod: id, ifname: mine.ifname });
     }
     // Not (or no longer) this container's endpoint: whether ratchet had it is for the caller to find out.
     if (!ours) return undefined;
@@ -532,14 +696,26 @@ export class Linker {
    * goes. The peers' endpoints are compared in the same transaction, so two pods deleted at
    * once cannot both keep a link for the other (the second one retries and cleans up).
    */
-  private async removeRecords(id: string, ep: Endpoint, rev: string, decls: Map<string, Declaration[]>): Promise<void> {
+  private async removeRecords(
+    id: string,
+    ep: Endpoint,
+    rev: string,
+    decls: Map<string, Declaration[]>,
+  ): Promise<void> {
     const keys = this.keys;
     const linkKeys = [...decls.keys()];
     const peerIds = [...new Set(linkKeys.map((k) => podId(sides(this.linkOf(k, decls), id).theirs)))];
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
-      const r2 = await txn(this.etcd, [], [...peerIds.map((p) => op.get(keys.endpoint(p))), ...linkKeys.map((k) => op.get(keys.link(k)))]);
+      const r2 = await txn(
+        this.etcd,
+        [],
+        [...peerIds.map((p) => op.get(keys.endpoint(p))), ...linkKeys.map((k) => op.get(keys.link(k)))],
+      );
       const peerRev = new Map(peerIds.map((p, n) => [p, r2.ranges[n]?.[0]?.mod_revision ?? "0"]));
-      const compare: Compare[] = [cmp.modRev(keys.endpoint(id), rev), ...peerIds.map((p) => cmp.modRev(keys.endpoint(p), peerRev.get(p) as string))];
+      const compare: Compare[] = [
+        cmp.modRev(keys.endpoint(id), rev),
+        ...peerIds.map((p) => cmp.modRev(keys.endpoint(p), peerRev.get(p) as string)),
+      ];
       const ops: Op[] = [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(ep.node, id))];
       // Our endpoint copies for the pods we declared links to: we are not registered any more.
       for (const p of new Set(ep.links.map((l) => podId(l.peer)))) ops.push(op.del(keys.peer(p, id)));
@@ -550,7 +726,11 @@ export class Linker {
           ops.push(op.del(keys.nodeLink(ep.node, k)));
           return;
         }
-        ops.push(op.delPrefix(`${keys.declPrefix(id)}${k}/`), op.delPrefix(`${keys.declPrefix(peerId)}${k}/`), op.del(keys.link(k)));
+        ops.push(
+          op.delPrefix(`${keys.declPrefix(id)}${k}/`),
+          op.delPrefix(`${keys.declPrefix(peerId)}${k}/`),
+          op.del(keys.link(k)),
+        );
         if (rec?.vni !== undefined) ops.push(op.del(keys.vni(rec.vni)));
         for (const e of Object.values(rec?.ends ?? {})) ops.push(op.del(keys.nodeLink(e.node, k)));
         ops.push(op.del(keys.nodeLink(ep.node, k)));
@@ -572,7 +752,10 @@ export class Linker {
       }
       rev = r.ranges[0]?.[0]?.mod_revision ?? rev;
     }
-    throw new CniError(Code.TryAgainLater, `could not remove the records of pod ${id}: etcd kept changing under us`);
+    throw new CniError(
+      Code.TryAgainLater,
+      `could not remove the records of pod ${id}: etcd kept changing under us`,
+    );
   }
 
   // ---- CHECK -------------------------------------------------------------------------
@@ -581,15 +764,28 @@ export class Linker {
     const pod = env.pod;
     if (!pod) return;
     const id = podId({ namespace: pod.namespace, pod: pod.name });
-    const r1 = await txn(this.etcd, [], [op.get(this.keys.endpoint(id)), op.prefix(this.keys.declPrefix(id))]);
+    const r1 = await txn(
+      this.etcd,
+      [],
+      [op.get(this.keys.endpoint(id)), op.prefix(this.keys.declPrefix(id))],
+    );
     const ep = parse<Endpoint>(r1.ranges[0]?.[0]);
     if (!ep || ep.containerId !== env.containerId) {
-      throw new CniError(Code.CheckFailed, `CHECK: pod ${id} container ${env.containerId} is not registered with ratchet`);
+      throw new CniError(
+        Code.CheckFailed,
+        `CHECK: pod ${id} container ${env.containerId} is not registered with ratchet`,
+      );
     }
     const decls = this.declarations(id, r1.ranges[1]);
     const linkKeys = [...decls.keys()];
     const peerIds = linkKeys.map((k) => podId(sides(this.linkOf(k, decls), id).theirs));
-    const r2 = linkKeys.length ? await txn(this.etcd, [], peerIds.map((p) => op.get(this.keys.endpoint(p)))) : { ranges: [] };
+    const r2 = linkKeys.length
+      ? await txn(
+          this.etcd,
+          [],
+          peerIds.map((p) => op.get(this.keys.endpoint(p))),
+        )
+      : { ranges: [] };
     const problems: string[] = [];
     linkKeys.forEach((k, n) => {
       if (!r2.ranges[n]?.[0]) return; // the peer is not there yet: nothing to check
@@ -598,15 +794,18 @@ export class Linker {
       try {
         const l = getLink(mine.ifname, env.netns);
         if (!l.up) problems.push(`${mine.ifname} is down`);
-        if (link.mtu !== undefined && l.mtu !== link.mtu) problems.push(`${mine.ifname} has MTU ${l.mtu}, expected ${link.mtu}`);
+        if (link.mtu !== undefined && l.mtu !== link.mtu)
+          problems.push(`${mine.ifname} has MTU ${l.mtu}, expected ${link.mtu}`);
         const have = listAddresses(mine.ifname, env.netns).map((a) => `${a.address}/${a.prefixLength}`);
-        for (const ip of mine.ips) if (!have.includes(ip)) problems.push(`${mine.ifname} lacks address ${ip}`);
+        for (const ip of mine.ips)
+          if (!have.includes(ip)) problems.push(`${mine.ifname} lacks address ${ip}`);
       } catch (err) {
         if (err instanceof LinkNotFoundError) problems.push(`${mine.ifname} (link ${k}) is missing`);
         else throw err;
       }
     });
-    if (problems.length > 0) throw new CniError(Code.CheckFailed, `CHECK of pod ${id}: ${problems.join("; ")}`);
+    if (problems.length > 0)
+      throw new CniError(Code.CheckFailed, `CHECK of pod ${id}: ${problems.join("; ")}`);
   }
 
   // ---- GC ----------------------------------------------------------------------------
@@ -623,7 +822,14 @@ export class Linker {
       if (!ep) continue;
       if (valid.some((v) => v.containerID === ep.containerId && v.ifname === ep.ifname)) continue;
       const [namespace, name] = id.split("/") as [string, string];
-      await this.detach({ command: "DEL", containerId: ep.containerId, netns: ep.netns, ifname: ep.ifname, path: [], pod: { namespace, name } });
+      await this.detach({
+        command: "DEL",
+        containerId: ep.containerId,
+        netns: ep.netns,
+        ifname: ep.ifname,
+        path: [],
+        pod: { namespace, name },
+      });
       removed++;
       this.log.info("GC removed a stale endpoint", { pod: id, containerId: ep.containerId });
     }

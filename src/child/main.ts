@@ -24,10 +24,14 @@ async function check(conf: NetConf): Promise<number> {
     // Inside the try: a config openEtcd refuses (unreadable file, http:// with TLS files) is a failed check too.
     client = openEtcd(conf);
     const status = await client.maintenance.status();
-    process.stdout.write(`${JSON.stringify({ etcd: { ok: true, endpoints: etcdEndpoints(conf), version: status.version } })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ etcd: { ok: true, endpoints: etcdEndpoints(conf), version: status.version } })}\n`,
+    );
     return 0;
   } catch (err) {
-    process.stdout.write(`${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) } })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) } })}\n`,
+    );
     return 1;
   } finally {
     client?.close();
@@ -38,10 +42,15 @@ async function check(conf: NetConf): Promise<number> {
  * `ratchet-child --pod NAMESPACE/NAME --config FILE`: reads the pod as the agent would and
  * prints its classification ({pod, eligible, links}); on error the CNI error JSON, exit 1.
  */
-async function classifyPod(conf: NetConf, ref: string, env: Record<string, string | undefined>): Promise<number> {
+async function classifyPod(
+  conf: NetConf,
+  ref: string,
+  env: Record<string, string | undefined>,
+): Promise<number> {
   try {
     const slash = ref.indexOf("/");
-    if (slash <= 0 || slash === ref.length - 1) throw new CniError(Code.InvalidPodSpec, `--pod ${JSON.stringify(ref)}: expected NAMESPACE/NAME`);
+    if (slash <= 0 || slash === ref.length - 1)
+      throw new CniError(Code.InvalidPodSpec, `--pod ${JSON.stringify(ref)}: expected NAMESPACE/NAME`);
     const [{ PodReader }, { podLinks }] = await Promise.all([import("./kube.ts"), import("./podspec.ts")]);
     using reader = PodReader.fromConfig(conf, env);
     const pod = await reader.readPod(ref.slice(0, slash), ref.slice(slash + 1), 10_000);
@@ -68,7 +77,9 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     // that one finishes its work and exits, then the lock is ours.
     log.info("another node agent serves this socket: asking it to hand over", { socket: conf.child_socket });
     const { requestDrain } = await import("../parent/agent-client.ts");
-    await requestDrain(conf.child_socket).catch((err: unknown) => log.warn("could not ask the other agent to drain", { error: (err as Error).message }));
+    await requestDrain(conf.child_socket).catch((err: unknown) =>
+      log.warn("could not ask the other agent to drain", { error: (err as Error).message }),
+    );
     lock = await SocketLock.acquire(lockPath, 30_000);
     if (!lock) {
       log.error("the other node agent did not hand over within 30 s", { socket: conf.child_socket });
@@ -95,16 +106,26 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   };
   // Listen first, load the etcd and Kubernetes clients meanwhile: the plugin that started
   // us connects (and says hello) while they load, and its real request waits for them.
-  const loading = import("./agent.ts").then(({ NodeAgent, journalPath }) => new NodeAgent(log, () => void shutdown("drain"), journalPath(conf)));
+  const loading = import("./agent.ts").then(
+    ({ NodeAgent, journalPath }) => new NodeAgent(log, () => void shutdown("drain"), journalPath(conf)),
+  );
   server = new Server({
     socket: conf.child_socket,
     log,
-    handle: async (req) => (req.method === "hello" ? { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid } : (await loading).handle(req)),
+    handle: async (req) =>
+      req.method === "hello"
+        ? { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid }
+        : (await loading).handle(req),
     keyOf: requestKey,
   });
   server.listen();
   const agent: NodeAgent = await loading;
-  log.info("node agent serving", { socket: conf.child_socket, pid: process.pid, build: BUILD_ID, foreground: opts.foreground });
+  log.info("node agent serving", {
+    socket: conf.child_socket,
+    pid: process.pid,
+    build: BUILD_ID,
+    foreground: opts.foreground,
+  });
   // Take up this node's links now (reconcile, watch), not at the first request.
   if (conf.etcd_endpoints || conf.etcd_host) agent.warm(conf);
 
@@ -113,10 +134,14 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   let timer: Timer | undefined;
   if (!opts.foreground) {
     const idleMs = conf.child_idle_seconds * 1000;
-    timer = setInterval(() => {
-      // Never idle out while this node has ratchet pods (a peer may come and need our end).
-      if (server && !server.busy && !agent.pendingWork && Date.now() - server.lastActivity >= idleMs) void shutdown(`idle for ${conf.child_idle_seconds} s`);
-    }, Math.min(Math.max(idleMs / 4, 100), 10_000));
+    timer = setInterval(
+      () => {
+        // Never idle out while this node has ratchet pods (a peer may come and need our end).
+        if (server && !server.busy && !agent.pendingWork && Date.now() - server.lastActivity >= idleMs)
+          void shutdown(`idle for ${conf.child_idle_seconds} s`);
+      },
+      Math.min(Math.max(idleMs / 4, 100), 10_000),
+    );
   }
   const code = await done;
   clearInterval(timer);

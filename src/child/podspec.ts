@@ -3,7 +3,15 @@
 // every name, address and number is checked before it leaves this file.
 import * as v from "valibot";
 import { CniError, Code } from "../cni/errors.ts";
-import { linkInterfaceNameProblem, macProblem, mtuProblem, namespaceProblem, parseCidr, podNameProblem, show } from "../cni/names.ts";
+import {
+  linkInterfaceNameProblem,
+  macProblem,
+  mtuProblem,
+  namespaceProblem,
+  parseCidr,
+  podNameProblem,
+  show,
+} from "../cni/names.ts";
 
 export interface EndSpec {
   namespace: string;
@@ -53,7 +61,14 @@ const L = {
   primary: "ratchet.primary",
 } as const;
 /** Labels that describe a link; ratchet.public_ip, target_pod and target_container are accepted and ignored. */
-const LINK_LABELS: readonly string[] = [L.pairName, L.localIp, L.localIfname, L.pairIp, L.pairIfname, L.primary];
+const LINK_LABELS: readonly string[] = [
+  L.pairName,
+  L.localIp,
+  L.localIfname,
+  L.pairIp,
+  L.pairIfname,
+  L.primary,
+];
 
 /** One item of the annotation: shapes and types only; podLinks checks the values. */
 const IpList = v.union([v.string(), v.array(v.string())], "must be a CIDR string or a list of them");
@@ -86,7 +101,11 @@ function labelIp(p: Problems, label: string, value: string | undefined, prefix: 
   // comes from the config.
   const c = parseCidr(`${value}/${prefix}`);
   if ("problem" in c || c.family !== 4) {
-    p.fail(`label ${label}`, value, "is not an IPv4 address (labels cannot carry a prefix or IPv6: use the ratchet/links annotation)");
+    p.fail(
+      `label ${label}`,
+      value,
+      "is not an IPv4 address (labels cannot carry a prefix or IPv6: use the ratchet/links annotation)",
+    );
   }
   return [c.text];
 }
@@ -119,7 +138,8 @@ function checkMac(p: Problems, field: string, value: string | undefined): string
 function annotationIps(p: Problems, field: string, value: string | string[] | undefined): string[] {
   if (value === undefined) return [];
   const list = typeof value === "string" ? [value] : value;
-  if (list.length > MAX_IPS_PER_END) p.fail(field, value, `lists ${list.length} addresses, the limit is ${MAX_IPS_PER_END}`);
+  if (list.length > MAX_IPS_PER_END)
+    p.fail(field, value, `lists ${list.length} addresses, the limit is ${MAX_IPS_PER_END}`);
   const out: string[] = [];
   list.forEach((s, i) => {
     const f = typeof value === "string" ? field : `${field}[${i}]`;
@@ -131,20 +151,29 @@ function annotationIps(p: Problems, field: string, value: string | string[] | un
   return out;
 }
 
-function fromLabels(p: Problems, pod: PodMeta, labels: Record<string, string>, defaultPrefix: number): LinkSpec | undefined {
+function fromLabels(
+  p: Problems,
+  pod: PodMeta,
+  labels: Record<string, string>,
+  defaultPrefix: number,
+): LinkSpec | undefined {
   const own = labels[L.podName];
-  if (own !== undefined && own !== pod.name) p.fail(`label ${L.podName}`, own, `does not match the pod's name ${show(pod.name)}`);
+  if (own !== undefined && own !== pod.name)
+    p.fail(`label ${L.podName}`, own, `does not match the pod's name ${show(pod.name)}`);
   if (!LINK_LABELS.some((k) => labels[k] !== undefined)) return undefined;
 
   const required = (label: string): string => {
     const value = labels[label];
-    if (value === undefined || value === "") p.fail(`label ${label}`, value, "is required when the pod has ratchet link labels");
+    if (value === undefined || value === "")
+      p.fail(`label ${label}`, value, "is required when the pod has ratchet link labels");
     return value;
   };
   const peerPod = checkPodName(p, `label ${L.pairName}`, required(L.pairName));
-  if (peerPod === pod.name) p.fail(`label ${L.pairName}`, peerPod, "names the pod itself: a link needs two pods");
+  if (peerPod === pod.name)
+    p.fail(`label ${L.pairName}`, peerPod, "names the pod itself: a link needs two pods");
   const primary = labels[L.primary];
-  if (primary !== undefined && primary !== "true" && primary !== "false") p.fail(`label ${L.primary}`, primary, 'must be "true" or "false"');
+  if (primary !== undefined && primary !== "true" && primary !== "false")
+    p.fail(`label ${L.primary}`, primary, 'must be "true" or "false"');
   const link: LinkSpec = {
     local: {
       namespace: pod.namespace,
@@ -166,14 +195,16 @@ function fromLabels(p: Problems, pod: PodMeta, labels: Record<string, string>, d
 
 function issueField(issue: v.BaseIssue<unknown>): string {
   let out = "";
-  for (const item of issue.path ?? []) out += typeof item.key === "number" ? `[${item.key}]` : `.${String(item.key)}`;
+  for (const item of issue.path ?? [])
+    out += typeof item.key === "number" ? `[${item.key}]` : `.${String(item.key)}`;
   return out;
 }
 
 function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
   const field = `annotation ${LINKS_ANNOTATION}`;
   const bytes = Buffer.byteLength(text, "utf8");
-  if (bytes > MAX_ANNOTATION_BYTES) p.fail(field, text, `is ${bytes} bytes long, the limit is ${MAX_ANNOTATION_BYTES}`);
+  if (bytes > MAX_ANNOTATION_BYTES)
+    p.fail(field, text, `is ${bytes} bytes long, the limit is ${MAX_ANNOTATION_BYTES}`);
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -182,14 +213,18 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
   }
   if (!Array.isArray(json)) p.fail(field, json, "must be a JSON list of links");
   const items: unknown[] = json;
-  if (items.length > MAX_LINKS) p.fail(field, `[${items.length} links]`, `lists ${items.length} links, the limit is ${MAX_LINKS}`);
+  if (items.length > MAX_LINKS)
+    p.fail(field, `[${items.length} links]`, `lists ${items.length} links, the limit is ${MAX_LINKS}`);
   const parsed = v.safeParse(v.array(AnnotationLink), items);
   if (!parsed.success) {
     const issue = parsed.issues[0];
     const where = `${field}${issueField(issue)}`;
     if (issue.type === "strict_object" && issue.input !== undefined) {
       const [index, key] = (issue.path ?? []).map((item) => item.key);
-      const value = typeof index === "number" && typeof key === "string" ? (items[index] as Record<string, unknown>)[key] : undefined;
+      const value =
+        typeof index === "number" && typeof key === "string"
+          ? (items[index] as Record<string, unknown>)[key]
+          : undefined;
       p.fail(where, value, `is not a known field (known: ${Object.keys(AnnotationLink.entries).join(", ")})`);
     }
     if (issue.input === undefined) p.fail(where, undefined, "is required");
@@ -197,9 +232,13 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
   }
   return parsed.output.map((item: AnnotationLink, i): LinkSpec => {
     const f = (name: string) => `${field}[${i}].${name}`;
-    const peerNs = item.peer_namespace === undefined ? pod.namespace : checkNamespace(p, f("peer_namespace"), item.peer_namespace);
+    const peerNs =
+      item.peer_namespace === undefined
+        ? pod.namespace
+        : checkNamespace(p, f("peer_namespace"), item.peer_namespace);
     const peerPod = checkPodName(p, f("peer"), item.peer);
-    if (peerNs === pod.namespace && peerPod === pod.name) p.fail(f("peer"), item.peer, "names the pod itself: a link needs two pods");
+    if (peerNs === pod.namespace && peerPod === pod.name)
+      p.fail(f("peer"), item.peer, "names the pod itself: a link needs two pods");
     const local: EndSpec = {
       namespace: pod.namespace,
       pod: pod.name,
@@ -216,7 +255,8 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
     if (localMac !== undefined) local.mac = localMac;
     const peerMac = checkMac(p, f("peer_mac"), item.peer_mac);
     if (peerMac !== undefined) peer.mac = peerMac;
-    if (localMac !== undefined && localMac === peerMac) p.fail(f("peer_mac"), item.peer_mac, "is the same as local_mac: the two ends need different addresses");
+    if (localMac !== undefined && localMac === peerMac)
+      p.fail(f("peer_mac"), item.peer_mac, "is the same as local_mac: the two ends need different addresses");
     if (item.mtu !== undefined) {
       const problem = mtuProblem(item.mtu);
       if (problem) p.fail(f("mtu"), item.mtu, problem);
@@ -233,7 +273,8 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
 
 /** Where a declared link came from, for messages; with `end`, the label or field naming that end's interface. */
 function where(link: LinkSpec, index: number, labelCount: number, end?: "local" | "peer"): string {
-  if (link.source === "labels") return end === undefined ? "labels ratchet.*" : `label ${end === "local" ? L.localIfname : L.pairIfname}`;
+  if (link.source === "labels")
+    return end === undefined ? "labels ratchet.*" : `label ${end === "local" ? L.localIfname : L.pairIfname}`;
   const item = `annotation ${LINKS_ANNOTATION}[${index - labelCount}]`;
   return end === undefined ? item : `${item}.${end}_ifname`;
 }
@@ -257,7 +298,12 @@ export function podLinks(pod: PodMeta, opts: { defaultPrefix: number }): PodLink
   const labelCount = declared.length;
   const annotation = pod.annotations?.[LINKS_ANNOTATION];
   if (annotation !== undefined) declared.push(...fromAnnotation(p, pod, annotation));
-  if (declared.length > MAX_LINKS) p.fail(`annotation ${LINKS_ANNOTATION}`, `[${declared.length} links]`, `with the labels makes ${declared.length} links, the limit is ${MAX_LINKS}`);
+  if (declared.length > MAX_LINKS)
+    p.fail(
+      `annotation ${LINKS_ANNOTATION}`,
+      `[${declared.length} links]`,
+      `with the labels makes ${declared.length} links, the limit is ${MAX_LINKS}`,
+    );
 
   // One link may be declared twice (labels and annotation) if both say the same; interface
   // names must otherwise be unique on this pod, and on each peer.
@@ -270,16 +316,31 @@ export function podLinks(pod: PodMeta, opts: { defaultPrefix: number }): PodLink
     const seen = byKey.get(key);
     if (seen) {
       const diff = linkDifferences(seen.link, link);
-      if (diff.length > 0) p.fail(where(link, i, labelCount), key, `declares the same link as ${where(seen.link, seen.index, labelCount)} with other values: ${diff.join("; ")}`);
+      if (diff.length > 0)
+        p.fail(
+          where(link, i, labelCount),
+          key,
+          `declares the same link as ${where(seen.link, seen.index, labelCount)} with other values: ${diff.join("; ")}`,
+        );
       seen.link = mergeLinks(seen.link, link);
       links[seen.pos] = seen.link;
       return;
     }
     const before = localIfnames.get(link.local.ifname);
-    if (before !== undefined) p.fail(where(link, i, labelCount, "local"), link.local.ifname, `is also used by ${where(declared[before] as LinkSpec, before, labelCount)}: interface names must be unique in a pod`);
+    if (before !== undefined)
+      p.fail(
+        where(link, i, labelCount, "local"),
+        link.local.ifname,
+        `is also used by ${where(declared[before] as LinkSpec, before, labelCount)}: interface names must be unique in a pod`,
+      );
     const peerEnd = endId(link.peer);
     const beforePeer = peerIfnames.get(peerEnd);
-    if (beforePeer !== undefined) p.fail(where(link, i, labelCount, "peer"), link.peer.ifname, `is also used on ${link.peer.namespace}/${link.peer.pod} by ${where(declared[beforePeer] as LinkSpec, beforePeer, labelCount)}: interface names must be unique in a pod`);
+    if (beforePeer !== undefined)
+      p.fail(
+        where(link, i, labelCount, "peer"),
+        link.peer.ifname,
+        `is also used on ${link.peer.namespace}/${link.peer.pod} by ${where(declared[beforePeer] as LinkSpec, beforePeer, labelCount)}: interface names must be unique in a pod`,
+      );
     localIfnames.set(link.local.ifname, i);
     peerIfnames.set(peerEnd, i);
     byKey.set(key, { link, index: i, pos: links.length });
@@ -324,8 +385,10 @@ export function linkDifferences(a: LinkSpec, b: LinkSpec): string[] {
     const x = a[side];
     const y = o[side];
     const name = endId(x);
-    if (!sameSet(x.ips, y.ips)) out.push(`addresses of ${name}: ${JSON.stringify(x.ips)} vs ${JSON.stringify(y.ips)}`);
-    if (x.mac !== undefined && y.mac !== undefined && x.mac !== y.mac) out.push(`MAC of ${name}: ${show(x.mac)} vs ${show(y.mac)}`);
+    if (!sameSet(x.ips, y.ips))
+      out.push(`addresses of ${name}: ${JSON.stringify(x.ips)} vs ${JSON.stringify(y.ips)}`);
+    if (x.mac !== undefined && y.mac !== undefined && x.mac !== y.mac)
+      out.push(`MAC of ${name}: ${show(x.mac)} vs ${show(y.mac)}`);
   }
   if (a.mtu !== undefined && b.mtu !== undefined && a.mtu !== b.mtu) out.push(`MTU: ${a.mtu} vs ${b.mtu}`);
   // Both pods claiming primary is a conflict; one pod saying it twice is not.

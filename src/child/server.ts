@@ -48,7 +48,10 @@ export class Limiter {
   async run<T>(task: () => Promise<T>): Promise<T> {
     if (this.active >= this.maxActive) {
       if (this.waiters.length >= this.maxQueued) {
-        throw new CniError(Code.TryAgainLater, `the node agent is busy: ${this.active} requests running and ${this.waiters.length} queued`);
+        throw new CniError(
+          Code.TryAgainLater,
+          `the node agent is busy: ${this.active} requests running and ${this.waiters.length} queued`,
+        );
       }
       await new Promise<void>((r) => this.waiters.push(r));
     }
@@ -127,9 +130,12 @@ export class Server {
     let req: Request;
     try {
       req = JSON.parse(line) as Request;
-      if (typeof req.id !== "number" || typeof req.method !== "string") throw new Error("a request needs id and method");
+      if (typeof req.id !== "number" || typeof req.method !== "string")
+        throw new Error("a request needs id and method");
     } catch (err) {
-      s.write(`${JSON.stringify({ id: 0, ok: false, error: { code: Code.DecodeFailure, msg: `bad request: ${(err as Error).message}` } })}\n`);
+      s.write(
+        `${JSON.stringify({ id: 0, ok: false, error: { code: Code.DecodeFailure, msg: `bad request: ${(err as Error).message}` } })}\n`,
+      );
       return;
     }
     this.inFlight++;
@@ -139,15 +145,21 @@ export class Server {
       const result = await this.queue.run(this.opts.keyOf(req), () =>
         this.limiter.run(async () => {
           const left = req.deadline - Date.now();
-          if (left <= 0) throw new CniError(Code.TryAgainLater, `request ${req.method} expired before it could start`);
+          if (left <= 0)
+            throw new CniError(Code.TryAgainLater, `request ${req.method} expired before it could start`);
           return this.opts.handle(req, AbortSignal.timeout(left));
         }),
       );
       res = { id: req.id, ok: true, result } as Response;
     } catch (err) {
       const e = toCniError(err);
-      if (e.code === Code.Internal) this.opts.log.error(`${req.method} failed`, { error: e.message, stack: (err as Error).stack });
-      res = { id: req.id, ok: false, error: { code: e.code, msg: e.message, ...(e.details ? { details: e.details } : {}) } };
+      if (e.code === Code.Internal)
+        this.opts.log.error(`${req.method} failed`, { error: e.message, stack: (err as Error).stack });
+      res = {
+        id: req.id,
+        ok: false,
+        error: { code: e.code, msg: e.message, ...(e.details ? { details: e.details } : {}) },
+      };
     } finally {
       this.inFlight--;
       this.lastActivity = Date.now();

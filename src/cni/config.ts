@@ -43,7 +43,10 @@ const PluginConf = v.looseObject({
   type: v.pipe(
     v.string("type must be a string"),
     v.nonEmpty("type must not be empty"),
-    v.check((t) => !t.includes("/") && t !== "." && t !== ".." && !t.includes("\0"), "type must be a plain plugin name, without '/'"),
+    v.check(
+      (t) => !t.includes("/") && t !== "." && t !== ".." && !t.includes("\0"),
+      "type must be a plain plugin name, without '/'",
+    ),
   ),
   cniVersion: v.optional(v.string()),
   name: v.optional(v.string()),
@@ -63,7 +66,10 @@ export const NetConf = v.pipe(
     use_labels: v.optional(v.unknown()),
     parent_interface: v.optional(ifname),
     parent_address: v.optional(
-      v.union([v.literal(""), v.pipe(v.string(), v.ip("must be an IPv4 or IPv6 address, or empty"))], "must be an IP address or empty"),
+      v.union(
+        [v.literal(""), v.pipe(v.string(), v.ip("must be an IPv4 or IPv6 address, or empty"))],
+        "must be an IP address or empty",
+      ),
       "",
     ),
     /**
@@ -79,11 +85,16 @@ export const NetConf = v.pipe(
     etcd_prefix: v.optional(
       v.pipe(
         v.string(),
-        v.regex(/^\/[A-Za-z0-9_.\-]+(\/[A-Za-z0-9_.\-]+)*$/, "etcd_prefix must be an absolute key path such as /ratchet (letters, digits, '_', '.', '-')"),
+        v.regex(
+          /^\/[A-Za-z0-9_.\-]+(\/[A-Za-z0-9_.\-]+)*$/,
+          "etcd_prefix must be an absolute key path such as /ratchet (letters, digits, '_', '.', '-')",
+        ),
       ),
       "/ratchet",
     ),
-    etcd_endpoints: v.optional(v.pipe(v.array(etcdUrl), v.minLength(1, "etcd_endpoints must list at least one URL"))),
+    etcd_endpoints: v.optional(
+      v.pipe(v.array(etcdUrl), v.minLength(1, "etcd_endpoints must list at least one URL")),
+    ),
     etcd_ca_file: v.optional(absolutePath("etcd_ca_file")),
     etcd_cert_file: v.optional(absolutePath("etcd_cert_file")),
     etcd_key_file: v.optional(absolutePath("etcd_key_file")),
@@ -91,24 +102,47 @@ export const NetConf = v.pipe(
     etcd_password_file: v.optional(absolutePath("etcd_password_file")),
     kubeconfig: v.optional(absolutePath("kubeconfig")),
     child_socket: v.optional(absolutePath("child_socket"), "/run/ratchet/child.sock"),
-    child_idle_seconds: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(86400 * 7)), 600),
+    child_idle_seconds: v.optional(
+      v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(86400 * 7)),
+      600,
+    ),
     log_file: v.optional(absolutePath("log_file"), "/var/log/ratchet/ratchet.log"),
-    log_level: v.optional(v.picklist(["error", "warn", "info", "debug"], "log_level must be one of error, warn, info, debug"), "info"),
-    default_prefix: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(32, "default_prefix is an IPv4 prefix length (0..32)")), 24),
+    log_level: v.optional(
+      v.picklist(["error", "warn", "info", "debug"], "log_level must be one of error, warn, info, debug"),
+      "info",
+    ),
+    default_prefix: v.optional(
+      v.pipe(
+        v.number(),
+        v.integer(),
+        v.minValue(0),
+        v.maxValue(32, "default_prefix is an IPv4 prefix length (0..32)"),
+      ),
+      24,
+    ),
 
     // Set by the runtime in a conflist.
     prevResult: v.optional(v.unknown()),
   }),
   v.forward(
-    v.check((c) => c.etcd_endpoints !== undefined || c.etcd_host !== undefined, "etcd_host or etcd_endpoints is required"),
+    v.check(
+      (c) => c.etcd_endpoints !== undefined || c.etcd_host !== undefined,
+      "etcd_host or etcd_endpoints is required",
+    ),
     ["etcd_host"],
   ),
   v.forward(
-    v.check((c) => (c.etcd_cert_file === undefined) === (c.etcd_key_file === undefined), "etcd_cert_file and etcd_key_file go together"),
+    v.check(
+      (c) => (c.etcd_cert_file === undefined) === (c.etcd_key_file === undefined),
+      "etcd_cert_file and etcd_key_file go together",
+    ),
     ["etcd_key_file"],
   ),
   v.forward(
-    v.check((c) => (c.etcd_username === undefined) === (c.etcd_password_file === undefined), "etcd_username and etcd_password_file go together"),
+    v.check(
+      (c) => (c.etcd_username === undefined) === (c.etcd_password_file === undefined),
+      "etcd_username and etcd_password_file go together",
+    ),
     ["etcd_password_file"],
   ),
 );
@@ -122,7 +156,10 @@ export function parseNetConf(input: unknown): NetConf {
     const path = v.getDotPath(issue) ?? "(config)";
     // A cross-field check reports the whole object as its input: show the named field instead.
     const keys = issue.path?.map((p) => p.key) ?? [];
-    const value = keys.reduce<unknown>((o, k) => (o && typeof o === "object" ? (o as Record<string, unknown>)[String(k)] : undefined), input);
+    const value = keys.reduce<unknown>(
+      (o, k) => (o && typeof o === "object" ? (o as Record<string, unknown>)[String(k)] : undefined),
+      input,
+    );
     const got = value === undefined ? "missing" : `got ${show(value)}`;
     return `field ${path}: ${issue.message} (${got})`;
   });

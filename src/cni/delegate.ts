@@ -22,7 +22,12 @@ export function findPlugin(type: string, path: readonly string[]): string {
   }
   // Bun.which looks for an executable file, natively: node:fs would add ~6 MiB to every call.
   const file = path.length > 0 ? Bun.which(type, { PATH: path.join(":") }) : null;
-  if (!file) throw new CniError(Code.DelegateFailed, `failed to find plugin ${show(type)} in CNI_PATH`, `searched: ${path.join(":")}`);
+  if (!file)
+    throw new CniError(
+      Code.DelegateFailed,
+      `failed to find plugin ${show(type)} in CNI_PATH`,
+      `searched: ${path.join(":")}`,
+    );
   return file;
 }
 
@@ -47,7 +52,12 @@ export async function execPlugin(run: PluginRun): Promise<unknown> {
       stderr: "inherit",
     });
   } catch (err) {
-    throw new CniError(Code.DelegateFailed, `failed to run plugin ${show(type)} (${file}): ${(err as Error).message}`, "", { cause: err });
+    throw new CniError(
+      Code.DelegateFailed,
+      `failed to run plugin ${show(type)} (${file}): ${(err as Error).message}`,
+      "",
+      { cause: err },
+    );
   }
   proc.stdin.write(JSON.stringify(run.conf));
   await proc.stdin.end();
@@ -57,7 +67,11 @@ export async function execPlugin(run: PluginRun): Promise<unknown> {
     try {
       parsed = JSON.parse(stdout);
     } catch {
-      if (code === 0) throw new CniError(Code.DecodeFailure, `plugin ${show(type)} ${run.command} printed something that is not JSON: ${show(stdout)}`);
+      if (code === 0)
+        throw new CniError(
+          Code.DecodeFailure,
+          `plugin ${show(type)} ${run.command} printed something that is not JSON: ${show(stdout)}`,
+        );
     }
   }
   if (code !== 0) {
@@ -66,16 +80,27 @@ export async function execPlugin(run: PluginRun): Promise<unknown> {
       const details = typeof e.details === "string" && e.details ? `${e.details}; ` : "";
       throw new CniError(e.code, e.msg, `${details}from plugin ${type} ${run.command}`);
     }
-    throw new CniError(Code.DelegateFailed, `plugin ${show(type)} ${run.command} failed with exit code ${code}`, stdout.trim().slice(0, 500));
+    throw new CniError(
+      Code.DelegateFailed,
+      `plugin ${show(type)} ${run.command} failed with exit code ${code}`,
+      stdout.trim().slice(0, 500),
+    );
   }
   return parsed;
 }
 
 /** Asks a plugin which spec versions it supports. */
-export async function pluginVersions(type: string, env: Record<string, string | undefined>, path: readonly string[]): Promise<string[]> {
-  const out = (await execPlugin({ conf: { cniVersion: "0.1.0", name: "version-probe", type }, command: "VERSION", env, path })) as
-    | { supportedVersions?: unknown }
-    | undefined;
+export async function pluginVersions(
+  type: string,
+  env: Record<string, string | undefined>,
+  path: readonly string[],
+): Promise<string[]> {
+  const out = (await execPlugin({
+    conf: { cniVersion: "0.1.0", name: "version-probe", type },
+    command: "VERSION",
+    env,
+    path,
+  })) as { supportedVersions?: unknown } | undefined;
   const list = out?.supportedVersions;
   return Array.isArray(list) ? list.filter((v): v is string => typeof v === "string") : [];
 }
@@ -100,7 +125,8 @@ export async function delegate(
   if (command === "STATUS" || command === "GC") {
     // Plugins older than 1.1.0 do not know these commands (and do not even fail with code 1):
     // the spec treats such a plugin as always ready with nothing to collect.
-    if (!(await pluginVersions(sub.type, env, path)).includes("1.1.0")) return { output: undefined, version, skipped: true };
+    if (!(await pluginVersions(sub.type, env, path)).includes("1.1.0"))
+      return { output: undefined, version, skipped: true };
     version = "1.1.0";
     return { output: await execPlugin({ conf: make(version), command, env, path }), version };
   }

@@ -74,7 +74,8 @@ export function parseEnv(env: Record<string, string | undefined>): CniEnv {
   }
   const command = raw as Command;
   const missing = REQUIRED[command].filter((k) => !env[k]);
-  if (missing.length > 0) throw invalid(`${command} needs ${missing.join(", ")}: not set`, `missing: ${missing.join(", ")}`);
+  if (missing.length > 0)
+    throw invalid(`${command} needs ${missing.join(", ")}: not set`, `missing: ${missing.join(", ")}`);
 
   const containerId = env.CNI_CONTAINERID ?? "";
   if (containerId) {
@@ -87,7 +88,8 @@ export function parseEnv(env: Record<string, string | undefined>): CniEnv {
     if (problem) throw invalid(`CNI_IFNAME ${show(ifname)} ${problem}`);
   }
   const netns = env.CNI_NETNS ?? "";
-  if (netns && (!netns.startsWith("/") || netns.includes("\0"))) throw invalid(`CNI_NETNS ${show(netns)} must be an absolute path`);
+  if (netns && (!netns.startsWith("/") || netns.includes("\0")))
+    throw invalid(`CNI_NETNS ${show(netns)} must be an absolute path`);
   const args = parseCniArgs(env.CNI_ARGS ?? "");
   const out: CniEnv = {
     command,

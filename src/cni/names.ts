@@ -26,7 +26,8 @@ const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export function podNameProblem(name: string): string | undefined {
   if (name.length === 0) return "is empty";
   if (name.length > 253) return `is ${name.length} characters long, the limit is 253`;
-  if (!DNS1123_SUBDOMAIN.test(name)) return "is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.')";
+  if (!DNS1123_SUBDOMAIN.test(name))
+    return "is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.')";
   return undefined;
 }
 
@@ -39,14 +40,17 @@ export function namespaceProblem(name: string): string | undefined {
 
 /** Renders a value for an error message: quoted, control characters escaped, long values cut. */
 export function show(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}...` : value);
+  if (typeof value === "string")
+    return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}...` : value);
   const s = JSON.stringify(value) ?? String(value);
   return s.length > 80 ? `${s.slice(0, 80)}...` : s;
 }
 
 /** A Linux interface name as the CNI rules allow it, and free of control characters (log lines). */
 export function linkInterfaceNameProblem(name: string): string | undefined {
-  return interfaceNameProblem(name) ?? (/\p{Cc}/u.test(name) ? "may not contain control characters" : undefined);
+  return (
+    interfaceNameProblem(name) ?? (/\p{Cc}/u.test(name) ? "may not contain control characters" : undefined)
+  );
 }
 
 export interface IpAddress {
@@ -82,7 +86,10 @@ function parseIpv6Groups(s: string): number[] | undefined {
       if (i === parts.length - 1 && p.includes(".")) {
         const v4 = parseIpv4Octets(p);
         if (!v4) return undefined;
-        groups.push(((v4[0] as number) << 8) | (v4[1] as number), ((v4[2] as number) << 8) | (v4[3] as number));
+        groups.push(
+          ((v4[0] as number) << 8) | (v4[1] as number),
+          ((v4[2] as number) << 8) | (v4[3] as number),
+        );
       } else {
         if (!/^[0-9a-fA-F]{1,4}$/.test(p)) return undefined;
         groups.push(parseInt(p, 16));
@@ -103,10 +110,16 @@ function formatIpv6(groups: number[]): string {
   let bestStart = -1;
   let bestLen = 1;
   for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) { i++; continue; }
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
     i = j;
   }
   const hex = groups.map((g) => g.toString(16));
@@ -137,14 +150,16 @@ export function parseCidr(s: string): Cidr | { problem: string } {
   if (!ip) return { problem: "is not an IPv4 or IPv6 address with a prefix length" };
   const p = s.slice(slash + 1);
   const max = ip.family === 4 ? 32 : 128;
-  if (!/^(0|[1-9]\d{0,2})$/.test(p) || Number(p) > max) return { problem: `has a bad prefix length: IPv${ip.family} allows 0..${max}` };
+  if (!/^(0|[1-9]\d{0,2})$/.test(p) || Number(p) > max)
+    return { problem: `has a bad prefix length: IPv${ip.family} allows 0..${max}` };
   const prefix = Number(p);
   return { ...ip, prefix, text: `${ip.address}/${prefix}` };
 }
 
 /** A unicast Ethernet address "02:00:00:00:00:01" (lower or upper case hex). */
 export function macProblem(mac: string): string | undefined {
-  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(mac)) return "is not a MAC address such as 02:00:00:00:00:01";
+  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(mac))
+    return "is not a MAC address such as 02:00:00:00:00:01";
   const bytes = mac.split(":").map((b) => parseInt(b, 16));
   if (bytes.every((b) => b === 0xff)) return "is the broadcast address";
   if (((bytes[0] as number) & 1) === 1) return "is a multicast address (the first octet is odd)";

@@ -41,7 +41,8 @@ export interface Result {
   dns: DNS;
 }
 
-const isObject = (x: unknown): x is Record<string, unknown> => typeof x === "object" && x !== null && !Array.isArray(x);
+const isObject = (x: unknown): x is Record<string, unknown> =>
+  typeof x === "object" && x !== null && !Array.isArray(x);
 
 function bad(what: string, problem: string): CniError {
   return new CniError(Code.DecodeFailure, `invalid CNI result from ${what}: ${problem}`);
@@ -62,7 +63,8 @@ function num(o: Record<string, unknown>, k: string, what: string): number | unde
 function strings(o: Record<string, unknown>, k: string, what: string): string[] | undefined {
   const v = o[k];
   if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || v.some((s) => typeof s !== "string")) throw bad(what, `${k} must be a list of strings`);
+  if (!Array.isArray(v) || v.some((s) => typeof s !== "string"))
+    throw bad(what, `${k} must be a list of strings`);
   return v as string[];
 }
 
@@ -187,9 +189,7 @@ export function formatResult(result: Result, version: string): Record<string, un
     );
   }
   if (result.routes.length > 0) {
-    out.routes = result.routes.map((r) =>
-      defined(v11 ? { ...r } : { dst: r.dst, gw: r.gw }),
-    );
+    out.routes = result.routes.map((r) => defined(v11 ? { ...r } : { dst: r.dst, gw: r.gw }));
   }
   out.dns = { ...result.dns };
   return out;

@@ -74,38 +74,54 @@ export function addAddress(ifname: string, cidr: string, ns?: string): void {
       enableIpv6(ifname, ns);
     } catch (err) {
       if (err instanceof NetlinkError) throw err;
-      throw new NetlinkError(`failed to ${what}: cannot enable IPv6: ${(err as Error).message}`, { cause: err });
+      throw new NetlinkError(`failed to ${what}: cannot enable IPv6: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
-  withSocket(ns, what, (sock) => {
-    const { index } = queryLink(sock, ifname);
-    const flags = v6 ? IFA_F_NODAD : 0;
-    const hdr = new IfAddrMsg(v6 ? AF_INET6 : AF_INET, addr.prefixLength, flags, RT_SCOPE_UNIVERSE, index);
-    const bytes = new Bytes(addr.bytes);
-    const attrs = [new Attr(IFA_LOCAL, bytes), new Attr(IFA_ADDRESS, bytes)];
-    if (v6) attrs.push(attrU32(IFA_FLAGS, flags));
-    sock.change(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, hdr, attrs);
-  }, true);
+  withSocket(
+    ns,
+    what,
+    (sock) => {
+      const { index } = queryLink(sock, ifname);
+      const flags = v6 ? IFA_F_NODAD : 0;
+      const hdr = new IfAddrMsg(v6 ? AF_INET6 : AF_INET, addr.prefixLength, flags, RT_SCOPE_UNIVERSE, index);
+      const bytes = new Bytes(addr.bytes);
+      const attrs = [new Attr(IFA_LOCAL, bytes), new Attr(IFA_ADDRESS, bytes)];
+      if (v6) attrs.push(attrU32(IFA_FLAGS, flags));
+      sock.change(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, hdr, attrs);
+    },
+    true,
+  );
 }
 
 /** The addresses of a link, IPv4 first as the kernel lists them. `ip addr show dev NAME` */
 export function listAddresses(ifname: string, ns?: string): Address[] {
   checkName(ifname);
-  return withSocket(ns, `list addresses of ${JSON.stringify(ifname)} ${inNetns(ns)}`, (sock) => {
-    const { index } = queryLink(sock, ifname);
-    const out: Address[] = [];
-    for (const m of sock.dump(RTM_GETADDR, new IfAddrMsg(AF_UNSPEC), [])) {
-      const hdr = IfAddrMsg.parse(m.payload);
-      if (hdr.index !== index || (hdr.family !== AF_INET && hdr.family !== AF_INET6)) continue;
-      const attrs = Attrs.parse(m.payload.subarray(IFADDRMSG_LEN));
-      const bytes = attrs.get(IFA_LOCAL) ?? attrs.get(IFA_ADDRESS);
-      if (bytes === undefined) continue;
-      out.push({ family: hdr.family === AF_INET ? 4 : 6, address: formatIp(bytes), prefixLength: hdr.prefixlen, scope: scopeName(hdr.scope) });
-    }
-    return out;
-  }, true);
+  return withSocket(
+    ns,
+    `list addresses of ${JSON.stringify(ifname)} ${inNetns(ns)}`,
+    (sock) => {
+      const { index } = queryLink(sock, ifname);
+      const out: Address[] = [];
+      for (const m of sock.dump(RTM_GETADDR, new IfAddrMsg(AF_UNSPEC), [])) {
+        const hdr = IfAddrMsg.parse(m.payload);
+        if (hdr.index !== index || (hdr.family !== AF_INET && hdr.family !== AF_INET6)) continue;
+        const attrs = Attrs.parse(m.payload.subarray(IFADDRMSG_LEN));
+        const bytes = attrs.get(IFA_LOCAL) ?? attrs.get(IFA_ADDRESS);
+        if (bytes === undefined) continue;
+        out.push({
+          family: hdr.family === AF_INET ? 4 : 6,
+          address: formatIp(bytes),
+          prefixLength: hdr.prefixlen,
+          scope: scopeName(hdr.scope),
+        });
+      }
+      return out;
+    },
+    true,
+  );
 }
-
 
 /**
  * The first IPv4 address of a link (what an empty `parent_address` stands for), or undefined

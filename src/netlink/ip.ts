@@ -46,7 +46,8 @@ function parseIpv6(text: string): Uint8Array {
 /** Formats 4 or 16 address bytes (RFC 5952 for IPv6: lower case, longest zero run as ::). */
 export function formatIp(bytes: Uint8Array): string {
   if (bytes.byteLength === 4) return Array.from(bytes).join(".");
-  if (bytes.byteLength !== 16) throw new RangeError(`an IP address has 4 or 16 bytes, not ${bytes.byteLength}`);
+  if (bytes.byteLength !== 16)
+    throw new RangeError(`an IP address has 4 or 16 bytes, not ${bytes.byteLength}`);
   const g: number[] = [];
   for (let i = 0; i < 16; i += 2) g.push(((bytes[i] as number) << 8) | (bytes[i + 1] as number));
   let bestAt = -1;
@@ -81,7 +82,8 @@ export function parseCidr(text: string): ParsedCidr {
   const lenText = text.slice(slash + 1);
   const max = ip.family === 4 ? 32 : 128;
   const prefixLength = Number(lenText);
-  if (!/^\d{1,3}$/.test(lenText) || prefixLength > max) throw new RangeError(`${JSON.stringify(text)}: prefix length must be 0..${max}`);
+  if (!/^\d{1,3}$/.test(lenText) || prefixLength > max)
+    throw new RangeError(`${JSON.stringify(text)}: prefix length must be 0..${max}`);
   return { ...ip, prefixLength };
 }
 

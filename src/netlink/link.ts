@@ -138,7 +138,8 @@ export function fail(what: string, err: unknown, linkMayBeMissing = false): neve
   if (err instanceof NetlinkError) throw err;
   if (err instanceof ErrnoError) {
     const message = `failed to ${what}: ${errnoText(err.errno)}${err.extack ? `: ${err.extack}` : ""}`;
-    if (linkMayBeMissing && err.errno === Errno.ENODEV) throw new LinkNotFoundError(message, { cause: err, errno: err.errno });
+    if (linkMayBeMissing && err.errno === Errno.ENODEV)
+      throw new LinkNotFoundError(message, { cause: err, errno: err.errno });
     throw new NetlinkError(message, { cause: err, errno: err.errno });
   }
   if (err instanceof RangeError) throw new NetlinkError(`failed to ${what}: ${err.message}`, { cause: err });
@@ -146,7 +147,12 @@ export function fail(what: string, err: unknown, linkMayBeMissing = false): neve
 }
 
 /** Runs `fn` with a socket in `ns`, closing it afterwards; failures become NetlinkErrors. */
-export function withSocket<T>(ns: string | undefined, what: string, fn: (sock: NetlinkSocket) => T, linkMayBeMissing = false): T {
+export function withSocket<T>(
+  ns: string | undefined,
+  what: string,
+  fn: (sock: NetlinkSocket) => T,
+  linkMayBeMissing = false,
+): T {
   try {
     using sock = socketIn(ns);
     return fn(sock);
@@ -157,18 +163,23 @@ export function withSocket<T>(ns: string | undefined, what: string, fn: (sock: N
 
 export function checkName(name: string, role = "interface name"): void {
   const problem = interfaceNameProblem(name);
-  if (problem) throw new NetlinkError(`invalid ${role} ${JSON.stringify(name)}: ${problem}`, { errno: Errno.EINVAL });
+  if (problem)
+    throw new NetlinkError(`invalid ${role} ${JSON.stringify(name)}: ${problem}`, { errno: Errno.EINVAL });
 }
 
 function checkMtu(mtu: number): void {
-  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 0xffff) throw new NetlinkError(`invalid MTU ${mtu}: must be an integer 68..65535`, { errno: Errno.EINVAL });
+  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 0xffff)
+    throw new NetlinkError(`invalid MTU ${mtu}: must be an integer 68..65535`, { errno: Errno.EINVAL });
 }
 
 function macBytes(mac: string): Uint8Array {
   try {
     return parseMac(mac);
   } catch (err) {
-    throw new NetlinkError(`invalid MAC address: ${(err as Error).message}`, { cause: err, errno: Errno.EINVAL });
+    throw new NetlinkError(`invalid MAC address: ${(err as Error).message}`, {
+      cause: err,
+      errno: Errno.EINVAL,
+    });
   }
 }
 
@@ -182,7 +193,9 @@ export function queryLink(sock: NetlinkSocket, nameOrIndex: string | number): Li
 }
 
 function describeLink(nameOrIndex: string | number): string {
-  return typeof nameOrIndex === "number" ? `link with index ${nameOrIndex}` : `link ${JSON.stringify(nameOrIndex)}`;
+  return typeof nameOrIndex === "number"
+    ? `link with index ${nameOrIndex}`
+    : `link ${JSON.stringify(nameOrIndex)}`;
 }
 
 // --- verbs ----------------------------------------------------------------------------------
@@ -197,7 +210,12 @@ export function listLinks(ns?: string): Link[] {
 /** One link by name or ifindex; LinkNotFoundError when absent. `ip -d link show dev NAME` */
 export function getLink(nameOrIndex: string | number, ns?: string): Link {
   if (typeof nameOrIndex === "string") checkName(nameOrIndex);
-  return withSocket(ns, `get ${describeLink(nameOrIndex)} ${inNetns(ns)}`, (sock) => queryLink(sock, nameOrIndex), true);
+  return withSocket(
+    ns,
+    `get ${describeLink(nameOrIndex)} ${inNetns(ns)}`,
+    (sock) => queryLink(sock, nameOrIndex),
+    true,
+  );
 }
 
 /** One end of a veth pair: its final name, netns (current when absent), MTU and MAC. */
@@ -209,7 +227,12 @@ export interface VethEnd {
 }
 
 // The attributes of a new link's ifinfomsg that both veth ends and vxlan share.
-function endAttrs(name: string, nsFd: NetnsFd | undefined, mtu: number | undefined, mac: string | undefined): Attr[] {
+function endAttrs(
+  name: string,
+  nsFd: NetnsFd | undefined,
+  mtu: number | undefined,
+  mac: string | undefined,
+): Attr[] {
   const attrs = [attrString(IFLA_IFNAME, name)];
   if (nsFd) attrs.push(attrU32(IFLA_NET_NS_FD, nsFd.fd));
   if (mtu !== undefined) attrs.push(attrU32(IFLA_MTU, mtu));
@@ -249,10 +272,20 @@ export function addVethPair(spec: { a: VethEnd; b: VethEnd }): void {
     // until both ends are registered), so it is set up right after.
     const peer = root.add(IFLA_INFO_DATA).add(VETH_INFO_PEER, new IfInfoMsg());
     for (const at of endAttrs(b.name, fdB, b.mtu, b.mac)) peer.add(at);
-    withSocket(undefined, what(a, b), (sock) => sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [...endAttrs(a.name, fdA, a.mtu, a.mac), root]));
+    withSocket(undefined, what(a, b), (sock) =>
+      sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [...endAttrs(a.name, fdA, a.mtu, a.mac), root]),
+    );
   } catch (err) {
-    if (err instanceof NetlinkError && err.errno === Errno.EEXIST && !linkExists(a.name, a.ns) && linkExists(b.name, b.ns)) {
-      throw new NetlinkError(`failed to ${what(b, a)}: ${errnoText(Errno.EEXIST)}`, { cause: err, errno: Errno.EEXIST });
+    if (
+      err instanceof NetlinkError &&
+      err.errno === Errno.EEXIST &&
+      !linkExists(a.name, a.ns) &&
+      linkExists(b.name, b.ns)
+    ) {
+      throw new NetlinkError(`failed to ${what(b, a)}: ${errnoText(Errno.EEXIST)}`, {
+        cause: err,
+        errno: Errno.EEXIST,
+      });
     }
     throw err;
   }
@@ -303,10 +336,12 @@ const VXLAN_OVERHEAD = { 4: 50, 6: 70 } as const;
 export function addVxlan(spec: VxlanSpec): void {
   const underlayName = `underlay ${JSON.stringify(spec.underlay)} ${inNetns(spec.hostNs)}`;
   const what = `add vxlan ${JSON.stringify(spec.name)} ${inNetns(spec.ns)} (vni ${spec.vni}, remote ${spec.remote}, ${underlayName})`;
-  const invalid = (problem: string) => new NetlinkError(`failed to ${what}: ${problem}`, { errno: Errno.EINVAL });
+  const invalid = (problem: string) =>
+    new NetlinkError(`failed to ${what}: ${problem}`, { errno: Errno.EINVAL });
   checkName(spec.name, "vxlan name");
   checkName(spec.underlay, "underlay name");
-  if (!Number.isInteger(spec.vni) || spec.vni < 0 || spec.vni > 0xffffff) throw invalid("VNI must be an integer 0..16777215");
+  if (!Number.isInteger(spec.vni) || spec.vni < 0 || spec.vni > 0xffffff)
+    throw invalid("VNI must be an integer 0..16777215");
   const port = spec.port ?? VXLAN_PORT;
   if (!Number.isInteger(port) || port < 1 || port > 0xffff) throw invalid("port must be 1..65535");
   if (spec.mtu !== undefined) checkMtu(spec.mtu);
@@ -318,7 +353,8 @@ export function addVxlan(spec: VxlanSpec): void {
   } catch (err) {
     fail(what, err);
   }
-  if (local && local.family !== remote.family) throw invalid(`local ${spec.local} and remote are of different families`);
+  if (local && local.family !== remote.family)
+    throw invalid(`local ${spec.local} and remote are of different families`);
   using nsFd = spec.ns === undefined ? undefined : openNetns(spec.ns);
   withSocket(spec.hostNs, what, (sock) => {
     let underlay: Link;
@@ -344,31 +380,55 @@ export function addVxlan(spec: VxlanSpec): void {
     data.add(attrBe16(IFLA_VXLAN_PORT, port));
     data.add(attrU8(IFLA_VXLAN_LEARNING, spec.learning === false ? 0 : 1));
     const up = new IfInfoMsg(AF_UNSPEC, 0, IFF_UP, IFF_UP);
-    sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [...endAttrs(spec.name, nsFd, mtu, spec.mac), linkInfo]);
+    sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [
+      ...endAttrs(spec.name, nsFd, mtu, spec.mac),
+      linkInfo,
+    ]);
   });
 }
 
 // A change to an existing link found by name (the kernel looks up IFLA_IFNAME when index is 0).
-function changeLink(ifname: string, ns: string | undefined, what: string, hdr: IfInfoMsg, attrs: Attr[]): void {
+function changeLink(
+  ifname: string,
+  ns: string | undefined,
+  what: string,
+  hdr: IfInfoMsg,
+  attrs: Attr[],
+): void {
   checkName(ifname);
-  withSocket(ns, what, (sock) => sock.change(RTM_SETLINK, 0, hdr, [attrString(IFLA_IFNAME, ifname), ...attrs]), true);
+  withSocket(
+    ns,
+    what,
+    (sock) => sock.change(RTM_SETLINK, 0, hdr, [attrString(IFLA_IFNAME, ifname), ...attrs]),
+    true,
+  );
 }
 
 /** Sets a link administratively up or down. `ip link set NAME up|down` */
 export function setLinkUp(ifname: string, up: boolean, ns?: string): void {
-  changeLink(ifname, ns, `set ${JSON.stringify(ifname)} ${up ? "up" : "down"} ${inNetns(ns)}`, new IfInfoMsg(AF_UNSPEC, 0, up ? IFF_UP : 0, IFF_UP), []);
+  changeLink(
+    ifname,
+    ns,
+    `set ${JSON.stringify(ifname)} ${up ? "up" : "down"} ${inNetns(ns)}`,
+    new IfInfoMsg(AF_UNSPEC, 0, up ? IFF_UP : 0, IFF_UP),
+    [],
+  );
 }
 
 /** `ip link set NAME mtu MTU` */
 export function setMtu(ifname: string, mtu: number, ns?: string): void {
   checkMtu(mtu);
-  changeLink(ifname, ns, `set MTU ${mtu} on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [attrU32(IFLA_MTU, mtu)]);
+  changeLink(ifname, ns, `set MTU ${mtu} on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [
+    attrU32(IFLA_MTU, mtu),
+  ]);
 }
 
 /** `ip link set NAME address MAC` */
 export function setMac(ifname: string, mac: string, ns?: string): void {
   const bytes = macBytes(mac);
-  changeLink(ifname, ns, `set MAC ${mac} on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [new Attr(IFLA_ADDRESS, new Bytes(bytes))]);
+  changeLink(ifname, ns, `set MAC ${mac} on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [
+    new Attr(IFLA_ADDRESS, new Bytes(bytes)),
+  ]);
 }
 
 /** Renames a link (most kinds must be down). `ip link set NAME name NEWNAME` */
@@ -376,10 +436,15 @@ export function renameLink(ifname: string, newName: string, ns?: string): void {
   checkName(ifname);
   checkName(newName, "new interface name");
   const what = `rename ${JSON.stringify(ifname)} to ${JSON.stringify(newName)} ${inNetns(ns)}`;
-  withSocket(ns, what, (sock) => {
-    const { index } = queryLink(sock, ifname);
-    sock.change(RTM_SETLINK, 0, new IfInfoMsg(AF_UNSPEC, index), [attrString(IFLA_IFNAME, newName)]);
-  }, true);
+  withSocket(
+    ns,
+    what,
+    (sock) => {
+      const { index } = queryLink(sock, ifname);
+      sock.change(RTM_SETLINK, 0, new IfInfoMsg(AF_UNSPEC, index), [attrString(IFLA_IFNAME, newName)]);
+    },
+    true,
+  );
 }
 
 /**
@@ -396,6 +461,10 @@ export function moveLink(ifname: string, fromNs: string | undefined, toNs: strin
 /** Deletes a link (a veth takes its peer along); LinkNotFoundError when absent. `ip link del NAME` */
 export function deleteLink(ifname: string, ns?: string): void {
   checkName(ifname);
-  withSocket(ns, `delete link ${JSON.stringify(ifname)} ${inNetns(ns)}`, (sock) =>
-    sock.change(RTM_DELLINK, 0, new IfInfoMsg(), [attrString(IFLA_IFNAME, ifname)]), true);
+  withSocket(
+    ns,
+    `delete link ${JSON.stringify(ifname)} ${inNetns(ns)}`,
+    (sock) => sock.change(RTM_DELLINK, 0, new IfInfoMsg(), [attrString(IFLA_IFNAME, ifname)]),
+    true,
+  );
 }

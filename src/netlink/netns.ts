@@ -25,7 +25,10 @@ export function openNetns(path: string): NetnsFd {
     fd = libc.open(path, libc.O_RDONLY | libc.O_CLOEXEC);
   } catch (err) {
     if (err instanceof ErrnoError && (err.errno === Errno.ENOENT || err.errno === Errno.ENOTDIR)) {
-      throw new NetnsNotFoundError(`netns ${JSON.stringify(path)} not found: ${errnoText(err.errno)}`, { cause: err, errno: err.errno });
+      throw new NetnsNotFoundError(`netns ${JSON.stringify(path)} not found: ${errnoText(err.errno)}`, {
+        cause: err,
+        errno: err.errno,
+      });
     }
     throw err;
   }
@@ -36,7 +39,10 @@ export function openNetns(path: string): NetnsFd {
     libc.close(fd);
     // ENOTTY: not an nsfs file at all (a regular file, a directory, an unmounted netns file).
     if (err instanceof ErrnoError && (err.errno === Errno.ENOTTY || err.errno === Errno.EINVAL)) {
-      throw new NetnsNotFoundError(`${JSON.stringify(path)} is not a network namespace: ${errnoText(err.errno)}`, { cause: err, errno: err.errno });
+      throw new NetnsNotFoundError(
+        `${JSON.stringify(path)} is not a network namespace: ${errnoText(err.errno)}`,
+        { cause: err, errno: err.errno },
+      );
     }
     throw err;
   }
@@ -73,11 +79,15 @@ export function withNetns<T>(path: string | undefined, fn: () => T): T {
     } finally {
       const errno = libc.trySetns(home, libc.CLONE_NEWNET);
       if (errno !== 0) {
-        writeSync(2, `ratchet: cannot return from netns ${JSON.stringify(path)} to the original one: ${errnoText(errno)}; exiting\n`);
+        writeSync(
+          2,
+          `ratchet: cannot return from netns ${JSON.stringify(path)} to the original one: ${errnoText(errno)}; exiting\n`,
+        );
         libc.exitNow(70);
       }
     }
-    if (result instanceof Promise) throw new TypeError("withNetns: the function must be synchronous (it returned a Promise)");
+    if (result instanceof Promise)
+      throw new TypeError("withNetns: the function must be synchronous (it returned a Promise)");
     return result;
   } finally {
     libc.close(home);

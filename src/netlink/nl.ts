@@ -132,9 +132,16 @@ export class IfInfoMsg implements Piece {
     view.setUint32(o + 12, this.change, LITTLE_ENDIAN);
   }
   static parse(data: Uint8Array): IfInfoMsg {
-    if (data.byteLength < IFINFOMSG_LEN) throw new RangeError(`ifinfomsg needs ${IFINFOMSG_LEN} bytes, got ${data.byteLength}`);
+    if (data.byteLength < IFINFOMSG_LEN)
+      throw new RangeError(`ifinfomsg needs ${IFINFOMSG_LEN} bytes, got ${data.byteLength}`);
     const v = viewOf(data);
-    return new IfInfoMsg(v.getUint8(0), v.getInt32(4, LITTLE_ENDIAN), v.getUint32(8, LITTLE_ENDIAN), v.getUint32(12, LITTLE_ENDIAN), v.getUint16(2, LITTLE_ENDIAN));
+    return new IfInfoMsg(
+      v.getUint8(0),
+      v.getInt32(4, LITTLE_ENDIAN),
+      v.getUint32(8, LITTLE_ENDIAN),
+      v.getUint32(12, LITTLE_ENDIAN),
+      v.getUint16(2, LITTLE_ENDIAN),
+    );
   }
 }
 
@@ -156,9 +163,16 @@ export class IfAddrMsg implements Piece {
     view.setUint32(o + 4, this.index, LITTLE_ENDIAN);
   }
   static parse(data: Uint8Array): IfAddrMsg {
-    if (data.byteLength < IFADDRMSG_LEN) throw new RangeError(`ifaddrmsg needs ${IFADDRMSG_LEN} bytes, got ${data.byteLength}`);
+    if (data.byteLength < IFADDRMSG_LEN)
+      throw new RangeError(`ifaddrmsg needs ${IFADDRMSG_LEN} bytes, got ${data.byteLength}`);
     const v = viewOf(data);
-    return new IfAddrMsg(v.getUint8(0), v.getUint8(1), v.getUint8(2), v.getUint8(3), v.getUint32(4, LITTLE_ENDIAN));
+    return new IfAddrMsg(
+      v.getUint8(0),
+      v.getUint8(1),
+      v.getUint8(2),
+      v.getUint8(3),
+      v.getUint32(4, LITTLE_ENDIAN),
+    );
   }
 }
 
@@ -301,9 +315,11 @@ export function parseMessages(data: Uint8Array): NlMsg[] {
   const out: NlMsg[] = [];
   let o = 0;
   while (o < data.byteLength) {
-    if (data.byteLength - o < NLMSG_HDRLEN) throw new RangeError(`truncated nlmsghdr: ${data.byteLength - o} bytes left at offset ${o}`);
+    if (data.byteLength - o < NLMSG_HDRLEN)
+      throw new RangeError(`truncated nlmsghdr: ${data.byteLength - o} bytes left at offset ${o}`);
     const len = v.getUint32(o, LITTLE_ENDIAN);
-    if (len < NLMSG_HDRLEN || len > data.byteLength - o) throw new RangeError(`bad nlmsg_len ${len} at offset ${o} of ${data.byteLength}`);
+    if (len < NLMSG_HDRLEN || len > data.byteLength - o)
+      throw new RangeError(`bad nlmsg_len ${len} at offset ${o} of ${data.byteLength}`);
     out.push({
       type: v.getUint16(o + 4, LITTLE_ENDIAN),
       flags: v.getUint16(o + 6, LITTLE_ENDIAN),
@@ -328,7 +344,8 @@ export class Attrs {
     let o = 0;
     while (o + RTA_HDRLEN <= data.byteLength) {
       const len = v.getUint16(o, LITTLE_ENDIAN);
-      if (len < RTA_HDRLEN || len > data.byteLength - o) throw new RangeError(`bad rta_len ${len} at offset ${o} of ${data.byteLength}`);
+      if (len < RTA_HDRLEN || len > data.byteLength - o)
+        throw new RangeError(`bad rta_len ${len} at offset ${o} of ${data.byteLength}`);
       const rawType = v.getUint16(o + 2, LITTLE_ENDIAN);
       list.push({ type: rawType & NLA_TYPE_MASK, rawType, data: data.subarray(o + RTA_HDRLEN, o + len) });
       o += align(len);
@@ -394,7 +411,8 @@ export function parseError(msg: NlMsg): NlErr {
     const tlvs = msg.flags & NLM_F_ACK_TLVS ? Attrs.parse(p.subarray(4)) : undefined;
     return { error, message: tlvs?.str(NLMSGERR_ATTR_MSG) ?? "", seq: msg.seq };
   }
-  if (p.byteLength < 4 + NLMSG_HDRLEN) throw new RangeError(`nlmsgerr needs ${4 + NLMSG_HDRLEN} bytes, got ${p.byteLength}`);
+  if (p.byteLength < 4 + NLMSG_HDRLEN)
+    throw new RangeError(`nlmsgerr needs ${4 + NLMSG_HDRLEN} bytes, got ${p.byteLength}`);
   const v = viewOf(p);
   const error = v.getInt32(0, LITTLE_ENDIAN);
   const origLen = v.getUint32(4, LITTLE_ENDIAN);
@@ -403,6 +421,7 @@ export function parseError(msg: NlMsg): NlErr {
   const echoed = msg.flags & NLM_F_CAPPED || error === 0 ? NLMSG_HDRLEN : origLen;
   const start = 4 + align(echoed);
   let message = "";
-  if (msg.flags & NLM_F_ACK_TLVS && start < p.byteLength) message = Attrs.parse(p.subarray(start)).str(NLMSGERR_ATTR_MSG) ?? "";
+  if (msg.flags & NLM_F_ACK_TLVS && start < p.byteLength)
+    message = Attrs.parse(p.subarray(start)).str(NLMSGERR_ATTR_MSG) ?? "";
   return { error, message, seq: origSeq };
 }

@@ -86,17 +86,27 @@ export class NetlinkSocket implements Disposable {
   /** A single GET: the kernel's answer (one message) followed by the ack. */
   get(type: number, header: Piece, attrs: Attr[]): NlMsg {
     const first = this.exchange(new Message(type, NLM_F_REQUEST | NLM_F_ACK, header, attrs), false).msgs[0];
-    if (first === undefined) throw new ErrnoError(Errno.EPROTO, MESSAGE_NAMES[type] ?? `type ${type}`, "", "got no answer");
+    if (first === undefined)
+      throw new ErrnoError(Errno.EPROTO, MESSAGE_NAMES[type] ?? `type ${type}`, "", "got no answer");
     return first;
   }
 
   /** A dump: every message until NLMSG_DONE, redone when the kernel reports it inconsistent. */
   dump(type: number, header: Piece, attrs: Attr[]): NlMsg[] {
     for (let attempt = 0; ; attempt++) {
-      const { msgs, interrupted } = this.exchange(new Message(type, NLM_F_REQUEST | NLM_F_DUMP, header, attrs), true);
+      const { msgs, interrupted } = this.exchange(
+        new Message(type, NLM_F_REQUEST | NLM_F_DUMP, header, attrs),
+        true,
+      );
       if (!interrupted) return msgs;
       NetlinkSocket.redoneDumps++;
-      if (attempt >= DUMP_RETRIES) throw new ErrnoError(Errno.EINTR, MESSAGE_NAMES[type] ?? `type ${type}`, "", `dump interrupted ${attempt + 1} times`);
+      if (attempt >= DUMP_RETRIES)
+        throw new ErrnoError(
+          Errno.EINTR,
+          MESSAGE_NAMES[type] ?? `type ${type}`,
+          "",
+          `dump interrupted ${attempt + 1} times`,
+        );
     }
   }
 
@@ -117,10 +127,17 @@ export class NetlinkSocket implements Disposable {
       try {
         n = libc.recvfrom(this.fd, RECV_BUF, libc.MSG_TRUNC, SENDER);
       } catch (err) {
-        if (err instanceof ErrnoError && err.errno === Errno.EAGAIN) throw new ErrnoError(Errno.ETIMEDOUT, op, "", "got no answer in time");
+        if (err instanceof ErrnoError && err.errno === Errno.EAGAIN)
+          throw new ErrnoError(Errno.ETIMEDOUT, op, "", "got no answer in time");
         throw err;
       }
-      if (n > RECV_BUF.byteLength) throw new ErrnoError(Errno.EMSGSIZE, op, "", `answer of ${n} bytes does not fit the ${RECV_BUF.byteLength}-byte buffer`);
+      if (n > RECV_BUF.byteLength)
+        throw new ErrnoError(
+          Errno.EMSGSIZE,
+          op,
+          "",
+          `answer of ${n} bytes does not fit the ${RECV_BUF.byteLength}-byte buffer`,
+        );
       // Only the kernel (port id 0) may answer; anything else is not ours to read.
       if (new DataView(SENDER.buffer).getUint32(4, true) !== 0) continue;
       for (const m of parseMessages(RECV_BUF.slice(0, n))) {

@@ -56,7 +56,11 @@ class Connection {
     w?.reject(err);
   }
 
-  async call<M extends Method>(method: M, params: Methods[M]["params"], timeoutMs: number): Promise<Methods[M]["result"]> {
+  async call<M extends Method>(
+    method: M,
+    params: Methods[M]["params"],
+    timeoutMs: number,
+  ): Promise<Methods[M]["result"]> {
     if (this.closed) throw this.closed;
     const id = this.next++;
     const deadline = Date.now() + timeoutMs;
@@ -123,7 +127,12 @@ async function startChild(conf: NetConf, takeover: boolean, log: Logger): Promis
     log.info("started the node agent", { child: path, childPid: proc.pid, takeover });
     return proc;
   } catch (err) {
-    throw new CniError(Code.TryAgainLater, `cannot start the node agent ${path}: ${(err as Error).message}`, "", { cause: err });
+    throw new CniError(
+      Code.TryAgainLater,
+      `cannot start the node agent ${path}: ${(err as Error).message}`,
+      "",
+      { cause: err },
+    );
   } finally {
     fs.closeSync(out);
   }
@@ -154,10 +163,18 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
       started = await startChild(conf, takeover, log);
     } else if (started.exitCode !== null && started.exitCode !== 0) {
       // Exit 0 means another child won the socket lock: keep knocking. Anything else failed.
-      throw new CniError(Code.TryAgainLater, `the node agent exited with code ${started.exitCode} before answering on ${socket}`, `see ${conf.log_file}`);
+      throw new CniError(
+        Code.TryAgainLater,
+        `the node agent exited with code ${started.exitCode} before answering on ${socket}`,
+        `see ${conf.log_file}`,
+      );
     }
     if (Date.now() >= until) {
-      throw new CniError(Code.TryAgainLater, `the node agent did not answer on ${socket} within ${START_TIMEOUT_MS} ms`, lastError);
+      throw new CniError(
+        Code.TryAgainLater,
+        `the node agent did not answer on ${socket} within ${START_TIMEOUT_MS} ms`,
+        lastError,
+      );
     }
     // Connecting to a unix socket costs microseconds: poll often, the agent is up in ~50 ms.
     await sleep(attempt < 50 ? 10 : 50);
@@ -189,7 +206,12 @@ export class ChildAgent implements Agent {
           this.log.warn("the node agent went away mid-request; asking a new one", { method });
           continue;
         }
-        throw new CniError(Code.TryAgainLater, `the node agent failed to answer ${method}: ${(err as Error).message}`, "", { cause: err });
+        throw new CniError(
+          Code.TryAgainLater,
+          `the node agent failed to answer ${method}: ${(err as Error).message}`,
+          "",
+          { cause: err },
+        );
       }
     }
   }
@@ -234,7 +256,8 @@ export class ChildAgent implements Agent {
       await this.call("status", this.params(env, conf), conf);
     } catch (err) {
       // The agent itself not answering is as much "not ready" as etcd being away.
-      if (err instanceof CniError && err.code === Code.TryAgainLater) throw new CniError(Code.PluginNotAvailable, err.message, err.details);
+      if (err instanceof CniError && err.code === Code.TryAgainLater)
+        throw new CniError(Code.PluginNotAvailable, err.message, err.details);
       throw err;
     }
   }

@@ -22,7 +22,9 @@ export interface Context {
 const chained = (conf: NetConf) => conf.delegate === undefined;
 
 function prevResult(conf: NetConf): Result | undefined {
-  return conf.prevResult === undefined || conf.prevResult === null ? undefined : parseResult(conf.prevResult, "prevResult");
+  return conf.prevResult === undefined || conf.prevResult === null
+    ? undefined
+    : parseResult(conf.prevResult, "prevResult");
 }
 
 /** Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its capabilities, args. */
@@ -35,8 +37,12 @@ function forward(ctx: Context, command: Command, extra: Record<string, unknown> 
     const caps = conf.capabilities;
     const rc = ctx.conf.runtimeConfig;
     if (caps && typeof caps === "object" && rc && typeof rc === "object") {
-      const wanted = Object.entries(caps as Record<string, unknown>).filter(([, on]) => on === true).map(([k]) => k);
-      const picked = Object.fromEntries(Object.entries(rc as Record<string, unknown>).filter(([k]) => wanted.includes(k)));
+      const wanted = Object.entries(caps as Record<string, unknown>)
+        .filter(([, on]) => on === true)
+        .map(([k]) => k);
+      const picked = Object.fromEntries(
+        Object.entries(rc as Record<string, unknown>).filter(([k]) => wanted.includes(k)),
+      );
       if (Object.keys(picked).length > 0) out.runtimeConfig = picked;
     }
     if (ctx.conf.args !== undefined && out.args === undefined) out.args = ctx.conf.args;
@@ -60,7 +66,11 @@ async function undoAdd(ctx: Context, sub: PluginConf): Promise<void> {
   try {
     await run(ctx, sub, "DEL");
   } catch (err) {
-    ctx.log.warn("rollback DEL failed", { plugin: sub.type, containerId: ctx.env.containerId, error: (err as Error).message });
+    ctx.log.warn("rollback DEL failed", {
+      plugin: sub.type,
+      containerId: ctx.env.containerId,
+      error: (err as Error).message,
+    });
   }
 }
 
@@ -109,7 +119,10 @@ export async function cmdDel(ctx: Context): Promise<void> {
 export async function cmdCheck(ctx: Context): Promise<void> {
   const prev = prevResult(ctx.conf);
   if (!prev) {
-    throw new CniError(Code.InvalidConfig, "invalid network configuration: field prevResult: CHECK needs the result of the ADD (missing)");
+    throw new CniError(
+      Code.InvalidConfig,
+      "invalid network configuration: field prevResult: CHECK needs the result of the ADD (missing)",
+    );
   }
   const { eligible } = await ctx.agent.classify(ctx.env, ctx.conf);
   if (!eligible) {
@@ -117,7 +130,11 @@ export async function cmdCheck(ctx: Context): Promise<void> {
     return;
   }
   // The boot network checks its own interfaces only: ratchet's are not its business.
-  const linkNames = new Set(prev.interfaces.filter((i) => i.sandbox === ctx.env.netns && i.name !== ctx.env.ifname).map((i) => i.name));
+  const linkNames = new Set(
+    prev.interfaces
+      .filter((i) => i.sandbox === ctx.env.netns && i.name !== ctx.env.ifname)
+      .map((i) => i.name),
+  );
   const bootPrev = withoutInterfaces(prev, linkNames);
   for (const sub of servingPlugins(ctx.conf, true)) await run(ctx, sub, "CHECK", { prevResult: bootPrev });
   await ctx.agent.check(ctx.env, ctx.conf);
@@ -133,14 +150,22 @@ function withoutInterfaces(result: Result, names: Set<string>): Result {
   return {
     ...result,
     interfaces: result.interfaces.filter((_, n) => keep[n]),
-    ips: result.ips.flatMap((ip) => (ip.interface === undefined ? [ip] : renumber.has(ip.interface) ? [{ ...ip, interface: renumber.get(ip.interface) as number }] : [])),
+    ips: result.ips.flatMap((ip) =>
+      ip.interface === undefined
+        ? [ip]
+        : renumber.has(ip.interface)
+          ? [{ ...ip, interface: renumber.get(ip.interface) as number }]
+          : [],
+    ),
   };
 }
 
 export async function cmdStatus(ctx: Context): Promise<void> {
   const { conf } = ctx;
   await ctx.agent.status(ctx.env, conf);
-  const plugins = chained(conf) ? [] : [conf.delegate as PluginConf, ...(conf.boot_network ? [conf.boot_network] : [])];
+  const plugins = chained(conf)
+    ? []
+    : [conf.delegate as PluginConf, ...(conf.boot_network ? [conf.boot_network] : [])];
   for (const sub of plugins) await run(ctx, sub, "STATUS");
 }
 
@@ -149,7 +174,10 @@ export async function cmdGc(ctx: Context): Promise<void> {
   const valid = conf["cni.dev/valid-attachments"] ?? conf["cni.dev/attachments"];
   const extra = valid === undefined ? {} : { "cni.dev/valid-attachments": valid };
   if (Array.isArray(valid)) {
-    const list = valid.filter((v): v is { containerID: string; ifname: string } => typeof v?.containerID === "string" && typeof v?.ifname === "string");
+    const list = valid.filter(
+      (v): v is { containerID: string; ifname: string } =>
+        typeof v?.containerID === "string" && typeof v?.ifname === "string",
+    );
     await ctx.agent.gc(ctx.env, conf, list);
   }
   for (const sub of servingPlugins(conf, undefined)) await run(ctx, sub, "GC", extra);

@@ -3,7 +3,12 @@
 import { parseNetConf, type NetConf } from "../cni/config.ts";
 import { parseEnv, type CniEnv } from "../cni/env.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
-import { LATEST_VERSION, requireCommandInVersion, requireSupportedVersion, SUPPORTED_VERSIONS } from "../cni/versions.ts";
+import {
+  LATEST_VERSION,
+  requireCommandInVersion,
+  requireSupportedVersion,
+  SUPPORTED_VERSIONS,
+} from "../cni/versions.ts";
 import { Logger } from "../log.ts";
 import { ChildAgent } from "./agent-client.ts";
 import type { Agent } from "./classify.ts";
@@ -26,18 +31,28 @@ function requestedVersion(parsed: unknown): string {
 
 function parseJson(text: string): unknown {
   if (Buffer.byteLength(text) > MAX_CONFIG_BYTES) {
-    throw new CniError(Code.DecodeFailure, `network configuration on stdin is ${Buffer.byteLength(text)} bytes; the limit is ${MAX_CONFIG_BYTES}`);
+    throw new CniError(
+      Code.DecodeFailure,
+      `network configuration on stdin is ${Buffer.byteLength(text)} bytes; the limit is ${MAX_CONFIG_BYTES}`,
+    );
   }
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new CniError(Code.DecodeFailure, `network configuration on stdin is not valid JSON: ${(err as Error).message}`);
+    throw new CniError(
+      Code.DecodeFailure,
+      `network configuration on stdin is not valid JSON: ${(err as Error).message}`,
+    );
   }
 }
 
 export type AgentFactory = (log: Logger) => Agent & { close?: () => void };
 
-export async function runParent(_args: string[], io: ParentIO, makeAgent: AgentFactory = (log) => new ChildAgent(log)): Promise<number> {
+export async function runParent(
+  _args: string[],
+  io: ParentIO,
+  makeAgent: AgentFactory = (log) => new ChildAgent(log),
+): Promise<number> {
   const started = performance.now();
   let version = LATEST_VERSION;
   let log: Logger | undefined;
@@ -91,7 +106,12 @@ export async function runParent(_args: string[], io: ParentIO, makeAgent: AgentF
     return 0;
   } catch (err) {
     const e = toCniError(err);
-    log?.error(`${env?.command ?? "command"} failed`, { ...fields(env, started), code: e.code, error: e.message, details: e.details });
+    log?.error(`${env?.command ?? "command"} failed`, {
+      ...fields(env, started),
+      code: e.code,
+      error: e.message,
+      details: e.details,
+    });
     io.write(`${JSON.stringify(e.toJSON(version))}\n`);
     return 1;
   } finally {

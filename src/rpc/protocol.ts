@@ -24,11 +24,22 @@ export interface Methods {
   /** Stop accepting work, finish what is in flight, exit: a newer binary takes over. */
   drain: { params: Record<string, never>; result: { draining: true } };
   classify: { params: CallParams; result: { eligible: boolean; links: number } };
-  attach: { params: CallParams; result: { interfaces: Array<{ iface: { name: string; mac?: string; sandbox?: string; mtu?: number }; ips: string[] }> } };
+  attach: {
+    params: CallParams;
+    result: {
+      interfaces: Array<{
+        iface: { name: string; mac?: string; sandbox?: string; mtu?: number };
+        ips: string[];
+      }>;
+    };
+  };
   detach: { params: CallParams; result: { owned: boolean | null } };
   check: { params: CallParams; result: { ok: true } };
   status: { params: CallParams; result: { ok: true } };
-  gc: { params: CallParams & { valid: Array<{ containerID: string; ifname: string }> }; result: { removed: number } };
+  gc: {
+    params: CallParams & { valid: Array<{ containerID: string; ifname: string }> };
+    result: { removed: number };
+  };
 }
 export type Method = keyof Methods;
 
@@ -58,7 +69,8 @@ export class LineReader {
     this.buf += this.decoder.decode(chunk, { stream: true });
     const lines = this.buf.split("\n");
     this.buf = lines.pop() ?? "";
-    if (this.buf.length > MAX_FRAME_BYTES) throw new Error(`a message is longer than ${MAX_FRAME_BYTES} bytes`);
+    if (this.buf.length > MAX_FRAME_BYTES)
+      throw new Error(`a message is longer than ${MAX_FRAME_BYTES} bytes`);
     return lines.filter((l) => l !== "");
   }
 }

@@ -22,18 +22,29 @@ function prefixEnd(prefix: string): Buffer {
 export const op = {
   get: (key: string): Op => ({ request_range: { key: b(key) } }),
   prefix: (prefix: string): Op => ({ request_range: { key: b(prefix), range_end: prefixEnd(prefix) } }),
-  put: (key: string, value: unknown): Op => ({ request_put: { key: b(key), value: b(typeof value === "string" ? value : JSON.stringify(value)) } }),
+  put: (key: string, value: unknown): Op => ({
+    request_put: { key: b(key), value: b(typeof value === "string" ? value : JSON.stringify(value)) },
+  }),
   del: (key: string): Op => ({ request_delete_range: { key: b(key) } }),
-  delPrefix: (prefix: string): Op => ({ request_delete_range: { key: b(prefix), range_end: prefixEnd(prefix) } }),
+  delPrefix: (prefix: string): Op => ({
+    request_delete_range: { key: b(prefix), range_end: prefixEnd(prefix) },
+  }),
   /** A nested transaction: `then` runs only when every compare holds (etcd 3.3+). */
-  txn: (compare: Compare[], then: Op[], otherwise: Op[] = []): Op => ({ request_txn: { compare, success: then, failure: otherwise } }),
+  txn: (compare: Compare[], then: Op[], otherwise: Op[] = []): Op => ({
+    request_txn: { compare, success: then, failure: otherwise },
+  }),
 };
 
 export const cmp = {
   /** The key does not exist. */
   absent: (key: string): Compare => ({ key: b(key), target: "Create", result: "Equal", create_revision: 0 }),
   /** The key was last written at `rev` (0: it does not exist). */
-  modRev: (key: string, rev: string | number): Compare => ({ key: b(key), target: "Mod", result: "Equal", mod_revision: rev }),
+  modRev: (key: string, rev: string | number): Compare => ({
+    key: b(key),
+    target: "Mod",
+    result: "Equal",
+    mod_revision: rev,
+  }),
 };
 
 export interface TxnResult {
@@ -47,7 +58,12 @@ export interface TxnResult {
 export const stats = { roundTrips: 0 };
 
 /** Runs one transaction; etcd errors become code 11 (etcd unreachable) or 102 (refused). */
-export async function txn(client: Etcd3, compare: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+export async function txn(
+  client: Etcd3,
+  compare: Compare[],
+  success: Op[],
+  failure: Op[] = [],
+): Promise<TxnResult> {
   let res: TxnResponse;
   stats.roundTrips++;
   try {
@@ -65,8 +81,16 @@ export async function txn(client: Etcd3, compare: Compare[], success: Op[], fail
 export function storeError(err: unknown): CniError {
   const e = err as { message?: string; name?: string };
   const msg = e.message ?? String(err);
-  const unreachable = /UNAVAILABLE|DEADLINE_EXCEEDED|ECONNREFUSED|No connection|unreachable|timed out|GRPCConnectFailed|Circuit/i.test(`${e.name} ${msg}`);
-  return new CniError(unreachable ? Code.TryAgainLater : Code.Store, `etcd ${unreachable ? "unreachable" : "refused a request"}: ${msg}`, "", { cause: err });
+  const unreachable =
+    /UNAVAILABLE|DEADLINE_EXCEEDED|ECONNREFUSED|No connection|unreachable|timed out|GRPCConnectFailed|Circuit/i.test(
+      `${e.name} ${msg}`,
+    );
+  return new CniError(
+    unreachable ? Code.TryAgainLater : Code.Store,
+    `etcd ${unreachable ? "unreachable" : "refused a request"}: ${msg}`,
+    "",
+    { cause: err },
+  );
 }
 
 export function parse<T>(kv: KeyValue | undefined): T | undefined {

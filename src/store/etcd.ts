@@ -3,7 +3,12 @@ import { isIP } from "node:net";
 import { checkServerIdentity, createSecureContext, type SecureContext } from "node:tls";
 // etcd3's own gRPC library (its dependency, one copy in node_modules): for TLS credentials.
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
-import { ChannelCredentials, credentials as grpcCredentials, type CallCredentials, type ChannelOptions } from "@grpc/grpc-js";
+import {
+  ChannelCredentials,
+  credentials as grpcCredentials,
+  type CallCredentials,
+  type ChannelOptions,
+} from "@grpc/grpc-js";
 import {
   Etcd3,
   EtcdAuthenticationFailedError,
@@ -26,7 +31,9 @@ function readConfigFile(field: string, path: string): Buffer {
     return readFileSync(path);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new EtcdConfigError(`${field} ${JSON.stringify(path)}: cannot read: ${e.code ?? e.message}`, { cause: err });
+    throw new EtcdConfigError(`${field} ${JSON.stringify(path)}: cannot read: ${e.code ?? e.message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -71,13 +78,26 @@ class EtcdTlsCredentials extends ChannelCredentials {
   _equals(other: ChannelCredentials): boolean {
     return other === this;
   }
-  _createSecureConnector(target: Target, options: ChannelOptions, callCredentials?: CallCredentials): Connector {
+  _createSecureConnector(
+    target: Target,
+    options: ChannelOptions,
+    callCredentials?: CallCredentials,
+  ): Connector {
     const host = targetHost(target);
     const inner =
       isIP(host) === 0
-        ? ChannelCredentials.createFromSecureContext(this.context)._createSecureConnector(target, options, callCredentials)
-        : ChannelCredentials.createFromSecureContext(this.context, { checkServerIdentity: (_sni, cert) => checkServerIdentity(host, cert) })
-            ._createSecureConnector(target, { ...options, "grpc.ssl_target_name_override": SNI_FOR_IP }, callCredentials);
+        ? ChannelCredentials.createFromSecureContext(this.context)._createSecureConnector(
+            target,
+            options,
+            callCredentials,
+          )
+        : ChannelCredentials.createFromSecureContext(this.context, {
+            checkServerIdentity: (_sni, cert) => checkServerIdentity(host, cert),
+          })._createSecureConnector(
+            target,
+            { ...options, "grpc.ssl_target_name_override": SNI_FOR_IP },
+            callCredentials,
+          );
     return {
       connect: async (socket) => {
         try {
@@ -122,7 +142,9 @@ function etcd3WithCredentials(options: IOptions, tlsCredentials: EtcdTlsCredenti
   if (!taken) {
     // E.g. etcd3 got its own copy of @grpc/grpc-js. It would then use its createSsl with an empty CA: fail here, clearly.
     client.close();
-    throw new EtcdConfigError("etcd3 did not take ratchet's TLS credentials (a second copy of @grpc/grpc-js?)");
+    throw new EtcdConfigError(
+      "etcd3 did not take ratchet's TLS credentials (a second copy of @grpc/grpc-js?)",
+    );
   }
   tlsOf.set(client, tlsCredentials);
   return client;
@@ -149,12 +171,16 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
   const hosts = etcdEndpoints(conf);
   const secure = hosts.filter((h) => h.startsWith("https://"));
   if (secure.length > 0 && secure.length < hosts.length) {
-    throw new EtcdConfigError(`etcd_endpoints mix https:// (${secure.join(", ")}) and http://: use one scheme for all`);
+    throw new EtcdConfigError(
+      `etcd_endpoints mix https:// (${secure.join(", ")}) and http://: use one scheme for all`,
+    );
   }
   const tlsFiles = conf.etcd_ca_file !== undefined || conf.etcd_cert_file !== undefined;
   if (tlsFiles && secure.length === 0) {
     // etcd3 would talk TLS to an http:// URL anyway; say so rather than guess what was meant.
-    throw new EtcdConfigError(`etcd endpoint ${hosts[0]} uses http:// but etcd_ca_file or etcd_cert_file is set: use https://`);
+    throw new EtcdConfigError(
+      `etcd endpoint ${hosts[0]} uses http:// but etcd_ca_file or etcd_cert_file is set: use https://`,
+    );
   }
 
   const timeoutMs = opts.callTimeoutMs ?? 5000;
@@ -164,7 +190,11 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
     faultHandling: {
       // etcd3's default breaker stops trying a host for 5 s after three failures, so an
       // agent kept failing ADDs for seconds after etcd came back. Try again after 500 ms.
-      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) }),
+      host: () =>
+        circuitBreaker(handleWhen(isRecoverableError), {
+          halfOpenAfter: 500,
+          breaker: new ConsecutiveBreaker(3),
+        }),
       global: retry(handleWhen(isRecoverableError), { maxAttempts: 2 }),
     },
   };
@@ -177,10 +207,18 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
     const key = conf.etcd_key_file ? readConfigFile("etcd_key_file", conf.etcd_key_file) : undefined;
     let context: SecureContext;
     try {
-      context = createSecureContext({ ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) });
+      context = createSecureContext({
+        ...(ca ? { ca } : {}),
+        ...(cert ? { cert } : {}),
+        ...(key ? { key } : {}),
+      });
     } catch (err) {
-      const files = [conf.etcd_ca_file, conf.etcd_cert_file, conf.etcd_key_file].filter((f) => f !== undefined).join(", ");
-      throw new EtcdConfigError(`etcd TLS files (${files}) are not usable: ${(err as Error).message}`, { cause: err });
+      const files = [conf.etcd_ca_file, conf.etcd_cert_file, conf.etcd_key_file]
+        .filter((f) => f !== undefined)
+        .join(", ");
+      throw new EtcdConfigError(`etcd TLS files (${files}) are not usable: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     tlsCredentials = new EtcdTlsCredentials(context);
     // etcd3 calls createSsl only when credentials are given or a host is https://.
@@ -189,8 +227,11 @@ export function openEtcd(conf: NetConf, opts: OpenEtcdOptions = {}): Etcd3 {
 
   if (conf.etcd_username !== undefined && conf.etcd_password_file !== undefined) {
     // One trailing newline (echo, most secret stores) is not part of the password.
-    const password = readConfigFile("etcd_password_file", conf.etcd_password_file).toString("utf8").replace(/\r?\n$/, "");
-    if (password === "") throw new EtcdConfigError(`etcd_password_file ${JSON.stringify(conf.etcd_password_file)} is empty`);
+    const password = readConfigFile("etcd_password_file", conf.etcd_password_file)
+      .toString("utf8")
+      .replace(/\r?\n$/, "");
+    if (password === "")
+      throw new EtcdConfigError(`etcd_password_file ${JSON.stringify(conf.etcd_password_file)} is empty`);
     options.auth = {
       username: conf.etcd_username,
       password,

@@ -13,7 +13,9 @@ describe("compiled binary", () => {
     const child = await run([join(dir.path, "ratchet-child"), "--version"]);
     expect(child.stderr).toBe("");
     expect(child.code).toBe(0);
-    expect(child.stdout).toMatch(/^ratchet \d+\.\d+\.\d+ \(commit [0-9a-f]+(-dirty)?, build \S+, mode child\)\n$/);
+    expect(child.stdout).toMatch(
+      /^ratchet \d+\.\d+\.\d+ \(commit [0-9a-f]+(-dirty)?, build \S+, mode child\)\n$/,
+    );
 
     const parent = await run([BIN, "--version"]);
     expect(parent.stdout).toContain("mode parent");
@@ -26,7 +28,11 @@ describe("compiled binary", () => {
 
   test("an unknown --mode exits 2 with a message on stderr and nothing on stdout", async () => {
     const r = await run([requireBinary(), "--mode=bogus"]);
-    expect(r).toEqual({ code: 2, stdout: "", stderr: 'ratchet: unknown mode "bogus": expected parent or child\n' });
+    expect(r).toEqual({
+      code: 2,
+      stdout: "",
+      stderr: 'ratchet: unknown mode "bogus": expected parent or child\n',
+    });
   });
 
   test("works copied elsewhere with the checkout hidden, and talks to etcd from inside the binary", async () => {
@@ -36,10 +42,26 @@ describe("compiled binary", () => {
     copyFileSync(BIN, bin);
     symlinkSync("ratchet", join(dir.path, "ratchet-child"));
     const conf = join(dir.path, "ratchet.conf");
-    writeFileSync(conf, JSON.stringify({ cniVersion: "1.0.0", name: "t", type: "ratchet", etcd_endpoints: [etcdEndpoint()] }));
+    writeFileSync(
+      conf,
+      JSON.stringify({ cniVersion: "1.0.0", name: "t", type: "ratchet", etcd_endpoints: [etcdEndpoint()] }),
+    );
     // A private mount namespace with an empty tmpfs over the checkout: no source, no node_modules.
     const script = `mount -t tmpfs ratchet-hide "$1" && test -z "$(ls -A "$1")" && exec "$2" --check --config "$3"`;
-    const r = await run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", REPO, join(dir.path, "ratchet-child"), conf]);
+    const r = await run([
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "--",
+      "sh",
+      "-c",
+      script,
+      "sh",
+      REPO,
+      join(dir.path, "ratchet-child"),
+      conf,
+    ]);
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout) as { etcd: { ok: boolean; version: string } };
@@ -51,7 +73,10 @@ describe("compiled binary", () => {
     using dir = tempDir();
     const conf = join(dir.path, "ratchet.conf");
     // Port 1 on loopback: nothing listens there.
-    writeFileSync(conf, JSON.stringify({ name: "t", type: "ratchet", etcd_endpoints: ["http://127.0.0.1:1"] }));
+    writeFileSync(
+      conf,
+      JSON.stringify({ name: "t", type: "ratchet", etcd_endpoints: ["http://127.0.0.1:1"] }),
+    );
     const r = await run([requireBinary(), "--mode=child", "--check", "--config", conf]);
     expect(r.code).toBe(1);
     expect((JSON.parse(r.stdout) as { etcd: { ok: boolean } }).etcd.ok).toBe(false);

@@ -12,7 +12,14 @@ import { startApiServer } from "../support/apiserver.ts";
 const dirs: Array<{ path: string; [Symbol.dispose](): void }> = [];
 // The pods these tests add: plain (non-ratchet) pods the agent looks up through the API.
 const api = startApiServer();
-for (const name of ["plain-pod", "plain-pod-2", "after-wedge", "after-upgrade", "old-parent", ...Array.from({ length: 20 }, (_, i) => `burst-${i}`)]) {
+for (const name of [
+  "plain-pod",
+  "plain-pod-2",
+  "after-wedge",
+  "after-upgrade",
+  "old-parent",
+  ...Array.from({ length: 20 }, (_, i) => `burst-${i}`),
+]) {
   api.putPod({ kind: "Pod", metadata: { name, namespace: "default", labels: { app: "plain" } }, spec: {} });
 }
 const kubeDir = tempDir("ratchet-child-kube-");
@@ -47,13 +54,27 @@ function node(extra: Record<string, unknown> = {}) {
   return { dir: dir.path, log, socket, conf };
 }
 
-const podArgs = (name: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=x`;
+const podArgs = (name: string) =>
+  `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=x`;
 
 async function add(n: ReturnType<typeof node>, netns: string, pod = "plain-pod", bin?: string) {
-  return cni({ command: "ADD", conf: n.conf, containerId: `c-${pod}`, netns, ifname: "lo", args: podArgs(pod), ...(bin ? { bin } : {}) });
+  return cni({
+    command: "ADD",
+    conf: n.conf,
+    containerId: `c-${pod}`,
+    netns,
+    ifname: "lo",
+    args: podArgs(pod),
+    ...(bin ? { bin } : {}),
+  });
 }
 
-const servingLines = (log: string) => (existsSync(log) ? readFileSync(log, "utf8").split("\n").filter((l) => l.includes('"node agent serving"')) : []);
+const servingLines = (log: string) =>
+  existsSync(log)
+    ? readFileSync(log, "utf8")
+        .split("\n")
+        .filter((l) => l.includes('"node agent serving"'))
+    : [];
 
 describe("node agent", () => {
   test("starts on demand, detached, with a 0700 directory and a 0600 socket; later calls reuse it", async () => {
@@ -67,7 +88,9 @@ describe("node agent", () => {
     const pids = childPids(n.log);
     expect(pids).toHaveLength(1);
     // Its own session: the runtime killing the plugin's process group leaves it alone.
-    const stat = readFileSync(`/proc/${pids[0]}/stat`, "utf8").slice(readFileSync(`/proc/${pids[0]}/stat`, "utf8").lastIndexOf(")") + 2).split(" ");
+    const stat = readFileSync(`/proc/${pids[0]}/stat`, "utf8")
+      .slice(readFileSync(`/proc/${pids[0]}/stat`, "utf8").lastIndexOf(")") + 2)
+      .split(" ");
     expect(Number(stat[3])).toBe(pids[0] as number); // session id == its pid
     const hello = await rpc(n.socket, "hello");
     expect(hello.ok).toBe(true);
@@ -85,7 +108,13 @@ describe("node agent", () => {
     const script = `require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); });`;
     const asRoot = await run(["node", "-e", script, n.socket]);
     expect(asRoot.stdout.trim()).toBe("connected");
-    const proc = Bun.spawn({ cmd: ["node", "-e", script, n.socket], uid: 65534, gid: 65534, stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn({
+      cmd: ["node", "-e", script, n.socket],
+      uid: 65534,
+      gid: 65534,
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     const out = await new Response(proc.stdout).text();
     expect(await proc.exited).toBe(3);
     expect(out.trim()).toBe("EACCES");
@@ -192,10 +221,17 @@ describe("node agent", () => {
     const [onDemand] = childPids(n.log);
     const confFile = join(n.dir, "net.conf");
     writeFileSync(confFile, JSON.stringify(n.conf));
-    const proc = Bun.spawn({ cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]), stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn({
+      cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     try {
       await waitFor("the on-demand agent to hand over", () => !alive(onDemand as number), 10_000);
-      await waitFor("the foreground agent to serve", async () => (await rpc(n.socket, "hello").catch(() => undefined))?.result?.pid !== undefined);
+      await waitFor(
+        "the foreground agent to serve",
+        async () => (await rpc(n.socket, "hello").catch(() => undefined))?.result?.pid !== undefined,
+      );
       const hello = await rpc(n.socket, "hello");
       expect(hello.result?.pid).not.toBe(onDemand);
       expect((await add(n, ns.path, "plain-pod-2")).code).toBe(0);
@@ -211,7 +247,11 @@ describe("node agent", () => {
     const n = node({ child_idle_seconds: 1 });
     const confFile = join(n.dir, "net.conf");
     writeFileSync(confFile, JSON.stringify(n.conf));
-    const proc = Bun.spawn({ cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]), stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn({
+      cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     try {
       await waitFor("the socket", () => existsSync(n.socket));
       expect((await rpc(n.socket, "hello")).ok).toBe(true);

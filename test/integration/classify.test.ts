@@ -14,8 +14,25 @@ let conf: Record<string, unknown>;
 
 beforeAll(() => {
   api = startApiServer({ podFiles: [join(REPO, "pod_specs", "example.yaml")] });
-  api.putPod({ kind: "Pod", metadata: { name: "web", namespace: "default", labels: { app: "web" } }, spec: {} });
-  api.putPod({ kind: "Pod", metadata: { name: "bad-labels", namespace: "default", labels: { ratchet: "true", "ratchet.pair_name": "x", "ratchet.local_ifname": "much-too-long-name", "ratchet.pair_ifname": "in2" } }, spec: {} });
+  api.putPod({
+    kind: "Pod",
+    metadata: { name: "web", namespace: "default", labels: { app: "web" } },
+    spec: {},
+  });
+  api.putPod({
+    kind: "Pod",
+    metadata: {
+      name: "bad-labels",
+      namespace: "default",
+      labels: {
+        ratchet: "true",
+        "ratchet.pair_name": "x",
+        "ratchet.local_ifname": "much-too-long-name",
+        "ratchet.pair_ifname": "in2",
+      },
+    },
+    spec: {},
+  });
   conf = {
     cniVersion: "1.0.0",
     name: "classify",
@@ -34,21 +51,39 @@ afterAll(async () => {
   scratch[Symbol.dispose]();
 });
 
-const args = (ns: string, name: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=c`;
+const args = (ns: string, name: string) =>
+  `IgnoreUnknown=1;K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=c`;
 
 describe("classification through the node agent", () => {
   test("a pod without the ratchet label passes through to the delegate; the agent read it from the API", async () => {
     await using ns = await makeNetns();
-    const r = await cni({ command: "ADD", conf, containerId: "web-1", netns: ns.path, ifname: "lo", args: args("default", "web") });
+    const r = await cni({
+      command: "ADD",
+      conf,
+      containerId: "web-1",
+      netns: ns.path,
+      ifname: "lo",
+      args: args("default", "web"),
+    });
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     expect((r.json as { interfaces: Array<{ name: string }> }).interfaces.map((i) => i.name)).toEqual(["lo"]);
-    expect(api.requests.some((q) => q.path === "/api/v1/namespaces/default/pods/web" && q.status === 200)).toBe(true);
+    expect(
+      api.requests.some((q) => q.path === "/api/v1/namespaces/default/pods/web" && q.status === 200),
+    ).toBe(true);
   });
 
   test("a pod the API does not know: code 11, and the delegate never ran", async () => {
     await using ns = await makeNetns();
-    const r = await cni({ command: "ADD", conf, containerId: "ghost-1", netns: ns.path, ifname: "eth0", args: args("default", "ghost"), env: {} });
+    const r = await cni({
+      command: "ADD",
+      conf,
+      containerId: "ghost-1",
+      netns: ns.path,
+      ifname: "eth0",
+      args: args("default", "ghost"),
+      env: {},
+    });
     expect(r.code).toBe(1);
     expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("pod default/ghost not found") });
     expect(await linkInfo(ns.name, "eth0")).toBeUndefined();
@@ -56,7 +91,20 @@ describe("classification through the node agent", () => {
 
   test("bad ratchet labels: code 103 naming pod, label, value and problem; nothing created", async () => {
     await using ns = await makeNetns();
-    const r = await cni({ command: "ADD", conf: { ...conf, boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "10.207.0.0/24", dataDir: join(scratch.path, "ipam") } } }, containerId: "bad-1", netns: ns.path, ifname: "eth0", args: args("default", "bad-labels") });
+    const r = await cni({
+      command: "ADD",
+      conf: {
+        ...conf,
+        boot_network: {
+          type: "ptp",
+          ipam: { type: "host-local", subnet: "10.207.0.0/24", dataDir: join(scratch.path, "ipam") },
+        },
+      },
+      containerId: "bad-1",
+      netns: ns.path,
+      ifname: "eth0",
+      args: args("default", "bad-labels"),
+    });
     expect(r.code).toBe(1);
     const err = r.json as { code: number; msg: string };
     expect(err.code).toBe(103);
@@ -70,7 +118,14 @@ describe("classification through the node agent", () => {
     await using ns = await makeNetns();
     api.setFault({ status: 503, message: "etcdserver: leader changed" });
     try {
-      const r = await cni({ command: "ADD", conf, containerId: "web-2", netns: ns.path, ifname: "lo", args: args("default", "web") });
+      const r = await cni({
+        command: "ADD",
+        conf,
+        containerId: "web-2",
+        netns: ns.path,
+        ifname: "lo",
+        args: args("default", "web"),
+      });
       expect(r.code).toBe(1);
       expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("503") });
     } finally {
@@ -83,7 +138,14 @@ describe("classification through the node agent", () => {
     api.setDelay(15_000);
     try {
       const t0 = performance.now();
-      const r = await cni({ command: "ADD", conf, containerId: "web-3", netns: ns.path, ifname: "lo", args: args("default", "web") });
+      const r = await cni({
+        command: "ADD",
+        conf,
+        containerId: "web-3",
+        netns: ns.path,
+        ifname: "lo",
+        args: args("default", "web"),
+      });
       expect(r.code).toBe(1);
       expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("no answer within") });
       expect(performance.now() - t0).toBeLessThan(14_000);

@@ -53,7 +53,9 @@ describe("test bed", () => {
       const r = await p.add();
       expect(r.stderr).toBe("");
       expect(r.code).toBe(0);
-      expect((r.json as { interfaces: Array<{ name: string }> }).interfaces.map((i) => i.name)).toEqual(["lo"]);
+      expect((r.json as { interfaces: Array<{ name: string }> }).interfaces.map((i) => i.name)).toEqual([
+        "lo",
+      ]);
       expect(await c.ifaceNames(p)).toEqual([]);
     }
     const agents1 = c.node(1).agents();
@@ -76,9 +78,12 @@ describe("test bed", () => {
     const a = await c.node(1).pod("web-a");
     expect((await a.add()).code).toBe(0);
     const [agent] = c.node(1).agents();
-    const fsType = async (path: string) => (await run(["nsenter", "-t", String(agent), "-m", "stat", "-f", "-c", "%T", path])).stdout.trim();
+    const fsType = async (path: string) =>
+      (await run(["nsenter", "-t", String(agent), "-m", "stat", "-f", "-c", "%T", path])).stdout.trim();
     // The agent's mount namespace hides the checkout...
-    expect((await run(["nsenter", "-t", String(agent), "-m", "test", "-e", join(REPO, "package.json")])).code).toBe(1);
+    expect(
+      (await run(["nsenter", "-t", String(agent), "-m", "test", "-e", join(REPO, "package.json")])).code,
+    ).toBe(1);
     // ...but follows `ip netns add` and `ip netns delete` done after it started.
     const later = await c.node(1).pod("web-b");
     expect(await fsType(later.netns.path)).toBe("nsfs");
@@ -95,21 +100,74 @@ describe("test bed", () => {
     const b = await n1.pod("b");
     const x = await n2.pod("x");
     // veth a:v0 <-> b:v1 on node 1, made straight in the pods' netns.
-    await ipIn(a.netns.name, ["link", "add", "v0", "mtu", "1400", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "v1", "netns", b.netns.name]);
+    await ipIn(a.netns.name, [
+      "link",
+      "add",
+      "v0",
+      "mtu",
+      "1400",
+      "address",
+      "02:00:00:00:00:01",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "v1",
+      "netns",
+      b.netns.name,
+    ]);
     // VXLAN a:x0 (node 1) <-> x:x1 (node 2): made in the host netns on ul0, then moved.
-    for (const [n, pod, name, remote] of [[n1, a, "x0", n2.underlay], [n2, x, "x1", n1.underlay]] as const) {
-      await ipIn(n.host.name, ["link", "add", name, "type", "vxlan", "id", "11", "remote", remote, "local", n.underlay, "dev", "ul0", "dstport", "4789"]);
+    for (const [n, pod, name, remote] of [
+      [n1, a, "x0", n2.underlay],
+      [n2, x, "x1", n1.underlay],
+    ] as const) {
+      await ipIn(n.host.name, [
+        "link",
+        "add",
+        name,
+        "type",
+        "vxlan",
+        "id",
+        "11",
+        "remote",
+        remote,
+        "local",
+        n.underlay,
+        "dev",
+        "ul0",
+        "dstport",
+        "4789",
+      ]);
       await ipIn(n.host.name, ["link", "set", name, "netns", pod.netns.name]);
     }
-    for (const [pod, dev, addr, addr6] of [[a, "v0", "10.90.1.1/24", "fd90:1::1/64"], [b, "v1", "10.90.1.2/24", "fd90:1::2/64"], [a, "x0", "10.90.2.1/24", "fd90:2::1/64"], [x, "x1", "10.90.2.2/24", "fd90:2::2/64"]] as const) {
+    for (const [pod, dev, addr, addr6] of [
+      [a, "v0", "10.90.1.1/24", "fd90:1::1/64"],
+      [b, "v1", "10.90.1.2/24", "fd90:1::2/64"],
+      [a, "x0", "10.90.2.1/24", "fd90:2::1/64"],
+      [x, "x1", "10.90.2.2/24", "fd90:2::2/64"],
+    ] as const) {
       await ipIn(pod.netns.name, ["addr", "add", addr, "dev", dev]);
       await ipIn(pod.netns.name, ["addr", "add", addr6, "dev", dev]);
       await ipIn(pod.netns.name, ["link", "set", dev, "up"]);
     }
     const v0 = await c.iface(a, "v0");
-    expect(v0).toMatchObject({ name: "v0", kind: "veth", mtu: 1400, mac: "02:00:00:00:00:01", up: true, vni: undefined });
+    expect(v0).toMatchObject({
+      name: "v0",
+      kind: "veth",
+      mtu: 1400,
+      mac: "02:00:00:00:00:01",
+      up: true,
+      vni: undefined,
+    });
     const x0 = await c.iface(a, "x0");
-    expect(x0).toMatchObject({ kind: "vxlan", vni: 11, remote: n2.underlay, local: n1.underlay, mtu: 1450, up: true });
+    expect(x0).toMatchObject({
+      kind: "vxlan",
+      vni: 11,
+      remote: n2.underlay,
+      local: n1.underlay,
+      mtu: 1450,
+      up: true,
+    });
     expect(await c.iface(a, "nope")).toBeUndefined();
     expect(await c.addrs(x, "x1")).toEqual(["10.90.2.2/24", "fd90:2::2/64"]);
     expect((await c.ifaceNames(a)).sort()).toEqual(["v0", "x0"]);
@@ -146,7 +204,10 @@ describe("test bed", () => {
     await c.etcdPut("v1/leftover", "x");
     expect(await c.etcdKeys()).toEqual([`${c.etcdPrefix}/v1/leftover`]);
     await ipIn(c.node(2).host.name, ["link", "add", "stray0", "type", "veth", "peer", "name", "stray1"]);
-    const err = await c.assertClean({ etcdWaitMs: 200 }).then(() => undefined, (e: Error) => e);
+    const err = await c.assertClean({ etcdWaitMs: 200 }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
     expect(err?.message).toContain(`${c.etcdPrefix}/v1/leftover`);
     expect(err?.message).toContain("node2: stray links");
     expect(err?.message).toContain("stray0");
@@ -176,7 +237,11 @@ describe("test bed", () => {
     expect(existsSync(dir)).toBe(false);
     const res = await fetch(`${process.env.RATCHET_TEST_ETCD}/v3/kv/range`, {
       method: "POST",
-      body: JSON.stringify({ key: Buffer.from(`${prefix}/`).toString("base64"), range_end: Buffer.from(`${prefix}0`).toString("base64"), count_only: true }),
+      body: JSON.stringify({
+        key: Buffer.from(`${prefix}/`).toString("base64"),
+        range_end: Buffer.from(`${prefix}0`).toString("base64"),
+        count_only: true,
+      }),
     });
     expect(((await res.json()) as { count?: string }).count ?? "0").toBe("0");
     await expect(fetch(`${url}/healthz`, { tls: { rejectUnauthorized: false } })).rejects.toThrow();

@@ -11,7 +11,11 @@ import { startApiServer } from "../support/apiserver.ts";
 
 const scratch = tempDir("ratchet-cni-");
 const api = startApiServer();
-api.putPod({ kind: "Pod", metadata: { name: "plain-pod", namespace: "default", labels: { app: "plain" } }, spec: {} });
+api.putPod({
+  kind: "Pod",
+  metadata: { name: "plain-pod", namespace: "default", labels: { app: "plain" } },
+  spec: {},
+});
 const kubeconfig = api.writeKubeconfig(scratch.path, { auth: "token" });
 afterAll(async () => {
   await killChildren(join(scratch.path, "ratchet.log"));
@@ -59,7 +63,12 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
     await using net = bridgeNet();
     await using ns = await makeNetns();
     const conf = ratchetConf(version, { delegate: net.plugin, boot_network: { type: "loopback" } });
-    const ids = { containerId: `ctr-${ns.name}`, netns: ns.path, ifname: "eth0", args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=plain-pod;K8S_POD_INFRA_CONTAINER_ID=abc" };
+    const ids = {
+      containerId: `ctr-${ns.name}`,
+      netns: ns.path,
+      ifname: "eth0",
+      args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=plain-pod;K8S_POD_INFRA_CONTAINER_ID=abc",
+    };
 
     const add = await cni({ command: "ADD", conf, ...ids });
     expect(add.stderr).toBe("");
@@ -93,8 +102,18 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
     const ids = { containerId: `ctr-${ns.name}`, netns: ns.path, ifname: "eth0" };
     // What libcni does for a list: run the first plugin, then hand its result to the next.
     const first = await run([join(CNI_PATH, "bridge")], {
-      env: { CNI_COMMAND: "ADD", CNI_CONTAINERID: ids.containerId, CNI_NETNS: ns.path, CNI_IFNAME: "eth0", CNI_PATH },
-      stdin: JSON.stringify({ cniVersion: version === "1.1.0" ? "1.0.0" : version, name: "chain", ...net.plugin }),
+      env: {
+        CNI_COMMAND: "ADD",
+        CNI_CONTAINERID: ids.containerId,
+        CNI_NETNS: ns.path,
+        CNI_IFNAME: "eth0",
+        CNI_PATH,
+      },
+      stdin: JSON.stringify({
+        cniVersion: version === "1.1.0" ? "1.0.0" : version,
+        name: "chain",
+        ...net.plugin,
+      }),
     });
     expect(first.code).toBe(0);
     const prev = JSON.parse(first.stdout) as CniResultJson;
@@ -104,7 +123,9 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
     expect(add.code).toBe(0);
     const result = assertValidResult(add.json, version);
     expect(result.interfaces).toEqual(prev.interfaces);
-    expect(result.ips?.map((i) => [i.address, i.interface, i.gateway])).toEqual(prev.ips?.map((i) => [i.address, i.interface, i.gateway]));
+    expect(result.ips?.map((i) => [i.address, i.interface, i.gateway])).toEqual(
+      prev.ips?.map((i) => [i.address, i.interface, i.gateway]),
+    );
 
     const del = await cni({ command: "DEL", conf, ...ids });
     expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
@@ -117,13 +138,24 @@ describe("other reference plugins as delegate", () => {
   test("ptp + host-local", async () => {
     await using ns = await makeNetns();
     const dataDir = join(scratch.path, `ipam-${ns.name}`);
-    const conf = ratchetConf("1.0.0", { delegate: { type: "ptp", ipam: { type: "host-local", subnet: "10.202.0.0/24", dataDir } } });
+    const conf = ratchetConf("1.0.0", {
+      delegate: { type: "ptp", ipam: { type: "host-local", subnet: "10.202.0.0/24", dataDir } },
+    });
     const ids = { containerId: `ctr-${ns.name}`, netns: ns.path, ifname: "eth0" };
     const add = await cni({ command: "ADD", conf, ...ids });
     expect(add.code).toBe(0);
     const result = assertValidResult(add.json, "1.0.0");
     expect(await addresses(ns.name, "eth0")).toEqual([result.ips?.[0]?.address as string]);
-    const ping = await run(["ip", "netns", "exec", ns.name, "ping", "-c1", "-W2", result.ips?.[0]?.gateway as string]);
+    const ping = await run([
+      "ip",
+      "netns",
+      "exec",
+      ns.name,
+      "ping",
+      "-c1",
+      "-W2",
+      result.ips?.[0]?.gateway as string,
+    ]);
     expect(ping.code).toBe(0);
     const del = await cni({ command: "DEL", conf, ...ids });
     expect(del.code).toBe(0);
@@ -147,7 +179,12 @@ describe("other reference plugins as delegate", () => {
     try {
       await using ns = await makeNetns();
       const conf = ratchetConf("1.1.0", {
-        delegate: { type: "macvlan", master, mode: "bridge", ipam: { type: "static", addresses: [{ address: "10.203.0.5/24" }] } },
+        delegate: {
+          type: "macvlan",
+          master,
+          mode: "bridge",
+          ipam: { type: "static", addresses: [{ address: "10.203.0.5/24" }] },
+        },
       });
       const ids = { containerId: `ctr-${ns.name}`, netns: ns.path, ifname: "net1" };
       const add = await cni({ command: "ADD", conf, ...ids });
@@ -196,7 +233,15 @@ describe("other reference plugins as delegate", () => {
     await using ns = await makeNetns();
     // host-local refuses a range outside its subnet: the plugin's own error.
     const conf = ratchetConf("1.0.0", {
-      delegate: { type: "ptp", ipam: { type: "host-local", subnet: "10.204.0.0/24", rangeStart: "10.9.9.9", dataDir: join(scratch.path, "bad") } },
+      delegate: {
+        type: "ptp",
+        ipam: {
+          type: "host-local",
+          subnet: "10.204.0.0/24",
+          rangeStart: "10.9.9.9",
+          dataDir: join(scratch.path, "bad"),
+        },
+      },
     });
     const add = await cni({ command: "ADD", conf, containerId: "bad1", netns: ns.path, ifname: "eth0" });
     expect(add.code).toBe(1);

@@ -45,9 +45,17 @@ describe("etcd faults", () => {
 
     await etcd.up();
     // The agent retries the record removal by itself: primary-pod's endpoint disappears.
-    await waitFor("primary-pod's records to be removed", async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")), 20_000);
+    await waitFor(
+      "primary-pod's records to be removed",
+      async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")),
+      20_000,
+    );
     // (the agent logs it right after the transaction that the wait above saw)
-    await waitFor("the agent's log line", async () => n.logTail(200).includes("removed the records of a DEL that happened while etcd was away"), 5000);
+    await waitFor(
+      "the agent's log line",
+      async () => n.logTail(200).includes("removed the records of a DEL that happened while etcd was away"),
+      5000,
+    );
     expect((await pair.del(conf)).code).toBe(0);
     await pair.removeNetns();
     expect(await records(etcd, c)).toEqual([]);
@@ -80,7 +88,11 @@ describe("etcd faults", () => {
 
 describe("etcd over TLS with client certificates and a password", () => {
   test("pods link across two nodes through a TLS + auth etcd; the password is never logged", async () => {
-    await using etcd = await startEtcd({ tls: true, clientCerts: true, auth: { username: "ratchet", password: "s3cret-Pa55" } });
+    await using etcd = await startEtcd({
+      tls: true,
+      clientCerts: true,
+      auth: { username: "ratchet", password: "s3cret-Pa55" },
+    });
     await using c = await makeCluster({ nodes: 2 });
     c.loadPods(EXAMPLE);
     // The role only covers /ratchet: keep ratchet's keys there.
@@ -99,7 +111,9 @@ describe("etcd over TLS with client certificates and a password", () => {
     for (const n of c.nodes) expect(await n.logTail(10_000)).not.toContain("s3cret-Pa55");
     const client = new Etcd3(etcd.clientOptions());
     try {
-      expect((await client.getAll().prefix(`/ratchet/${c.id}/`).keys()).filter((k) => !k.endsWith("/vni-next"))).toEqual([]);
+      expect(
+        (await client.getAll().prefix(`/ratchet/${c.id}/`).keys()).filter((k) => !k.endsWith("/vni-next")),
+      ).toEqual([]);
     } finally {
       client.close();
     }
@@ -114,7 +128,10 @@ describe("etcd down during ADD", () => {
     const n = c.node(1);
     const dataDir = join(c.dir, "ipam");
     // A boot network with state to undo: ptp + host-local (an address, a host-side veth).
-    const conf = { ...etcd.conf(), boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "10.74.0.0/24", dataDir } } };
+    const conf = {
+      ...etcd.conf(),
+      boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "10.74.0.0/24", dataDir } },
+    };
     const primary = await n.pod("primary-pod");
     expect((await primary.add(conf)).code).toBe(0);
     const pair = await n.pod("pair-pod");

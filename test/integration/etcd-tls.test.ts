@@ -17,11 +17,23 @@ interface CheckOutput {
 const secret = () => `pw-${crypto.randomUUID()}`;
 
 /** `ratchet-child --check` with these config fields, as a node runs it; also returns its log. */
-async function check(fields: Record<string, unknown>): Promise<RunResult & { out: CheckOutput; log: string }> {
+async function check(
+  fields: Record<string, unknown>,
+): Promise<RunResult & { out: CheckOutput; log: string }> {
   using dir = tempDir("ratchet-etcdcheck-");
   const conf = join(dir.path, "ratchet.conf");
   const logFile = join(dir.path, "ratchet.log");
-  writeFileSync(conf, JSON.stringify({ cniVersion: "1.0.0", name: "t", type: "ratchet", log_file: logFile, log_level: "debug", ...fields }));
+  writeFileSync(
+    conf,
+    JSON.stringify({
+      cniVersion: "1.0.0",
+      name: "t",
+      type: "ratchet",
+      log_file: logFile,
+      log_level: "debug",
+      ...fields,
+    }),
+  );
   const child = join(dirname(installedBin()), "ratchet-child");
   const r = await run(hiddenCheckout([child, "--check", "--config", conf]), { timeoutMs: 60_000 });
   const log = existsSync(logFile) ? readFileSync(logFile, "utf8") : "";
@@ -29,7 +41,9 @@ async function check(fields: Record<string, unknown>): Promise<RunResult & { out
   try {
     out = JSON.parse(r.stdout) as CheckOutput;
   } catch {
-    throw new Error(`--check printed no JSON (exit ${r.code}): stdout ${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}`);
+    throw new Error(
+      `--check printed no JSON (exit ${r.code}): stdout ${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}`,
+    );
   }
   return { ...r, out, log };
 }
@@ -78,7 +92,11 @@ describe("ratchet-child --check against etcd with TLS and auth (compiled binary,
 
   test("TLS, client certificate and username/password: ok, and the password is nowhere", async () => {
     const password = secret();
-    await using etcd = await startEtcd({ tls: true, clientCerts: true, auth: { username: "ratchet-node", password } });
+    await using etcd = await startEtcd({
+      tls: true,
+      clientCerts: true,
+      auth: { username: "ratchet-node", password },
+    });
     const r = await check(etcd.conf());
     expectOk(r, etcd);
     expectNoSecret(r, password);
@@ -119,7 +137,11 @@ describe("ratchet-child --check against etcd with TLS and auth (compiled binary,
   test("a wrong password: not ok with an authentication error; neither password appears", async () => {
     const password = secret();
     const wrong = secret();
-    await using etcd = await startEtcd({ tls: true, clientCerts: true, auth: { username: "ratchet-node", password } });
+    await using etcd = await startEtcd({
+      tls: true,
+      clientCerts: true,
+      auth: { username: "ratchet-node", password },
+    });
     const wrongFile = join(etcd.dir, "wrong-password");
     writeFileSync(wrongFile, `${wrong}\n`);
     const r = await check({ ...etcd.conf(), etcd_password_file: wrongFile });
@@ -190,7 +212,13 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
     const conf = parseNetConf({ name: "t", type: "ratchet", ...etcd.conf() });
     const client = openEtcd(conf);
     try {
-      const err = await client.put("/elsewhere").value("x").then(() => undefined, (e: unknown) => e);
+      const err = await client
+        .put("/elsewhere")
+        .value("x")
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
       expect(describeEtcdError(err, conf)).toMatch(/permission denied for user "ratchet-node"/);
     } finally {
       client.close();
@@ -207,10 +235,14 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
     await using etcd = await startEtcd({ clientCerts: true, auth: { username: "ratchet-node", password } });
     const other = makeCa(join(etcd.dir, "other-ca"), "other", "some-other-ca");
     const wrongCa = await failure({ ...etcd.conf(), etcd_ca_file: other.certFile });
-    expect(wrongCa).toStartWith(`etcd ${etcd.endpoint}: TLS: the server's certificate is not accepted: unable to verify`);
+    expect(wrongCa).toStartWith(
+      `etcd ${etcd.endpoint}: TLS: the server's certificate is not accepted: unable to verify`,
+    );
     // No etcd_ca_file: the default roots, which do not know the test CA.
     const { etcd_ca_file: _ca, ...noCa } = etcd.conf();
-    expect(await failure(noCa)).toStartWith(`etcd ${etcd.endpoint}: TLS: the server's certificate is not accepted:`);
+    expect(await failure(noCa)).toStartWith(
+      `etcd ${etcd.endpoint}: TLS: the server's certificate is not accepted:`,
+    );
 
     const { etcd_cert_file: _c, etcd_key_file: _k, ...noCert } = etcd.conf();
     expect(await failure(noCert)).toMatch(/^etcd \S+: TLS: .*etcd_cert_file and etcd_key_file/);
@@ -233,7 +265,12 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
     // handshake fails before any HTTP/2, so a plain TLS server stands in for etcd.
     using dir = tempDir("ratchet-etcdname-");
     const pki = makePki(dir.path);
-    const server = Bun.listen({ hostname: "127.0.0.2", port: 0, tls: { cert: pki.server.cert, key: pki.server.key }, socket: { data() {} } });
+    const server = Bun.listen({
+      hostname: "127.0.0.2",
+      port: 0,
+      tls: { cert: pki.server.cert, key: pki.server.key },
+      socket: { data() {} },
+    });
     try {
       const endpoint = `https://127.0.0.2:${server.port}`;
       const error = await failure({ etcd_endpoints: [endpoint], etcd_ca_file: pki.ca.certFile });
@@ -254,7 +291,11 @@ describe("openEtcd in-process against etcd with TLS and auth", () => {
       expect(existsSync(dir)).toBe(true);
     }
     expect(existsSync(dir)).toBe(false);
-    const conf = parseNetConf({ name: "t", type: "ratchet", etcd_endpoints: [endpoint.replace("https://", "http://")] });
+    const conf = parseNetConf({
+      name: "t",
+      type: "ratchet",
+      etcd_endpoints: [endpoint.replace("https://", "http://")],
+    });
     expect(await failure(conf)).toMatch(/unreachable/);
   });
 });

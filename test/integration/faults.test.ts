@@ -12,7 +12,6 @@ import { rng } from "../support/rng.ts";
 
 const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
 
-
 describe("the node agent killed at random points", () => {
   test("50 times during ADD and DEL: after the runtime's retry every link is right, nothing leaks", async () => {
     await using c = await makeCluster({ nodes: 1 });
@@ -45,7 +44,11 @@ describe("the node agent killed at random points", () => {
       expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
       await pair.removeNetns();
       // The veth goes with the DEL (or, at the latest, with pair-pod's netns, asynchronously).
-      await waitFor("primary-pod's end to go", async () => (await c.iface(primary, "in1")) === undefined, 5000);
+      await waitFor(
+        "primary-pod's end to go",
+        async () => (await c.iface(primary, "in1")) === undefined,
+        5000,
+      );
       if (i % 10 === 9) {
         // Now and then the other side goes too, and comes back.
         expect((await primary.del()).code).toBe(0);
@@ -71,7 +74,14 @@ describe("the plugin killed by its runtime", () => {
       const pair = await n.pod("pair-pod");
       const proc = Bun.spawn({
         cmd: [installedBin()],
-        env: cniEnv({ command: "ADD", conf: n.conf(), containerId: pair.containerId, netns: pair.netns.path, ifname: pair.ifname, args: pair.args }) as Record<string, string>,
+        env: cniEnv({
+          command: "ADD",
+          conf: n.conf(),
+          containerId: pair.containerId,
+          netns: pair.netns.path,
+          ifname: pair.ifname,
+          args: pair.args,
+        }) as Record<string, string>,
         stdin: new TextEncoder().encode(JSON.stringify(n.conf())),
         stdout: "ignore",
         stderr: "ignore",
@@ -83,7 +93,11 @@ describe("the plugin killed by its runtime", () => {
       expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
       await pair.removeNetns();
       // Whatever the killed ADD got to build is gone with the DEL.
-      await waitFor("primary-pod's end to go", async () => (await c.iface(primary, "in1")) === undefined, 5000);
+      await waitFor(
+        "primary-pod's end to go",
+        async () => (await c.iface(primary, "in1")) === undefined,
+        5000,
+      );
     }
     expect((await primary.del()).code).toBe(0);
     await primary.removeNetns();
@@ -117,28 +131,32 @@ describe("logging that fails is not fatal", () => {
   test.each([
     ["a full disk (/dev/full)", "/dev/full"],
     ["a log path under a regular file (ENOTDIR)", "__FILE__/ratchet.log"],
-  ])("%s: ADD and DEL still work, agent included", async (_what, logFile) => {
-    await using c = await makeCluster({ nodes: 1 });
-    c.loadPods(EXAMPLE);
-    const path = logFile.replace("__FILE__", join(REPO, "package.json"));
-    const n = c.node(1);
-    const conf = { log_file: path, log_level: "debug" };
-    const primary = await n.pod("primary-pod");
-    const pair = await n.pod("pair-pod");
-    expect((await primary.add(conf)).code).toBe(0);
-    const r = await pair.add(conf);
-    expect(r.code).toBe(0);
-    expect(await c.ping(primary, "192.168.2.101", 5000)).toBe(true);
-    expect((await pair.del(conf)).code).toBe(0);
-    expect((await primary.del(conf)).code).toBe(0);
-    await pair.removeNetns();
-    await primary.removeNetns();
-    // The agent (whose output went nowhere) is still fine and answers.
-    expect((await n.status(conf)).code).toBe(0);
-    // Its agents log to an unusual place: stop them here rather than by log file.
-    for (const pid of childPids(path)) process.kill(pid, "SIGKILL");
-    await c.assertClean();
-  }, 120_000);
+  ])(
+    "%s: ADD and DEL still work, agent included",
+    async (_what, logFile) => {
+      await using c = await makeCluster({ nodes: 1 });
+      c.loadPods(EXAMPLE);
+      const path = logFile.replace("__FILE__", join(REPO, "package.json"));
+      const n = c.node(1);
+      const conf = { log_file: path, log_level: "debug" };
+      const primary = await n.pod("primary-pod");
+      const pair = await n.pod("pair-pod");
+      expect((await primary.add(conf)).code).toBe(0);
+      const r = await pair.add(conf);
+      expect(r.code).toBe(0);
+      expect(await c.ping(primary, "192.168.2.101", 5000)).toBe(true);
+      expect((await pair.del(conf)).code).toBe(0);
+      expect((await primary.del(conf)).code).toBe(0);
+      await pair.removeNetns();
+      await primary.removeNetns();
+      // The agent (whose output went nowhere) is still fine and answers.
+      expect((await n.status(conf)).code).toBe(0);
+      // Its agents log to an unusual place: stop them here rather than by log file.
+      for (const pid of childPids(path)) process.kill(pid, "SIGKILL");
+      await c.assertClean();
+    },
+    120_000,
+  );
 });
 
 describe("hostile configs", () => {
@@ -165,7 +183,14 @@ describe("hostile configs", () => {
       delegate: { type: "loopback" },
     };
     const t0 = performance.now();
-    const r = await cni({ command: "ADD", conf, containerId: "nochild", netns: ns.path, ifname: "eth0", args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p" });
+    const r = await cni({
+      command: "ADD",
+      conf,
+      containerId: "nochild",
+      netns: ns.path,
+      ifname: "eth0",
+      args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+    });
     expect(r.code).toBe(1);
     expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("/nonexistent/ratchet-child") });
     expect(performance.now() - t0).toBeLessThan(6000);

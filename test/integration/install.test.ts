@@ -40,7 +40,13 @@ describe("scripts/install.sh", () => {
     const oldInode = statSync(old).ino;
 
     // Keep the old binary executing: as a CNI plugin it waits for its config on stdin.
-    const running = Bun.spawn({ cmd: [old], env: { CNI_COMMAND: "VERSION" }, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    const running = Bun.spawn({
+      cmd: [old],
+      env: { CNI_COMMAND: "VERSION" },
+      stdin: "pipe",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     try {
       const r = await run([INSTALL, target]);
       expect(r.stderr).toBe("");

@@ -24,22 +24,30 @@ function manifests(): { containers: Obj[]; config: string } {
   const ds = docs.find((d) => d.kind === "DaemonSet");
   const cm = docs.find((d) => d.kind === "ConfigMap");
   const spec = ((ds?.spec as Obj | undefined)?.template as Obj | undefined)?.spec as Obj | undefined;
-  const containers = [...((spec?.initContainers as Obj[] | undefined) ?? []), ...((spec?.containers as Obj[] | undefined) ?? [])];
+  const containers = [
+    ...((spec?.initContainers as Obj[] | undefined) ?? []),
+    ...((spec?.containers as Obj[] | undefined) ?? []),
+  ];
   const config = (cm?.data as Record<string, string> | undefined)?.["10-ratchet.conf"];
-  if (!config || containers.length === 0) throw new Error("DaemonSet or ConfigMap not found in conf/kubernetes/");
+  if (!config || containers.length === 0)
+    throw new Error("DaemonSet or ConfigMap not found in conf/kubernetes/");
   return { containers, config };
 }
 
 function script(containers: Obj[], name: string): string {
   const c = containers.find((x) => x.name === name);
   const cmd = c?.command as string[] | undefined;
-  if (!cmd || cmd[0] !== "/bin/sh" || cmd[1] !== "-c" || typeof cmd[2] !== "string") throw new Error(`container ${name}: no /bin/sh -c script`);
+  if (!cmd || cmd[0] !== "/bin/sh" || cmd[1] !== "-c" || typeof cmd[2] !== "string")
+    throw new Error(`container ${name}: no /bin/sh -c script`);
   return cmd[2];
 }
 
 describe("the DaemonSet's generated kubeconfig", () => {
   test("reads pods through ratchet's pod reader, also after the token rotates", async () => {
-    await using api = startApiServer({ podFiles: [join(REPO, "pod_specs", "multi-link.yaml")], tokens: ["sa-token-1"] });
+    await using api = startApiServer({
+      podFiles: [join(REPO, "pod_specs", "multi-link.yaml")],
+      tokens: ["sa-token-1"],
+    });
     using dir = tempDir("ratchet-k8s-kubeconfig-");
     const { containers, config } = manifests();
     const d = (p: string) => join(dir.path, p);
@@ -67,10 +75,16 @@ describe("the DaemonSet's generated kubeconfig", () => {
     expect(conf.kubeconfig).toBe("/etc/cni/net.d/ratchet-kubeconfig");
     using reader = new PodReader({ kubeconfig: join(env.CNI_CONF_DIR as string, "ratchet-kubeconfig") });
     const hub = await reader.readPod("default", "hub", 5000);
-    expect(podLinks(hub, { defaultPrefix: 24 }).links.map((l) => `${l.local.ifname}->${l.peer.pod}`)).toEqual(["eth1->spoke-a", "eth2->spoke-b"]);
+    expect(podLinks(hub, { defaultPrefix: 24 }).links.map((l) => `${l.local.ifname}->${l.peer.pod}`)).toEqual(
+      ["eth1->spoke-a", "eth2->spoke-b"],
+    );
 
     // Rotation: kubelet replaces the projected token, the API server stops accepting the old one.
-    const sync = Bun.spawn(["/bin/sh", "-c", script(containers, "token-sync")], { env: { ...env, SYNC_SECONDS: "0.2" }, stdout: "ignore", stderr: "pipe" });
+    const sync = Bun.spawn(["/bin/sh", "-c", script(containers, "token-sync")], {
+      env: { ...env, SYNC_SECONDS: "0.2" },
+      stdout: "ignore",
+      stderr: "pipe",
+    });
     try {
       writeFileSync(`${sa.tokenFile}.new`, "sa-token-2");
       renameSync(`${sa.tokenFile}.new`, sa.tokenFile);

@@ -40,11 +40,20 @@ describe("PodReader with a kubeconfig", () => {
       namespace: "default",
       name: "primary-pod",
       uid: api.getPod("default", "primary-pod")?.metadata.uid as string,
-      labels: expect.objectContaining({ ratchet: "true", "ratchet.local_ifname": "in1", "ratchet.pair_name": "pair-pod" }),
+      labels: expect.objectContaining({
+        ratchet: "true",
+        "ratchet.local_ifname": "in1",
+        "ratchet.pair_name": "pair-pod",
+      }),
       annotations: {},
       nodeName: undefined,
     });
-    expect(api.requests.at(-1)).toEqual({ method: "GET", path: "/api/v1/namespaces/default/pods/primary-pod", token: api.token, status: 200 });
+    expect(api.requests.at(-1)).toEqual({
+      method: "GET",
+      path: "/api/v1/namespaces/default/pods/primary-pod",
+      token: api.token,
+      status: 200,
+    });
   });
 
   test.each([
@@ -53,17 +62,30 @@ describe("PodReader with a kubeconfig", () => {
   ] as const)("client certificate (%s): the server requires one and accepts ours", async (_what, inline) => {
     await using api = startApiServer({ podFiles: [EXAMPLE], clientCert: true });
     using dir = tempDir();
-    api.putPod({ kind: "Pod", metadata: { name: "with-node", namespace: "lab", annotations: { "ratchet/links": "[]" } }, spec: { nodeName: "node-1" } });
+    api.putPod({
+      kind: "Pod",
+      metadata: { name: "with-node", namespace: "lab", annotations: { "ratchet/links": "[]" } },
+      spec: { nodeName: "node-1" },
+    });
     using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "cert", inline }) });
     const pod = await reader.readPod("lab", "with-node", 5000);
-    expect(pod).toMatchObject({ namespace: "lab", name: "with-node", nodeName: "node-1", annotations: { "ratchet/links": "[]" } });
+    expect(pod).toMatchObject({
+      namespace: "lab",
+      name: "with-node",
+      nodeName: "node-1",
+      annotations: { "ratchet/links": "[]" },
+    });
     expect(api.requests.at(-1)?.token).toBeUndefined();
 
     // The same server refuses a client that has only a token: the certificate is what let us in.
-    using tokenOnly = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", name: "token-only" }) });
+    using tokenOnly = new PodReader({
+      kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", name: "token-only" }),
+    });
     const err = await failure(tokenOnly.readPod("lab", "with-node", 5000));
     expect(err.code).toBe(11);
-    expect(err.message).toBe(`cannot read pod lab/with-node from ${api.url}: the TLS handshake failed (the server may require a client certificate) (EPROTO)`);
+    expect(err.message).toBe(
+      `cannot read pod lab/with-node from ${api.url}: the TLS handshake failed (the server may require a client certificate) (EPROTO)`,
+    );
   });
 
   test("a CA the server's certificate is not signed by is rejected: code 11, the message says certificate", async () => {
@@ -71,7 +93,14 @@ describe("PodReader with a kubeconfig", () => {
     using dir = tempDir();
     const other = makeCa(join(dir.path, "other"), "other", "some-other-ca");
     for (const inline of [true, false]) {
-      using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", caPem: other.cert, inline, name: `kc-${inline}` }) });
+      using reader = new PodReader({
+        kubeconfig: api.writeKubeconfig(dir.path, {
+          auth: "token",
+          caPem: other.cert,
+          inline,
+          name: `kc-${inline}`,
+        }),
+      });
       const err = await failure(reader.readPod("default", "primary-pod", 5000));
       expect(err.code).toBe(11);
       expect(err.message).toStartWith(`cannot read pod default/primary-pod from ${api.url}: `);
@@ -84,10 +113,14 @@ describe("PodReader with a kubeconfig", () => {
   test("a wrong token: code 11 with the status", async () => {
     await using api = startApiServer({ podFiles: [EXAMPLE] });
     using dir = tempDir();
-    using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", token: "not-the-token" }) });
+    using reader = new PodReader({
+      kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", token: "not-the-token" }),
+    });
     const err = await failure(reader.readPod("default", "primary-pod", 5000));
     expect(err.code).toBe(11);
-    expect(err.message).toBe(`cannot read pod default/primary-pod: the API server ${api.url} answered 401 Unauthorized (check the token or client certificate)`);
+    expect(err.message).toBe(
+      `cannot read pod default/primary-pod: the API server ${api.url} answered 401 Unauthorized (check the token or client certificate)`,
+    );
     expect(api.requests.at(-1)).toMatchObject({ token: "not-the-token", status: 401 });
   });
 
@@ -102,7 +135,9 @@ describe("PodReader with a kubeconfig", () => {
 
     // Deleted and re-added pods are seen as they are now.
     expect(api.deletePod("default", "primary-pod")).toBe(true);
-    expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toStartWith("pod default/primary-pod not found");
+    expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toStartWith(
+      "pod default/primary-pod not found",
+    );
     api.putPod({ kind: "Pod", metadata: { name: "primary-pod", labels: { ratchet: "false" } } });
     expect((await reader.readPod("default", "primary-pod", 5000)).labels).toEqual({ ratchet: "false" });
   });
@@ -113,8 +148,14 @@ describe("PodReader with a kubeconfig", () => {
     using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token" }) });
     api.setFault({ status: 503, message: "etcd is sad" });
     const err = await failure(reader.readPod("default", "primary-pod", 5000));
-    expect(err).toMatchObject({ code: 11, message: `cannot read pod default/primary-pod: the API server ${api.url} answered 503 Service Unavailable: etcd is sad` });
-    api.setFault({ status: 403, message: 'pods "primary-pod" is forbidden:\nUser "x" cannot get resource "pods"' });
+    expect(err).toMatchObject({
+      code: 11,
+      message: `cannot read pod default/primary-pod: the API server ${api.url} answered 503 Service Unavailable: etcd is sad`,
+    });
+    api.setFault({
+      status: 403,
+      message: 'pods "primary-pod" is forbidden:\nUser "x" cannot get resource "pods"',
+    });
     expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toBe(
       `cannot read pod default/primary-pod: the API server ${api.url} answered 403 Forbidden (the node agent needs RBAC permission to get pods): pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
     );
@@ -125,7 +166,9 @@ describe("PodReader with a kubeconfig", () => {
   test("server down: code 11 well within the deadline", async () => {
     await using api = startApiServer({ podFiles: [EXAMPLE] }); // stop() below; disposal stops it if the test fails first
     using dir = tempDir();
-    using reader = new PodReader({ kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", name: "kc" }) });
+    using reader = new PodReader({
+      kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", name: "kc" }),
+    });
     await reader.readPod("default", "primary-pod", 5000); // a pooled connection, then the server goes away
     const url = api.url;
     await api.stop();
@@ -133,7 +176,11 @@ describe("PodReader with a kubeconfig", () => {
     const err = await failure(reader.readPod("default", "primary-pod", 2000));
     expect(performance.now() - t0).toBeLessThan(2000);
     expect(err.code).toBe(11);
-    expect(err.message).toMatch(new RegExp(`^cannot read pod default/primary-pod from ${url}: .*\\((ECONNREFUSED|ECONNRESET|ConnectionClosed)\\)$`));
+    expect(err.message).toMatch(
+      new RegExp(
+        `^cannot read pod default/primary-pod from ${url}: .*\\((ECONNREFUSED|ECONNRESET|ConnectionClosed)\\)$`,
+      ),
+    );
   });
 
   test("a server that does not answer: code 11 at the deadline", async () => {
@@ -146,7 +193,10 @@ describe("PodReader with a kubeconfig", () => {
     const took = performance.now() - t0;
     expect(took).toBeGreaterThanOrEqual(290);
     expect(took).toBeLessThan(1500);
-    expect(err).toMatchObject({ code: 11, message: `cannot read pod default/primary-pod from ${api.url}: no answer within 300 ms` });
+    expect(err).toMatchObject({
+      code: 11,
+      message: `cannot read pod default/primary-pod from ${api.url}: no answer within 300 ms`,
+    });
   });
 
   test("a kubeconfig token-file is re-read when it rotates", async () => {
@@ -156,7 +206,9 @@ describe("PodReader with a kubeconfig", () => {
     writeFileSync(tokenFile, "first\n");
     const kc = api.writeKubeconfig(dir.path, { auth: "token" });
     // Point the user at the file instead of an inline token (relative to the kubeconfig).
-    const config = JSON.parse(await Bun.file(kc).text()) as { users: Array<{ user: Record<string, string> }> };
+    const config = JSON.parse(await Bun.file(kc).text()) as {
+      users: Array<{ user: Record<string, string> }>;
+    };
     config.users[0]!.user = { "token-file": "token" };
     writeFileSync(kc, JSON.stringify(config));
     using reader = new PodReader({ kubeconfig: kc });
@@ -170,7 +222,12 @@ describe("PodReader with a kubeconfig", () => {
   test("an unreadable kubeconfig is a config error (7) naming the file", () => {
     using dir = tempDir();
     const path = join(dir.path, "missing");
-    expect(() => new PodReader({ kubeconfig: path })).toThrow(expect.objectContaining({ code: 7, message: expect.stringContaining(`cannot load kubeconfig "${path}"`) }));
+    expect(() => new PodReader({ kubeconfig: path })).toThrow(
+      expect.objectContaining({
+        code: 7,
+        message: expect.stringContaining(`cannot load kubeconfig "${path}"`),
+      }),
+    );
   });
 
   test("a bad pod name never reaches the API", async () => {
@@ -191,7 +248,9 @@ describe("PodReader in a cluster (service account)", () => {
     const sa = api.writeServiceAccount(dir.path, "sa-1");
     using reader = new PodReader({ env: sa.env, serviceAccountDir: sa.dir });
     expect(reader.server).toBe(api.url);
-    expect((await reader.readPod("default", "primary-pod", 5000)).labels["ratchet.pair_name"]).toBe("pair-pod");
+    expect((await reader.readPod("default", "primary-pod", 5000)).labels["ratchet.pair_name"]).toBe(
+      "pair-pod",
+    );
 
     // The server moves to a new token: until the file changes we are refused...
     api.setTokens(["sa-2"]);
@@ -199,11 +258,17 @@ describe("PodReader in a cluster (service account)", () => {
     // ...and as soon as it does, the next request uses it.
     replaceFile(sa.tokenFile, "sa-2\n");
     expect((await reader.readPod("default", "primary-pod", 5000)).name).toBe("primary-pod");
-    expect(api.requests.map((r) => [r.token, r.status])).toEqual([["sa-1", 200], ["sa-1", 401], ["sa-2", 200]]);
+    expect(api.requests.map((r) => [r.token, r.status])).toEqual([
+      ["sa-1", 200],
+      ["sa-1", 401],
+      ["sa-2", 200],
+    ]);
   });
 
   test("without KUBERNETES_SERVICE_HOST and no kubeconfig: a config error (7)", () => {
-    expect(() => new PodReader({ env: {} })).toThrow(expect.objectContaining({ code: 7, message: expect.stringContaining("KUBERNETES_SERVICE_HOST") }));
+    expect(() => new PodReader({ env: {} })).toThrow(
+      expect.objectContaining({ code: 7, message: expect.stringContaining("KUBERNETES_SERVICE_HOST") }),
+    );
   });
 
   test("the service account CA is what the server is checked against", async () => {

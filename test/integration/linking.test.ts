@@ -12,7 +12,17 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { killChildren, waitFor } from "../support/child.ts";
 import { assertValidResult, VERSIONS, type CniResultJson } from "../support/cni.ts";
-import { annotatedPod, makeCluster, plainPod, type AnnotationLink, type CniRun, type Cluster, type IfaceInfo, type Node, type Pod } from "../support/cluster.ts";
+import {
+  annotatedPod,
+  makeCluster,
+  plainPod,
+  type AnnotationLink,
+  type CniRun,
+  type Cluster,
+  type IfaceInfo,
+  type Node,
+  type Pod,
+} from "../support/cluster.ts";
 import { REPO } from "../support/env.ts";
 import { ipIn } from "../support/netns.ts";
 
@@ -28,18 +38,22 @@ function logs(c: Cluster): string {
 
 /** The ADD result, or an error carrying the CNI error and the nodes' logs. */
 function ok(c: Cluster, r: CniRun, what: string, version = "1.0.0"): CniResultJson {
-  if (r.code !== 0) throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
+  if (r.code !== 0)
+    throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
   return assertValidResult(r.json, version);
 }
 
 /** Asserts a DEL (or CHECK) succeeded. */
 function done(c: Cluster, r: CniRun, what: string): void {
-  if (r.code !== 0) throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
+  if (r.code !== 0)
+    throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
 }
 
 /** The ratchet interfaces a result lists for this pod (not the boot network's lo). */
 function linkIfaces(result: CniResultJson, pod: Pod): string[] {
-  return (result.interfaces ?? []).filter((i) => i.sandbox === pod.netns.path && i.name !== "lo").map((i) => i.name);
+  return (result.interfaces ?? [])
+    .filter((i) => i.sandbox === pod.netns.path && i.name !== "lo")
+    .map((i) => i.name);
 }
 
 /** The addresses a result gives one of its interfaces. */
@@ -55,7 +69,13 @@ function expectBoot(result: CniResultJson, pod: Pod): void {
 }
 
 /** Asserts the result lists exactly `ifname` as ratchet interface, with the kernel's MAC and the addresses. */
-async function expectResultIface(c: Cluster, result: CniResultJson, pod: Pod, ifname: string, ips: string[]): Promise<void> {
+async function expectResultIface(
+  c: Cluster,
+  result: CniResultJson,
+  pod: Pod,
+  ifname: string,
+  ips: string[],
+): Promise<void> {
   expect(linkIfaces(result, pod)).toEqual([ifname]);
   const entry = result.interfaces?.find((i) => i.name === ifname);
   const real = await c.iface(pod, ifname);
@@ -67,7 +87,11 @@ async function expectResultIface(c: Cluster, result: CniResultJson, pod: Pod, if
 
 async function waitIface(c: Cluster, pod: Pod, ifname: string, timeoutMs = 10_000): Promise<IfaceInfo> {
   try {
-    const i = await waitFor(`${ifname} in ${pod.namespace}/${pod.name} on ${pod.node.name}`, () => c.iface(pod, ifname), timeoutMs);
+    const i = await waitFor(
+      `${ifname} in ${pod.namespace}/${pod.name} on ${pod.node.name}`,
+      () => c.iface(pod, ifname),
+      timeoutMs,
+    );
     if (i === undefined) throw new Error("waitFor returned nothing");
     return i;
   } catch (err) {
@@ -76,16 +100,28 @@ async function waitIface(c: Cluster, pod: Pod, ifname: string, timeoutMs = 10_00
 }
 
 async function waitGone(c: Cluster, pod: Pod, ifname: string, timeoutMs = 10_000): Promise<void> {
-  await waitFor(`${ifname} gone from ${pod.name}`, async () => (await c.iface(pod, ifname)) === undefined, timeoutMs);
+  await waitFor(
+    `${ifname} gone from ${pod.name}`,
+    async () => (await c.iface(pod, ifname)) === undefined,
+    timeoutMs,
+  );
 }
 
 /** An end that is up, with these addresses (and MTU / MAC when given). */
-async function expectEnd(c: Cluster, pod: Pod, ifname: string, want: { kind: "veth" | "vxlan"; ips: string[]; mtu?: number; mac?: string }): Promise<IfaceInfo> {
+async function expectEnd(
+  c: Cluster,
+  pod: Pod,
+  ifname: string,
+  want: { kind: "veth" | "vxlan"; ips: string[]; mtu?: number; mac?: string },
+): Promise<IfaceInfo> {
   await waitIface(c, pod, ifname);
   // Operstate follows a moment after the link comes up (the kernel's linkwatch): wait for it,
   // then assert on what is there.
-  const settled = (x: IfaceInfo | undefined) => x !== undefined && x.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
-  await waitFor(`${ifname} of ${pod.name} up`, async () => settled(await c.iface(pod, ifname)), 3000).catch(() => undefined);
+  const settled = (x: IfaceInfo | undefined) =>
+    x !== undefined && x.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
+  await waitFor(`${ifname} of ${pod.name} up`, async () => settled(await c.iface(pod, ifname)), 3000).catch(
+    () => undefined,
+  );
   const i = await waitIface(c, pod, ifname);
   expect(i.kind).toBe(want.kind);
   expect(i.up).toBe(true);
@@ -108,7 +144,8 @@ function expectTunnel(a: IfaceInfo, aNode: Node, b: IfaceInfo, bNode: Node): voi
   expect(b.remote).toBe(aNode.underlay);
   if (a.local !== undefined) expect(a.local).toBe(aNode.underlay);
   if (b.local !== undefined) expect(b.local).toBe(bNode.underlay);
-  const port = (i: IfaceInfo) => ((i.raw.linkinfo as { info_data?: { port?: number } } | undefined)?.info_data?.port);
+  const port = (i: IfaceInfo) =>
+    (i.raw.linkinfo as { info_data?: { port?: number } } | undefined)?.info_data?.port;
   expect(port(a)).toBe(port(b) as number);
   expect(a.mtu).toBe(b.mtu);
   expect(a.mtu).toBeLessThanOrEqual(MAX_VXLAN_MTU);
@@ -117,7 +154,9 @@ function expectTunnel(a: IfaceInfo, aNode: Node, b: IfaceInfo, bNode: Node): voi
 async function expectPing(c: Cluster, from: Pod, ip: string, timeoutMs = 8000): Promise<void> {
   if (!(await c.ping(from, ip, timeoutMs))) {
     const names = await c.ifaceNames(from);
-    throw new Error(`no ping from ${from.name} (${from.node.name}) to ${ip}; links in its netns: ${names.join(", ")}\n${logs(c)}`);
+    throw new Error(
+      `no ping from ${from.name} (${from.node.name}) to ${ip}; links in its netns: ${names.join(", ")}\n${logs(c)}`,
+    );
   }
 }
 
@@ -190,7 +229,12 @@ describe("issue 6.1: ADD results in every CNI version, standalone and chained", 
     const n = c.node(1);
     for (const [i, version] of VERSIONS.entries()) {
       const [an, bn] = [`ver-a-${i}`, `ver-b-${i}`];
-      mirroredPair(c, an, bn, { local_ifname: "w0", peer_ifname: "w1", local_ip: ["10.65.0.1/24", "fd65::1/64"], peer_ip: ["10.65.0.2/24", "fd65::2/64"] });
+      mirroredPair(c, an, bn, {
+        local_ifname: "w0",
+        peer_ifname: "w1",
+        local_ip: ["10.65.0.1/24", "fd65::1/64"],
+        peer_ip: ["10.65.0.2/24", "fd65::2/64"],
+      });
       const a = await n.pod(an);
       const b = await n.pod(bn);
       const ra = ok(c, await a.add({ cniVersion: version }), `ADD ${an} (${version})`, version);
@@ -215,7 +259,12 @@ describe("issue 6.1: ADD results in every CNI version, standalone and chained", 
 
   test("chained (no delegate, prevResult from the plugin before): prevResult plus the link end", async () => {
     await using c = await makeCluster({ nodes: 2 });
-    mirroredPair(c, "ch-a", "ch-b", { local_ifname: "k0", peer_ifname: "k1", local_ip: "10.66.0.1/24", peer_ip: "10.66.0.2/24" });
+    mirroredPair(c, "ch-a", "ch-b", {
+      local_ifname: "k0",
+      peer_ifname: "k1",
+      local_ip: "10.66.0.1/24",
+      peer_ip: "10.66.0.2/24",
+    });
     const [n1, n2] = [c.node(1), c.node(2)];
     const a = await n1.pod("ch-a");
     const b = await n2.pod("ch-b");
@@ -227,7 +276,11 @@ describe("issue 6.1: ADD results in every CNI version, standalone and chained", 
       routes: [{ dst: "0.0.0.0/0" }],
       dns: {},
     });
-    const chained = (p: Pod, ip: string) => ({ delegate: undefined, boot_network: undefined, prevResult: prev(p, ip) });
+    const chained = (p: Pod, ip: string) => ({
+      delegate: undefined,
+      boot_network: undefined,
+      prevResult: prev(p, ip),
+    });
     const ra = ok(c, await a.add(chained(a, "10.244.0.5/24")), "ADD ch-a (chained)");
     expect(ra.interfaces?.[0]).toEqual({ name: "eth0", mac: "0a:58:0a:f4:00:05", sandbox: a.netns.path });
     expect(ra.ips).toEqual([{ interface: 0, address: "10.244.0.5/24", gateway: "10.244.0.1" }]);
@@ -240,8 +293,16 @@ describe("issue 6.1: ADD results in every CNI version, standalone and chained", 
     expect(resultIps(rb, "k1")).toEqual(["10.66.0.2/24"]);
     await expectEnd(c, a, "k0", { kind: "vxlan", ips: ["10.66.0.1/24"] });
     await expectPing(c, a, "10.66.0.2");
-    done(c, await a.del({ delegate: undefined, boot_network: undefined, prevResult: ra }), "DEL ch-a (chained)");
-    done(c, await b.del({ delegate: undefined, boot_network: undefined, prevResult: rb }), "DEL ch-b (chained)");
+    done(
+      c,
+      await a.del({ delegate: undefined, boot_network: undefined, prevResult: ra }),
+      "DEL ch-a (chained)",
+    );
+    done(
+      c,
+      await b.del({ delegate: undefined, boot_network: undefined, prevResult: rb }),
+      "DEL ch-b (chained)",
+    );
     await a.removeNetns();
     await b.removeNetns();
     await c.assertClean();
@@ -306,24 +367,58 @@ describe("issue 6.3: one pod, three links to peers on both nodes", () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
     const toA: AnnotationLink = {
-      peer: "sat-a", local_ifname: "a0", peer_ifname: "h0",
-      local_ip: ["10.61.1.1/30", "fd61:1::1/64"], peer_ip: ["10.61.1.2/30", "fd61:1::2/64"],
-      local_mac: "02:61:00:00:01:01", peer_mac: "02:61:00:00:01:02", mtu: 1400,
+      peer: "sat-a",
+      local_ifname: "a0",
+      peer_ifname: "h0",
+      local_ip: ["10.61.1.1/30", "fd61:1::1/64"],
+      peer_ip: ["10.61.1.2/30", "fd61:1::2/64"],
+      local_mac: "02:61:00:00:01:01",
+      peer_mac: "02:61:00:00:01:02",
+      mtu: 1400,
     };
     const toB: AnnotationLink = {
-      peer: "sat-b", local_ifname: "b0", peer_ifname: "h0",
-      local_ip: ["10.61.2.1/30", "fd61:2::1/64"], peer_ip: ["10.61.2.2/30", "fd61:2::2/64"],
-      local_mac: "02:61:00:00:02:01", peer_mac: "02:61:00:00:02:02", mtu: 1350,
+      peer: "sat-b",
+      local_ifname: "b0",
+      peer_ifname: "h0",
+      local_ip: ["10.61.2.1/30", "fd61:2::1/64"],
+      peer_ip: ["10.61.2.2/30", "fd61:2::2/64"],
+      local_mac: "02:61:00:00:02:01",
+      peer_mac: "02:61:00:00:02:02",
+      mtu: 1350,
     };
     const toC: AnnotationLink = {
-      peer: "sat-c", local_ifname: "c0", peer_ifname: "h0",
-      local_ip: ["10.61.3.1/30", "fd61:3::1/64"], peer_ip: ["10.61.3.2/30", "fd61:3::2/64"],
+      peer: "sat-c",
+      local_ifname: "c0",
+      peer_ifname: "h0",
+      local_ip: ["10.61.3.1/30", "fd61:3::1/64"],
+      peer_ip: ["10.61.3.2/30", "fd61:3::2/64"],
     };
     c.putPod(annotatedPod("hub", [toA, toB, toC]));
     // sat-a mirrors its link in full; sat-b only opts in; sat-c mirrors without MTU or MAC.
-    c.putPod(annotatedPod("sat-a", [{ peer: "hub", local_ifname: "h0", peer_ifname: "a0", local_ip: toA.peer_ip, peer_ip: toA.local_ip, local_mac: toA.peer_mac, peer_mac: toA.local_mac, mtu: 1400 }]));
-    c.putPod({ kind: "Pod", metadata: { name: "sat-b", namespace: "default", labels: { ratchet: "true" } }, spec: {} });
-    c.putPod(annotatedPod("sat-c", [{ peer: "hub", local_ifname: "h0", peer_ifname: "c0", local_ip: toC.peer_ip, peer_ip: toC.local_ip }]));
+    c.putPod(
+      annotatedPod("sat-a", [
+        {
+          peer: "hub",
+          local_ifname: "h0",
+          peer_ifname: "a0",
+          local_ip: toA.peer_ip,
+          peer_ip: toA.local_ip,
+          local_mac: toA.peer_mac,
+          peer_mac: toA.local_mac,
+          mtu: 1400,
+        },
+      ]),
+    );
+    c.putPod({
+      kind: "Pod",
+      metadata: { name: "sat-b", namespace: "default", labels: { ratchet: "true" } },
+      spec: {},
+    });
+    c.putPod(
+      annotatedPod("sat-c", [
+        { peer: "hub", local_ifname: "h0", peer_ifname: "c0", local_ip: toC.peer_ip, peer_ip: toC.local_ip },
+      ]),
+    );
 
     const hub = await n1.pod("hub");
     const satA = await n1.pod("sat-a");
@@ -341,11 +436,31 @@ describe("issue 6.3: one pod, three links to peers on both nodes", () => {
     await expectResultIface(c, rc, satC, "h0", ["10.61.3.2/30", "fd61:3::2/64"]);
 
     // veth on node 1, MTU 1400 and the given MACs on both ends.
-    await expectEnd(c, hub, "a0", { kind: "veth", ips: ["10.61.1.1/30", "fd61:1::1/64"], mtu: 1400, mac: "02:61:00:00:01:01" });
-    await expectEnd(c, satA, "h0", { kind: "veth", ips: ["10.61.1.2/30", "fd61:1::2/64"], mtu: 1400, mac: "02:61:00:00:01:02" });
+    await expectEnd(c, hub, "a0", {
+      kind: "veth",
+      ips: ["10.61.1.1/30", "fd61:1::1/64"],
+      mtu: 1400,
+      mac: "02:61:00:00:01:01",
+    });
+    await expectEnd(c, satA, "h0", {
+      kind: "veth",
+      ips: ["10.61.1.2/30", "fd61:1::2/64"],
+      mtu: 1400,
+      mac: "02:61:00:00:01:02",
+    });
     // VXLAN to node 2, MTU 1350 and MACs from the hub's side only.
-    const hb = await expectEnd(c, hub, "b0", { kind: "vxlan", ips: ["10.61.2.1/30", "fd61:2::1/64"], mtu: 1350, mac: "02:61:00:00:02:01" });
-    const bh = await expectEnd(c, satB, "h0", { kind: "vxlan", ips: ["10.61.2.2/30", "fd61:2::2/64"], mtu: 1350, mac: "02:61:00:00:02:02" });
+    const hb = await expectEnd(c, hub, "b0", {
+      kind: "vxlan",
+      ips: ["10.61.2.1/30", "fd61:2::1/64"],
+      mtu: 1350,
+      mac: "02:61:00:00:02:01",
+    });
+    const bh = await expectEnd(c, satB, "h0", {
+      kind: "vxlan",
+      ips: ["10.61.2.2/30", "fd61:2::2/64"],
+      mtu: 1350,
+      mac: "02:61:00:00:02:02",
+    });
     expectTunnel(hb, n1, bh, n2);
     // VXLAN to node 2 with defaults.
     const hc = await expectEnd(c, hub, "c0", { kind: "vxlan", ips: ["10.61.3.1/30", "fd61:3::1/64"] });
@@ -355,7 +470,11 @@ describe("issue 6.3: one pod, three links to peers on both nodes", () => {
     expect([hb.vni, hc.vni].sort()).toEqual([11, 12]);
     expect((await c.ifaceNames(hub)).sort()).toEqual(["a0", "b0", "c0"]);
 
-    for (const [sat, n] of [[satA, 1], [satB, 2], [satC, 3]] as const) {
+    for (const [sat, n] of [
+      [satA, 1],
+      [satB, 2],
+      [satC, 3],
+    ] as const) {
       await expectPing(c, hub, `10.61.${n}.2`);
       await expectPing(c, hub, `fd61:${n}::2`);
       await expectPing(c, sat, `10.61.${n}.1`);
@@ -379,44 +498,62 @@ describe("issue 6.3: one pod, three links to peers on both nodes", () => {
 const LATE_S = Number(process.env.RATCHET_TEST_LATE_PEER_SECONDS ?? 5);
 
 describe("issue 6.4: the peer comes late", () => {
-  test(`${LATE_S} s later, on one node and across nodes, with agents that idle out after 1 s: links complete`, async () => {
-    await using c = await makeCluster({ nodes: 2 });
-    const [n1, n2] = [c.node(1), c.node(2)];
-    const idle = { child_idle_seconds: 1 };
-    mirroredPair(c, "early-v", "late-v", { local_ifname: "v0", peer_ifname: "v1", local_ip: "10.62.1.1/24", peer_ip: "10.62.1.2/24" });
-    mirroredPair(c, "early-x", "late-x", { local_ifname: "x0", peer_ifname: "x1", local_ip: "10.62.2.1/24", peer_ip: "10.62.2.2/24" });
-    const earlyV = await n1.pod("early-v");
-    const earlyX = await n1.pod("early-x");
-    ok(c, await earlyV.add(idle), "ADD early-v");
-    ok(c, await earlyX.add(idle), "ADD early-x");
+  test(
+    `${LATE_S} s later, on one node and across nodes, with agents that idle out after 1 s: links complete`,
+    async () => {
+      await using c = await makeCluster({ nodes: 2 });
+      const [n1, n2] = [c.node(1), c.node(2)];
+      const idle = { child_idle_seconds: 1 };
+      mirroredPair(c, "early-v", "late-v", {
+        local_ifname: "v0",
+        peer_ifname: "v1",
+        local_ip: "10.62.1.1/24",
+        peer_ip: "10.62.1.2/24",
+      });
+      mirroredPair(c, "early-x", "late-x", {
+        local_ifname: "x0",
+        peer_ifname: "x1",
+        local_ip: "10.62.2.1/24",
+        peer_ip: "10.62.2.2/24",
+      });
+      const earlyV = await n1.pod("early-v");
+      const earlyX = await n1.pod("early-x");
+      ok(c, await earlyV.add(idle), "ADD early-v");
+      ok(c, await earlyX.add(idle), "ADD early-x");
 
-    // No time limit: the pending links outlive the gap, and the agent stays to watch them.
-    await Bun.sleep(LATE_S * 1000);
-    expect(await c.ifaceNames(earlyV)).toEqual([]);
-    expect(await c.ifaceNames(earlyX)).toEqual([]);
-    expect(n1.agents()).toHaveLength(1);
+      // No time limit: the pending links outlive the gap, and the agent stays to watch them.
+      await Bun.sleep(LATE_S * 1000);
+      expect(await c.ifaceNames(earlyV)).toEqual([]);
+      expect(await c.ifaceNames(earlyX)).toEqual([]);
+      expect(n1.agents()).toHaveLength(1);
 
-    const lateV = await n1.pod("late-v");
-    const lateX = await n2.pod("late-x");
-    const rv = ok(c, await lateV.add(idle), "ADD late-v");
-    await expectResultIface(c, rv, lateV, "v1", ["10.62.1.2/24"]);
-    const rx = ok(c, await lateX.add(idle), "ADD late-x");
-    await expectResultIface(c, rx, lateX, "x1", ["10.62.2.2/24"]);
+      const lateV = await n1.pod("late-v");
+      const lateX = await n2.pod("late-x");
+      const rv = ok(c, await lateV.add(idle), "ADD late-v");
+      await expectResultIface(c, rv, lateV, "v1", ["10.62.1.2/24"]);
+      const rx = ok(c, await lateX.add(idle), "ADD late-x");
+      await expectResultIface(c, rx, lateX, "x1", ["10.62.2.2/24"]);
 
-    await expectEnd(c, earlyV, "v0", { kind: "veth", ips: ["10.62.1.1/24"] });
-    // Made by node 1's agent on its own: no CNI call on node 1 after late-x's ADD.
-    const a = await expectEnd(c, earlyX, "x0", { kind: "vxlan", ips: ["10.62.2.1/24"] });
-    const b = await expectEnd(c, lateX, "x1", { kind: "vxlan", ips: ["10.62.2.2/24"] });
-    expectTunnel(a, n1, b, n2);
-    await expectPing(c, earlyV, "10.62.1.2");
-    await expectPing(c, earlyX, "10.62.2.2");
-    await expectPing(c, lateX, "10.62.2.1");
+      await expectEnd(c, earlyV, "v0", { kind: "veth", ips: ["10.62.1.1/24"] });
+      // Made by node 1's agent on its own: no CNI call on node 1 after late-x's ADD.
+      const a = await expectEnd(c, earlyX, "x0", { kind: "vxlan", ips: ["10.62.2.1/24"] });
+      const b = await expectEnd(c, lateX, "x1", { kind: "vxlan", ips: ["10.62.2.2/24"] });
+      expectTunnel(a, n1, b, n2);
+      await expectPing(c, earlyV, "10.62.1.2");
+      await expectPing(c, earlyX, "10.62.2.2");
+      await expectPing(c, lateX, "10.62.2.1");
 
-    for (const p of [earlyV, lateV, earlyX, lateX]) await stop(c, p);
-    // Nothing pending any more: the agents idle out.
-    await waitFor("idle agents to exit", () => n1.agents().length === 0 && n2.agents().length === 0, 10_000);
-    await c.assertClean();
-  }, 120_000 + LATE_S * 1000);
+      for (const p of [earlyV, lateV, earlyX, lateX]) await stop(c, p);
+      // Nothing pending any more: the agents idle out.
+      await waitFor(
+        "idle agents to exit",
+        () => n1.agents().length === 0 && n2.agents().length === 0,
+        10_000,
+      );
+      await c.assertClean();
+    },
+    120_000 + LATE_S * 1000,
+  );
 });
 
 // --- 5: simultaneous ADDs ------------------------------------------------------------------------
@@ -431,7 +568,12 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
       const vnis = new Set<number>();
       for (let i = 0; i < ROUNDS; i++) {
         const [an, bn] = [`ra-${i}`, `rb-${i}`];
-        mirroredPair(c, an, bn, { local_ifname: "r0", peer_ifname: "r1", local_ip: "10.63.0.1/30", peer_ip: "10.63.0.2/30" });
+        mirroredPair(c, an, bn, {
+          local_ifname: "r0",
+          peer_ifname: "r1",
+          local_ip: "10.63.0.1/30",
+          peer_ip: "10.63.0.2/30",
+        });
         const a = await na.pod(an);
         const b = await nb.pod(bn);
         const [ra, rb] = await Promise.all([a.add(), b.add()]);
@@ -439,7 +581,10 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
         const resB = ok(c, rb, `round ${i}: ADD ${bn}`);
         // Exactly one ADD found its peer registered and built the link (and lists its own end).
         const listed = linkIfaces(resA, a).length + linkIfaces(resB, b).length;
-        if (listed !== 1) throw new Error(`round ${i}: ${listed} ADD results list a link interface, expected exactly 1:\n${ra.stdout}\n${rb.stdout}\n${logs(c)}`);
+        if (listed !== 1)
+          throw new Error(
+            `round ${i}: ${listed} ADD results list a link interface, expected exactly 1:\n${ra.stdout}\n${rb.stdout}\n${logs(c)}`,
+          );
         const ea = await expectEnd(c, a, "r0", { kind: across ? "vxlan" : "veth", ips: ["10.63.0.1/30"] });
         const eb = await expectEnd(c, b, "r1", { kind: across ? "vxlan" : "veth", ips: ["10.63.0.2/30"] });
         if (across) {
@@ -574,7 +719,11 @@ describe("issue 6.7: a peer recreated on another node", () => {
     await expectEnd(c, primary, "in1", { kind: "veth", ips: [IN1] });
     await expectPing(c, primary, "192.168.2.101");
 
-    for (const [to, kind] of [[n2, "vxlan"], [n3, "vxlan"], [n1, "veth"]] as const) {
+    for (const [to, kind] of [
+      [n2, "vxlan"],
+      [n3, "vxlan"],
+      [n1, "veth"],
+    ] as const) {
       await stop(c, pair, ["in2"]);
       pair = await pair.recreate(to);
       ok(c, await pair.add(), `ADD pair-pod on ${to.name}`);
@@ -678,7 +827,8 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
 // --- 9: CHECK, GC, STATUS ----------------------------------------------------------------------
 
 function expectCheckError(c: Cluster, r: CniRun, mentions: string[]): void {
-  if (r.code !== 1) throw new Error(`CHECK should fail, got exit ${r.code}: ${r.stdout}${r.stderr}\n${logs(c)}`);
+  if (r.code !== 1)
+    throw new Error(`CHECK should fail, got exit ${r.code}: ${r.stdout}${r.stderr}\n${logs(c)}`);
   const err = r.json as { code: number; msg: string; details?: string };
   expect(err.code).toBe(104);
   const text = `${err.msg} ${err.details ?? ""}`;
@@ -689,7 +839,13 @@ describe("issue 6.9: CHECK", () => {
   test("ok while every link is in place; names what is missing or different when changed by hand", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const MTU = 1400;
-    mirroredPair(c, "primary-pod", "pair-pod", { local_ifname: "in1", peer_ifname: "in2", local_ip: IN1, peer_ip: IN2, mtu: MTU });
+    mirroredPair(c, "primary-pod", "pair-pod", {
+      local_ifname: "in1",
+      peer_ifname: "in2",
+      local_ip: IN1,
+      peer_ip: IN2,
+      mtu: MTU,
+    });
     const primary = await c.node(1).pod("primary-pod");
     const pair = await c.node(2).pod("pair-pod");
     const r1 = ok(c, await primary.add(), "ADD primary-pod");
@@ -746,8 +902,18 @@ describe("issue 6.9: GC", () => {
   test("removes this node's endpoints not listed in cni.dev/valid-attachments, and their links; no others", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
-    mirroredPair(c, "keep-a", "keep-b", { local_ifname: "k0", peer_ifname: "k1", local_ip: "10.64.1.1/24", peer_ip: "10.64.1.2/24" });
-    mirroredPair(c, "gone-c", "far-d", { local_ifname: "g0", peer_ifname: "g1", local_ip: "10.64.2.1/24", peer_ip: "10.64.2.2/24" });
+    mirroredPair(c, "keep-a", "keep-b", {
+      local_ifname: "k0",
+      peer_ifname: "k1",
+      local_ip: "10.64.1.1/24",
+      peer_ip: "10.64.1.2/24",
+    });
+    mirroredPair(c, "gone-c", "far-d", {
+      local_ifname: "g0",
+      peer_ifname: "g1",
+      local_ip: "10.64.2.1/24",
+      peer_ip: "10.64.2.2/24",
+    });
     const a = await n1.pod("keep-a");
     const b = await n1.pod("keep-b");
     const gone = await n1.pod("gone-c");
@@ -774,7 +940,13 @@ describe("issue 6.9: GC", () => {
     done(c, await far.check(rFar), "CHECK far-d: peer no longer registered");
 
     // The older key name is accepted too.
-    done(c, await n1.nodeCommand("GC", { "cni.dev/attachments": [{ containerID: a.containerId, ifname: a.ifname }] }), "GC node1 (cni.dev/attachments) without keep-b");
+    done(
+      c,
+      await n1.nodeCommand("GC", {
+        "cni.dev/attachments": [{ containerID: a.containerId, ifname: a.ifname }],
+      }),
+      "GC node1 (cni.dev/attachments) without keep-b",
+    );
     await waitGone(c, a, "k0");
 
     await gone.removeNetns();

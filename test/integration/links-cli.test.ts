@@ -8,7 +8,15 @@ import { join } from "node:path";
 import { startApiServer, type ApiServer } from "../support/apiserver.ts";
 import { killChildren } from "../support/child.ts";
 import { cni } from "../support/cni.ts";
-import { etcdEndpoint, hiddenCheckout, installedBin, REPO, run, tempDir, uniqueName } from "../support/env.ts";
+import {
+  etcdEndpoint,
+  hiddenCheckout,
+  installedBin,
+  REPO,
+  run,
+  tempDir,
+  uniqueName,
+} from "../support/env.ts";
 import { makeNetns, type TestNetns } from "../support/netns.ts";
 
 const scratch = tempDir("ratchet-links-");
@@ -18,12 +26,30 @@ let conf: Record<string, unknown>;
 const confFile = join(scratch.path, "10-ratchet.conf");
 const namespaces: TestNetns[] = [];
 
-const args = (name: string, cid: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=${cid}`;
+const args = (name: string, cid: string) =>
+  `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=${cid}`;
 
 beforeAll(async () => {
   api = startApiServer({ podFiles: [join(REPO, "pod_specs", "example.yaml")] });
-  const lonely = [{ peer: "never-comes", local_ifname: "net1", peer_ifname: "net1", local_ip: "10.77.0.1/30", peer_ip: "10.77.0.2/30" }];
-  api.putPod({ kind: "Pod", metadata: { name: "lonely", namespace: "default", labels: { ratchet: "true" }, annotations: { "ratchet/links": JSON.stringify(lonely) } }, spec: {} });
+  const lonely = [
+    {
+      peer: "never-comes",
+      local_ifname: "net1",
+      peer_ifname: "net1",
+      local_ip: "10.77.0.1/30",
+      peer_ip: "10.77.0.2/30",
+    },
+  ];
+  api.putPod({
+    kind: "Pod",
+    metadata: {
+      name: "lonely",
+      namespace: "default",
+      labels: { ratchet: "true" },
+      annotations: { "ratchet/links": JSON.stringify(lonely) },
+    },
+    spec: {},
+  });
   conf = {
     cniVersion: "1.0.0",
     name: "links",
@@ -41,7 +67,14 @@ beforeAll(async () => {
   for (const pod of ["primary-pod", "pair-pod", "lonely"]) {
     const ns = await makeNetns();
     namespaces.push(ns);
-    const r = await cni({ command: "ADD", conf, containerId: `c-${pod}`, netns: ns.path, ifname: "lo", args: args(pod, `c-${pod}`) });
+    const r = await cni({
+      command: "ADD",
+      conf,
+      containerId: `c-${pod}`,
+      netns: ns.path,
+      ifname: "lo",
+      args: args(pod, `c-${pod}`),
+    });
     if (r.code !== 0) throw new Error(`ADD ${pod}: ${r.stdout}`);
   }
 });
@@ -61,7 +94,13 @@ async function links(output: string) {
 
 interface View {
   endpoints: Array<{ pod: string; node: string; containerId: string }>;
-  links: Array<{ a: { pod: string; ifname: string; ips: string[] }; b: { pod: string; ifname: string; ips: string[] }; kind: string; state: string; why?: string }>;
+  links: Array<{
+    a: { pod: string; ifname: string; ips: string[] };
+    b: { pod: string; ifname: string; ips: string[] };
+    kind: string;
+    state: string;
+    why?: string;
+  }>;
 }
 
 test("JSON: every endpoint and link with its kind and state", async () => {
@@ -101,8 +140,12 @@ test("table: aligned, one line per endpoint and per link", async () => {
   const lines = r.stdout.split("\n");
   expect(lines[0]).toBe("ENDPOINTS (3)");
   expect(lines[1]).toMatch(/^POD\s+NODE\s+CONTAINER\s+LINKS\s+SINCE$/);
-  expect(lines.find((l) => l.startsWith("default/pair-pod:in2 192.168.2.101/24"))).toMatch(/default\/primary-pod:in1 192\.168\.2\.100\/24\s+veth\s+-\s+up$/);
-  expect(lines.find((l) => l.startsWith("default/lonely:net1"))).toContain("waiting for peer (not registered: default/never-comes)");
+  expect(lines.find((l) => l.startsWith("default/pair-pod:in2 192.168.2.101/24"))).toMatch(
+    /default\/primary-pod:in1 192\.168\.2\.100\/24\s+veth\s+-\s+up$/,
+  );
+  expect(lines.find((l) => l.startsWith("default/lonely:net1"))).toContain(
+    "waiting for peer (not registered: default/never-comes)",
+  );
   // Columns line up: STATE starts at the same offset in the header and each link row.
   const header = lines.find((l) => l.startsWith("A "));
   const at = header?.indexOf("STATE") as number;
@@ -122,7 +165,9 @@ test("DOT: nodes as clusters, links as labelled edges; graphviz renders it; a lo
   expect(r.code).toBe(0);
   expect(r.stdout).toStartWith("graph ratchet {");
   expect(r.stdout).toContain('label="node 10.253.0.1"');
-  expect(r.stdout).toContain('"default/pair-pod" -- "default/primary-pod" [label="in2 192.168.2.101/24\\n-\\nin1 192.168.2.100/24", style=dotted, color=red]');
+  expect(r.stdout).toContain(
+    '"default/pair-pod" -- "default/primary-pod" [label="in2 192.168.2.101/24\\n-\\nin1 192.168.2.100/24", style=dotted, color=red]',
+  );
   expect(r.stdout).toContain('"default/never-comes" [style="rounded,dashed", color=gray]');
   const svg = await run(["dot", "-Tsvg"], { stdin: r.stdout });
   expect(svg.stderr).toBe("");
@@ -134,8 +179,14 @@ test("DOT: nodes as clusters, links as labelled edges; graphviz renders it; a lo
 
 test("bad output format and unreadable config: clear errors", async () => {
   const bad = await run(hiddenCheckout([installedBin(), "links", "--config", confFile, "--output", "yaml"]));
-  expect(bad).toMatchObject({ code: 2, stdout: "", stderr: 'ratchet links: --output must be table, json or dot, not "yaml"\n' });
-  const missing = await run(hiddenCheckout([installedBin(), "links", "--config", join(scratch.path, "nope.conf")]));
+  expect(bad).toMatchObject({
+    code: 2,
+    stdout: "",
+    stderr: 'ratchet links: --output must be table, json or dot, not "yaml"\n',
+  });
+  const missing = await run(
+    hiddenCheckout([installedBin(), "links", "--config", join(scratch.path, "nope.conf")]),
+  );
   expect(missing.code).toBe(1);
   expect(missing.stderr).toContain("nope.conf");
 });

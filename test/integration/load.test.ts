@@ -10,7 +10,15 @@ import { expect, test } from "bun:test";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { waitFor } from "../support/child.ts";
 import { type CniResultJson } from "../support/cni.ts";
-import { makeCluster, plainPod, type AnnotationLink, type CniRun, type Cluster, type Node, type Pod } from "../support/cluster.ts";
+import {
+  makeCluster,
+  plainPod,
+  type AnnotationLink,
+  type CniRun,
+  type Cluster,
+  type Node,
+  type Pod,
+} from "../support/cluster.ts";
 import type { PodObject } from "../support/pods.ts";
 import { rng } from "../support/rng.ts";
 
@@ -22,7 +30,6 @@ const MAX_RSS_MIB = 150;
 /** fds an agent may gain over the run (e.g. a reconnected etcd channel), not one per pod. */
 const FD_SLACK = 8;
 const CONF = { log_level: "info" };
-
 
 function shuffle<T>(xs: T[], rand: () => number): T[] {
   const a = [...xs];
@@ -43,8 +50,20 @@ async function pool<T>(items: T[], parallel: number, fn: (x: T) => Promise<void>
 }
 
 function ratchetPod(name: string, links: AnnotationLink[]): PodObject {
-  const annotations: Record<string, string> = links.length > 0 ? { "ratchet/links": JSON.stringify(links) } : {};
-  return { apiVersion: "v1", kind: "Pod", metadata: { name, namespace: "default", uid: crypto.randomUUID(), labels: { ratchet: "true" }, annotations }, spec: {} };
+  const annotations: Record<string, string> =
+    links.length > 0 ? { "ratchet/links": JSON.stringify(links) } : {};
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: {
+      name,
+      namespace: "default",
+      uid: crypto.randomUUID(),
+      labels: { ratchet: "true" },
+      annotations,
+    },
+    spec: {},
+  };
 }
 
 /** Pair i's /30: 10.(100+i/64).((i%64)*4)/30; a gets .1, b .2. */
@@ -61,7 +80,8 @@ interface AgentFigures {
 
 function agentFigures(node: Node): AgentFigures {
   const pids = node.agents();
-  if (pids.length !== 1) throw new Error(`${node.name}: ${pids.length} agents running (${pids.join(", ")}), expected one`);
+  if (pids.length !== 1)
+    throw new Error(`${node.name}: ${pids.length} agents running (${pids.join(", ")}), expected one`);
   const pid = pids[0] as number;
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const rss = /^VmRSS:\s+(\d+) kB/m.exec(status);
@@ -73,7 +93,8 @@ function logs(c: Cluster): string {
 }
 
 function must(c: Cluster, r: CniRun, what: string): void {
-  if (r.code !== 0) throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
+  if (r.code !== 0)
+    throw new Error(`${what}: exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${logs(c)}`);
 }
 
 const mib = (kib: number) => (kib / 1024).toFixed(1);
@@ -100,7 +121,17 @@ test(
     for (let i = 0; i < PAIRS; i++) {
       const kind = i < veths ? "veth" : "vxlan";
       const [ipA, ipB] = pairNet(i);
-      c.putPod(ratchetPod(`a-${i}`, [{ peer: `b-${i}`, local_ifname: "net1", peer_ifname: "net1", local_ip: `${ipA}/30`, peer_ip: `${ipB}/30` }]));
+      c.putPod(
+        ratchetPod(`a-${i}`, [
+          {
+            peer: `b-${i}`,
+            local_ifname: "net1",
+            peer_ifname: "net1",
+            local_ip: `${ipA}/30`,
+            peer_ip: `${ipB}/30`,
+          },
+        ]),
+      );
       c.putPod(ratchetPod(`b-${i}`, []));
       c.putPod(plainPod(`p-${i}`));
       const nodeA = kind === "veth" ? c.node((i % 2) + 1) : n1;
@@ -146,43 +177,57 @@ test(
       t = performance.now();
       await pool(shuffle([...eligible, ...plain], rand), PARALLEL, async (pod) => {
         const r = await pod.add(CONF);
-        if (r.code !== 0) failures.push(`ADD ${pod.name} on ${pod.node.name}: exit ${r.code}: ${r.stdout.trim()}`);
+        if (r.code !== 0)
+          failures.push(`ADD ${pod.name} on ${pod.node.name}: exit ${r.code}: ${r.stdout.trim()}`);
         else results.set(pod, r.json as CniResultJson);
       });
       mark("ADD", t);
-      if (failures.length > 0) throw new Error(`${failures.length} ADDs failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
+      if (failures.length > 0)
+        throw new Error(`${failures.length} ADDs failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
 
       // CHECK every eligible pod with its ADD result.
       t = performance.now();
       await pool(eligible, PARALLEL, async (pod) => {
         const r = await pod.check(results.get(pod), CONF);
-        if (r.code !== 0) failures.push(`CHECK ${pod.name} on ${pod.node.name}: exit ${r.code}: ${r.stdout.trim()}`);
+        if (r.code !== 0)
+          failures.push(`CHECK ${pod.name} on ${pod.node.name}: exit ${r.code}: ${r.stdout.trim()}`);
       });
       mark("CHECK", t);
-      if (failures.length > 0) throw new Error(`${failures.length} CHECKs failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
+      if (failures.length > 0)
+        throw new Error(`${failures.length} CHECKs failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
 
       // Ping a sample of each kind both ways; every VXLAN link has its own VNI.
       t = performance.now();
       for (const kind of ["veth", "vxlan"] as const) {
-        const sample = shuffle(pairs.filter((p) => p.kind === kind), rand).slice(0, PING_SAMPLE);
+        const sample = shuffle(
+          pairs.filter((p) => p.kind === kind),
+          rand,
+        ).slice(0, PING_SAMPLE);
         await pool(sample, 8, async (p) => {
-          if (!(await c.ping(p.a, p.ipB))) failures.push(`no ping over ${kind} a-${p.i} -> b-${p.i} (${p.ipB})`);
-          if (!(await c.ping(p.b, p.ipA))) failures.push(`no ping over ${kind} b-${p.i} -> a-${p.i} (${p.ipA})`);
+          if (!(await c.ping(p.a, p.ipB)))
+            failures.push(`no ping over ${kind} a-${p.i} -> b-${p.i} (${p.ipB})`);
+          if (!(await c.ping(p.b, p.ipA)))
+            failures.push(`no ping over ${kind} b-${p.i} -> a-${p.i} (${p.ipA})`);
         });
       }
-      const vnis = [...(await c.etcdEntries()).entries()].filter(([k]) => k.startsWith(`${c.etcdPrefix}/v1/vni/`)).map(([k]) => k);
+      const vnis = [...(await c.etcdEntries()).entries()]
+        .filter(([k]) => k.startsWith(`${c.etcdPrefix}/v1/vni/`))
+        .map(([k]) => k);
       expect(vnis).toHaveLength(pairs.filter((p) => p.kind === "vxlan").length);
       mark("ping", t);
-      if (failures.length > 0) throw new Error(`${failures.length} pings failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
+      if (failures.length > 0)
+        throw new Error(`${failures.length} pings failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
 
       // DEL, 16 at a time, another random order; then the runtime removes the netns.
       t = performance.now();
       await pool(shuffle([...eligible, ...plain], rand), PARALLEL, async (pod) => {
         const r = await pod.del(CONF);
-        if (r.code !== 0) failures.push(`DEL ${pod.name} on ${pod.node.name}: exit ${r.code}: ${r.stdout.trim()}`);
+        if (r.code !== 0)
+          failures.push(`DEL ${pod.name} on ${pod.node.name}: exit ${r.code}: ${r.stdout.trim()}`);
       });
       mark("DEL", t);
-      if (failures.length > 0) throw new Error(`${failures.length} DELs failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
+      if (failures.length > 0)
+        throw new Error(`${failures.length} DELs failed:\n${failures.slice(0, 10).join("\n")}\n${logs(c)}`);
     } finally {
       sampling = false;
       await sampler;
@@ -190,26 +235,53 @@ test(
 
     // The last parents' connections close a moment after their DEL returns: let the fd
     // counts settle (bounded), then take the figures.
-    await waitFor("agents' fds to settle", () => [n1, n2].every((n, k) => agentFigures(n).fds <= (atRest[k] as AgentFigures).fds + 4), 5000).catch(() => undefined);
+    await waitFor(
+      "agents' fds to settle",
+      () => [n1, n2].every((n, k) => agentFigures(n).fds <= (atRest[k] as AgentFigures).fds + 4),
+      5000,
+    ).catch(() => undefined);
     const after = [agentFigures(n1), agentFigures(n2)];
     t = performance.now();
     await pool([...eligible, ...plain], PARALLEL, (p) => p.removeNetns());
     mark("netns removal", t);
 
     const total = (performance.now() - t0) / 1000;
-    console.log(`load: ${PAIRS} pairs (${veths} veth, ${PAIRS - veths} VXLAN) + ${plain.length} ineligible pods, seed ${SEED}, ${PARALLEL} at a time: ${total.toFixed(1)} s`);
-    console.log(`  phases (s): ${Object.entries(phase).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}`);
+    console.log(
+      `load: ${PAIRS} pairs (${veths} veth, ${PAIRS - veths} VXLAN) + ${plain.length} ineligible pods, seed ${SEED}, ${PARALLEL} at a time: ${total.toFixed(1)} s`,
+    );
+    console.log(
+      `  phases (s): ${Object.entries(phase)
+        .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+        .join(", ")}`,
+    );
     c.nodes.forEach((n, k) => {
       const [r, a] = [atRest[k] as AgentFigures, after[k] as AgentFigures];
-      console.log(`  ${n.name} agent ${r.pid}: RSS ${mib(r.rssKiB)} MiB at rest, ${mib(a.rssKiB)} MiB after; fds ${r.fds} at rest, ${a.fds} after`);
+      console.log(
+        `  ${n.name} agent ${r.pid}: RSS ${mib(r.rssKiB)} MiB at rest, ${mib(a.rssKiB)} MiB after; fds ${r.fds} at rest, ${a.fds} after`,
+      );
     });
     // scripts/bench.sh reads the figures from here.
     const reportFile = process.env.RATCHET_LOAD_REPORT;
     if (reportFile) {
       const rss = (xs: AgentFigures[]) => Math.max(...xs.map((x) => x.rssKiB)) / 1024;
-      writeFileSync(reportFile, JSON.stringify({ pairs: PAIRS, pods: eligible.length + plain.length, seconds: total, restMiB: rss(atRest), afterMiB: rss(after), fdsRest: atRest.map((x) => x.fds), fdsAfter: after.map((x) => x.fds), maxAgents, phases: phase }));
+      writeFileSync(
+        reportFile,
+        JSON.stringify({
+          pairs: PAIRS,
+          pods: eligible.length + plain.length,
+          seconds: total,
+          restMiB: rss(atRest),
+          afterMiB: rss(after),
+          fdsRest: atRest.map((x) => x.fds),
+          fdsAfter: after.map((x) => x.fds),
+          maxAgents,
+          phases: phase,
+        }),
+      );
     }
-    console.log(`  agents seen per node: ${seenAgents.map((s) => s.size).join(", ")}; most at once on a node: ${maxAgents}`);
+    console.log(
+      `  agents seen per node: ${seenAgents.map((s) => s.size).join(", ")}; most at once on a node: ${maxAgents}`,
+    );
 
     expect(maxAgents).toBeLessThanOrEqual(1);
     for (let k = 0; k < 2; k++) {

@@ -92,7 +92,10 @@ describe("veth", () => {
   test("a pair lands in two namespaces under its final names, both up, with MTU and MAC", async () => {
     await using a = await makeNetns("a");
     await using b = await makeNetns("b");
-    addVethPair({ a: { name: "eth1", ns: a.path, mtu: 1400, mac: "02:aa:00:00:00:01" }, b: { name: "peer9", ns: b.path, mac: "02:bb:00:00:00:02" } });
+    addVethPair({
+      a: { name: "eth1", ns: a.path, mtu: 1400, mac: "02:aa:00:00:00:01" },
+      b: { name: "peer9", ns: b.path, mac: "02:bb:00:00:00:02" },
+    });
     const ia = await ipLink(a, "eth1");
     const ib = await ipLink(b, "peer9");
     expect(ia.linkinfo?.info_kind).toBe("veth");
@@ -107,7 +110,15 @@ describe("veth", () => {
     expect(ib.operstate).toBe("UP");
 
     const la = getLink("eth1", a.path);
-    expect(la).toMatchObject({ index: ia.ifindex, name: "eth1", kind: "veth", mtu: 1400, mac: "02:aa:00:00:00:01", up: true, operstate: "up" });
+    expect(la).toMatchObject({
+      index: ia.ifindex,
+      name: "eth1",
+      kind: "veth",
+      mtu: 1400,
+      mac: "02:aa:00:00:00:01",
+      up: true,
+      operstate: "up",
+    });
     if (la.kind !== "veth") throw new Error("not a veth");
     expect(la.peerIndex).toBe(ib.ifindex);
     expect(getLink(ib.ifindex, b.path)).toMatchObject({ name: "peer9", kind: "veth" });
@@ -130,7 +141,9 @@ describe("veth", () => {
     expect(await addresses(a.name, "eth1")).toEqual(["10.201.0.1/24", "fd42::1/64"]);
     expect(await addresses(b.name, "eth1")).toEqual(["10.201.0.2/24", "fd42::2/64"]);
     // NODAD: usable at once, never "tentative".
-    const addrJson = JSON.parse(await ipIn(b.name, ["-j", "addr", "show", "dev", "eth1"])) as Array<{ addr_info: Array<Record<string, unknown>> }>;
+    const addrJson = JSON.parse(await ipIn(b.name, ["-j", "addr", "show", "dev", "eth1"])) as Array<{
+      addr_info: Array<Record<string, unknown>>;
+    }>;
     const v6 = addrJson[0]?.addr_info.find((x) => x.local === "fd42::2");
     expect(v6).toBeDefined();
     expect(v6?.tentative).toBeUndefined();
@@ -234,7 +247,20 @@ describe("vxlan", () => {
     try {
       for (const tag of ["h", "h", "p", "p"]) made.push(await makeNetns(tag));
       const [h1, h2, p1, p2] = made as [TestNetns, TestNetns, TestNetns, TestNetns];
-      await ipIn(undefined, ["link", "add", "u1", "netns", h1.name, "type", "veth", "peer", "name", "u2", "netns", h2.name]);
+      await ipIn(undefined, [
+        "link",
+        "add",
+        "u1",
+        "netns",
+        h1.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "u2",
+        "netns",
+        h2.name,
+      ]);
       const [v1, v2, len] = family === 4 ? ["192.168.77.1", "192.168.77.2", 24] : ["fd77::1", "fd77::2", 64];
       addAddress("u1", `${v1}/${len}`, h1.path);
       addAddress("u2", `${v2}/${len}`, h2.path);
@@ -249,7 +275,15 @@ describe("vxlan", () => {
 
   test("IPv4 remote: placed in the pod netns under its final name, up, with VNI, remote, port, MTU; ping across", async () => {
     await using t = await twoHosts(4);
-    addVxlan({ name: "vx0", ns: t.p1.path, hostNs: t.h1.path, vni: 4242, remote: t.v2, underlay: "u1", mac: "02:00:00:42:00:01" });
+    addVxlan({
+      name: "vx0",
+      ns: t.p1.path,
+      hostNs: t.h1.path,
+      vni: 4242,
+      remote: t.v2,
+      underlay: "u1",
+      mac: "02:00:00:42:00:01",
+    });
     addVxlan({ name: "vx0", ns: t.p2.path, hostNs: t.h2.path, vni: 4242, remote: t.v1, underlay: "u2" });
     const l = await ipLink(t.p1, "vx0");
     expect(l.linkinfo?.info_kind).toBe("vxlan");
@@ -260,7 +294,15 @@ describe("vxlan", () => {
     expect(await linkInfo(t.h1.name, "vx0")).toBeUndefined();
 
     const g = getLink("vx0", t.p1.path);
-    expect(g).toMatchObject({ kind: "vxlan", vni: 4242, remote: t.v2, port: 4789, learning: true, mtu: 1450, up: true });
+    expect(g).toMatchObject({
+      kind: "vxlan",
+      vni: 4242,
+      remote: t.v2,
+      port: 4789,
+      learning: true,
+      mtu: 1450,
+      up: true,
+    });
     const u1 = await ipLink(t.h1, "u1");
     if (g.kind !== "vxlan") throw new Error("not a vxlan");
     expect(g.underlayIndex).toBe(u1.ifindex);
@@ -276,13 +318,35 @@ describe("vxlan", () => {
     await using t = await twoHosts(6);
     await ipIn(t.h1.name, ["link", "set", "u1", "mtu", "9000"]);
     await ipIn(t.h2.name, ["link", "set", "u2", "mtu", "9000"]);
-    addVxlan({ name: "tun7", ns: t.p1.path, hostNs: t.h1.path, vni: 7, remote: t.v2, underlay: "u1", port: 8472 });
-    addVxlan({ name: "tun7", ns: t.p2.path, hostNs: t.h2.path, vni: 7, remote: t.v1, underlay: "u2", port: 8472, learning: false });
+    addVxlan({
+      name: "tun7",
+      ns: t.p1.path,
+      hostNs: t.h1.path,
+      vni: 7,
+      remote: t.v2,
+      underlay: "u1",
+      port: 8472,
+    });
+    addVxlan({
+      name: "tun7",
+      ns: t.p2.path,
+      hostNs: t.h2.path,
+      vni: 7,
+      remote: t.v1,
+      underlay: "u2",
+      port: 8472,
+      learning: false,
+    });
     const l = await ipLink(t.p1, "tun7");
     expect(l.mtu).toBe(8930);
     expect(l.linkinfo?.info_data).toMatchObject({ id: 7, remote6: t.v2, port: 8472, learning: true });
     expect((await ipLink(t.p2, "tun7")).linkinfo?.info_data).toMatchObject({ learning: false });
-    expect(getLink("tun7", t.p2.path)).toMatchObject({ kind: "vxlan", remote: t.v1, learning: false, port: 8472 });
+    expect(getLink("tun7", t.p2.path)).toMatchObject({
+      kind: "vxlan",
+      remote: t.v1,
+      learning: false,
+      port: 8472,
+    });
     addAddress("tun7", "10.78.0.1/24", t.p1.path);
     addAddress("tun7", "10.78.0.2/24", t.p2.path);
     expect((await ping(t.p2, "10.78.0.1")).code).toBe(0);
@@ -291,14 +355,20 @@ describe("vxlan", () => {
   test("an existing name in the pod netns, a taken VNI, a missing underlay", async () => {
     await using t = await twoHosts(4);
     addVxlan({ name: "vx0", ns: t.p1.path, hostNs: t.h1.path, vni: 10, remote: t.v2, underlay: "u1" });
-    const dup = thrown(() => addVxlan({ name: "vx0", ns: t.p1.path, hostNs: t.h1.path, vni: 11, remote: t.v2, underlay: "u1" }));
+    const dup = thrown(() =>
+      addVxlan({ name: "vx0", ns: t.p1.path, hostNs: t.h1.path, vni: 11, remote: t.v2, underlay: "u1" }),
+    );
     expect(dup).toBeInstanceOf(NetlinkError);
     expect((dup as Error).message).toStartWith(`failed to add vxlan "vx0" in netns "${t.p1.path}"`);
     expect((dup as Error).message).toContain("File exists (EEXIST)");
-    const vni = thrown(() => addVxlan({ name: "vx1", ns: t.p2.path, hostNs: t.h1.path, vni: 10, remote: t.v2, underlay: "u1" }));
+    const vni = thrown(() =>
+      addVxlan({ name: "vx1", ns: t.p2.path, hostNs: t.h1.path, vni: 10, remote: t.v2, underlay: "u1" }),
+    );
     expect((vni as NetlinkError).code).toBe("EEXIST");
     expect((vni as Error).message).toContain("VNI"); // the kernel's extended ack
-    const missing = thrown(() => addVxlan({ name: "vx2", ns: t.p2.path, hostNs: t.h1.path, vni: 12, remote: t.v2, underlay: "nosuch0" }));
+    const missing = thrown(() =>
+      addVxlan({ name: "vx2", ns: t.p2.path, hostNs: t.h1.path, vni: 12, remote: t.v2, underlay: "nosuch0" }),
+    );
     expect(missing).toBeInstanceOf(LinkNotFoundError);
     expect((missing as Error).message).toContain('underlay "nosuch0" not found');
     expect(listLinks(t.p2.path).map((l) => l.name)).toEqual(["lo"]);
@@ -336,7 +406,13 @@ describe("errors", () => {
     const gone = await makeNetns("g");
     const gonePath = gone.path;
     await gone[Symbol.asyncDispose]();
-    for (const path of ["/var/run/netns/ratchet-no-such-ns", regular, dir.path, gonePath, "/proc/self/ns/mnt"]) {
+    for (const path of [
+      "/var/run/netns/ratchet-no-such-ns",
+      regular,
+      dir.path,
+      gonePath,
+      "/proc/self/ns/mnt",
+    ]) {
       for (const fn of [
         () => getLink("lo", path),
         () => listLinks(path),
@@ -359,11 +435,15 @@ describe("errors", () => {
     const err = thrown(() => addAddress("eth0", "10.9.9.1/24", a.path));
     expect(err).toBeInstanceOf(NetlinkError);
     // The kernel's extended ack may follow ("ipv4: Address already assigned").
-    expect((err as Error).message).toStartWith(`failed to add address 10.9.9.1/24 to "eth0" in netns "${a.path}": File exists (EEXIST)`);
+    expect((err as Error).message).toStartWith(
+      `failed to add address 10.9.9.1/24 to "eth0" in netns "${a.path}": File exists (EEXIST)`,
+    );
   });
 
   test("bad input is refused before the kernel sees it", () => {
-    expect(() => addVethPair({ a: { name: "waytoolongname0123" }, b: { name: "b" } })).toThrow("is 18 bytes long");
+    expect(() => addVethPair({ a: { name: "waytoolongname0123" }, b: { name: "b" } })).toThrow(
+      "is 18 bytes long",
+    );
     expect(() => addAddress("lo", "10.0.0.1", undefined)).toThrow("no prefix length");
     expect(() => setMac("lo", "zz:00:00:00:00:00")).toThrow("not a MAC address");
     expect(() => setMtu("lo", 10)).toThrow("invalid MTU");
@@ -389,7 +469,9 @@ describe("namespaces and resources", () => {
     expect(withNetns(undefined, () => readlinkSync("/proc/thread-self/ns/net"))).toBe(here);
     // Work done inside lands in that netns: /proc/sys/net belongs to the netns of its opener.
     withNetns(a.path, () => writeFileSync("/proc/sys/net/ipv4/ip_forward", "1"));
-    expect((await run(["ip", "netns", "exec", a.name, "sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim()).toBe("1");
+    expect(
+      (await run(["ip", "netns", "exec", a.name, "sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim(),
+    ).toBe("1");
   });
 
   test("if switching back fails, the process exits instead of running on in the wrong netns", async () => {
@@ -404,7 +486,11 @@ describe("namespaces and resources", () => {
   test("a /proc/<pid>/ns/net path works like a /var/run/netns one", async () => {
     await using a = await makeNetns("a");
     await using b = await makeNetns("b");
-    const proc = Bun.spawn({ cmd: ["ip", "netns", "exec", a.name, "sleep", "30"], stdout: "ignore", stderr: "ignore" });
+    const proc = Bun.spawn({
+      cmd: ["ip", "netns", "exec", a.name, "sleep", "30"],
+      stdout: "ignore",
+      stderr: "ignore",
+    });
     await using _kill = {
       async [Symbol.asyncDispose]() {
         proc.kill();
@@ -448,13 +534,19 @@ describe("dumps", () => {
     await using ns = await makeNetns("d");
     using dir = tempDir();
     // Enough links that a dump spans several datagrams, so changes can land between them.
-    const batch = Array.from({ length: 300 }, (_, i) => `link add s${i} type veth peer name t${i}`).join("\n");
+    const batch = Array.from({ length: 300 }, (_, i) => `link add s${i} type veth peer name t${i}`).join(
+      "\n",
+    );
     await Bun.write(`${dir.path}/mk.batch`, `${batch}\n`);
     await ipIn(ns.name, ["-batch", `${dir.path}/mk.batch`]);
     const stable = new Set(["lo", ...Array.from({ length: 300 }, (_, i) => [`s${i}`, `t${i}`]).flat()]);
     // Churn: a link pair appears and disappears over and over while we dump.
     const churn = Bun.spawn({
-      cmd: ["bash", "-c", `while :; do ip -n ${ns.name} link add c0 type veth peer name c1; ip -n ${ns.name} link del c0; done`],
+      cmd: [
+        "bash",
+        "-c",
+        `while :; do ip -n ${ns.name} link add c0 type veth peer name c1; ip -n ${ns.name} link del c0; done`,
+      ],
       stdout: "ignore",
       stderr: "ignore",
     });

@@ -20,9 +20,33 @@ async function classifyHidden(dir: string, api: ApiServer, ref: string, auth: "t
   }
   const kubeconfig = api.writeKubeconfig(dir, { auth, inline: auth === "token", name: `kubeconfig-${auth}` });
   const conf = join(dir, "ratchet.conf");
-  writeFileSync(conf, JSON.stringify({ cniVersion: "1.0.0", name: "t", type: "ratchet", etcd_endpoints: ["http://127.0.0.1:1"], kubeconfig, default_prefix: 24 }));
+  writeFileSync(
+    conf,
+    JSON.stringify({
+      cniVersion: "1.0.0",
+      name: "t",
+      type: "ratchet",
+      etcd_endpoints: ["http://127.0.0.1:1"],
+      kubeconfig,
+      default_prefix: 24,
+    }),
+  );
   const script = `mount -t tmpfs ratchet-hide "$1" && test -z "$(ls -A "$1")" && exec "$2" --pod "$3" --config "$4"`;
-  return run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", REPO, join(dir, "ratchet-child"), ref, conf]);
+  return run([
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "sh",
+    "-c",
+    script,
+    "sh",
+    REPO,
+    join(dir, "ratchet-child"),
+    ref,
+    conf,
+  ]);
 }
 
 describe("ratchet-child --pod in the compiled binary, checkout hidden", () => {
@@ -78,16 +102,42 @@ describe("ratchet-child --pod in the compiled binary, checkout hidden", () => {
     using dir = tempDir();
     const missing = await classifyHidden(dir.path, api, "default/nope");
     expect(missing.code).toBe(1);
-    expect(JSON.parse(missing.stdout)).toEqual({ cniVersion: "1.0.0", code: 11, msg: `pod default/nope not found (404 from ${api.url})`, details: 'pods "nope" not found' });
+    expect(JSON.parse(missing.stdout)).toEqual({
+      cniVersion: "1.0.0",
+      code: 11,
+      msg: `pod default/nope not found (404 from ${api.url})`,
+      details: 'pods "nope" not found',
+    });
 
-    api.putPod({ kind: "Pod", metadata: { name: "bad", labels: { ratchet: "true" }, annotations: { "ratchet/links": '[{"peer":"x","local_ifname":"eth1","peer_ifname":"eth1","mtu":9}]' } } });
+    api.putPod({
+      kind: "Pod",
+      metadata: {
+        name: "bad",
+        labels: { ratchet: "true" },
+        annotations: { "ratchet/links": '[{"peer":"x","local_ifname":"eth1","peer_ifname":"eth1","mtu":9}]' },
+      },
+    });
     const bad = await classifyHidden(dir.path, api, "default/bad");
     expect(bad.code).toBe(1);
-    expect(JSON.parse(bad.stdout)).toEqual({ cniVersion: "1.0.0", code: 103, msg: `pod default/bad: annotation ratchet/links[0].mtu ${show(9)} is out of range 68..65535` });
+    expect(JSON.parse(bad.stdout)).toEqual({
+      cniVersion: "1.0.0",
+      code: 103,
+      msg: `pod default/bad: annotation ratchet/links[0].mtu ${show(9)} is out of range 68..65535`,
+    });
 
-    const malformed = await run([BIN, "--mode=child", "--pod", "no-slash", "--config", join(dir.path, "ratchet.conf")]);
+    const malformed = await run([
+      BIN,
+      "--mode=child",
+      "--pod",
+      "no-slash",
+      "--config",
+      join(dir.path, "ratchet.conf"),
+    ]);
     expect(malformed.code).toBe(1);
-    expect(JSON.parse(malformed.stdout)).toMatchObject({ code: 103, msg: '--pod "no-slash": expected NAMESPACE/NAME' });
+    expect(JSON.parse(malformed.stdout)).toMatchObject({
+      code: 103,
+      msg: '--pod "no-slash": expected NAMESPACE/NAME',
+    });
   });
 });
 
@@ -113,7 +163,9 @@ describe("apiserver-fixture", () => {
       expect(info.kubeconfig).toBe(join(dir.path, "kubeconfig"));
 
       using podReader = new PodReader({ kubeconfig: info.kubeconfig });
-      expect((await podReader.readPod("default", "pair-pod", 5000)).labels["ratchet.pair_name"]).toBe("primary-pod");
+      expect((await podReader.readPod("default", "pair-pod", 5000)).labels["ratchet.pair_name"]).toBe(
+        "primary-pod",
+      );
       proc.kill("SIGTERM");
       expect(await proc.exited).toBe(0);
       expect(readdirSync(dir.path)).toEqual([]);

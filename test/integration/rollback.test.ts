@@ -38,7 +38,14 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
     const code = await runParent(
       [],
       {
-        env: { PATH: process.env.PATH, CNI_COMMAND: "ADD", CNI_CONTAINERID: "rb1", CNI_NETNS: ns.path, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" },
+        env: {
+          PATH: process.env.PATH,
+          CNI_COMMAND: "ADD",
+          CNI_CONTAINERID: "rb1",
+          CNI_NETNS: ns.path,
+          CNI_IFNAME: "eth0",
+          CNI_PATH: "/usr/lib/cni",
+        },
         readStdin: async () => JSON.stringify(conf),
         write: (s) => {
           out += s;

@@ -6,12 +6,18 @@ import { ipIn } from "../support/netns.ts";
 
 /** A ratchet pod that only opts in (its peers declare the links). */
 function optIn(name: string, namespace = "default") {
-  return { apiVersion: "v1", kind: "Pod", metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" } }, spec: {} };
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" } },
+    spec: {},
+  };
 }
 
 async function ifindex(ns: string, name: string): Promise<number | undefined> {
   try {
-    return (JSON.parse(await ipIn(ns, ["-j", "link", "show", "dev", name])) as Array<{ ifindex: number }>)[0]?.ifindex;
+    return (JSON.parse(await ipIn(ns, ["-j", "link", "show", "dev", name])) as Array<{ ifindex: number }>)[0]
+      ?.ifindex;
   } catch {
     return undefined;
   }
@@ -21,7 +27,17 @@ describe("a pod's links cannot reach into its peer", () => {
   test("a link naming the peer's CNI_IFNAME is refused; the peer's interface is untouched", async () => {
     await using c = await makeCluster({ nodes: 1 });
     c.putPod(optIn("victim"));
-    c.putPod(annotatedPod("attacker", [{ peer: "victim", local_ifname: "x0", peer_ifname: "eth0", local_ip: "10.70.0.1/30", peer_ip: "10.70.0.2/30" }]));
+    c.putPod(
+      annotatedPod("attacker", [
+        {
+          peer: "victim",
+          local_ifname: "x0",
+          peer_ifname: "eth0",
+          local_ip: "10.70.0.1/30",
+          peer_ip: "10.70.0.2/30",
+        },
+      ]),
+    );
     const n = c.node(1);
     const victim = await n.pod("victim");
     // The victim's own network: an eth0 made by "another plugin".
@@ -44,12 +60,28 @@ describe("a pod's links cannot reach into its peer", () => {
     await using c = await makeCluster({ nodes: 2 });
     c.putPod(optIn("victim"));
     c.putPod(optIn("victim2"));
-    c.putPod(annotatedPod("attacker", [
-      { peer: "victim", local_ifname: "y0", peer_ifname: "net1", local_ip: "10.71.0.1/30", peer_ip: "10.71.0.2/30" },
-    ]));
-    c.putPod(annotatedPod("attacker2", [
-      { peer: "victim2", local_ifname: "y1", peer_ifname: "net1", local_ip: "10.72.0.1/30", peer_ip: "10.72.0.2/30" },
-    ]));
+    c.putPod(
+      annotatedPod("attacker", [
+        {
+          peer: "victim",
+          local_ifname: "y0",
+          peer_ifname: "net1",
+          local_ip: "10.71.0.1/30",
+          peer_ip: "10.71.0.2/30",
+        },
+      ]),
+    );
+    c.putPod(
+      annotatedPod("attacker2", [
+        {
+          peer: "victim2",
+          local_ifname: "y1",
+          peer_ifname: "net1",
+          local_ip: "10.72.0.1/30",
+          peer_ip: "10.72.0.2/30",
+        },
+      ]),
+    );
     const [n1, n2] = [c.node(1), c.node(2)];
     const victim = await n1.pod("victim");
     const victim2 = await n2.pod("victim2");
@@ -73,7 +105,8 @@ describe("a pod's links cannot reach into its peer", () => {
     const attacker2 = await n1.pod("attacker2");
     expect((await attacker2.add()).code).toBe(0);
     const until = Date.now() + 3000;
-    while (Date.now() < until && !n2.logTail(200).includes("tunnel end not built: the name is taken")) await Bun.sleep(50);
+    while (Date.now() < until && !n2.logTail(200).includes("tunnel end not built: the name is taken"))
+      await Bun.sleep(50);
     expect(n2.logTail(200)).toContain("tunnel end not built: the name is taken by another interface");
     expect(await ifindex(victim2.netns.name, "net1")).toBe(netIdx2 as number);
     expect((await c.iface(victim2, "net1"))?.kind).toBe("veth");
@@ -89,7 +122,22 @@ describe("a pod's links cannot reach into its peer", () => {
 describe("namespaces are boundaries", () => {
   test("a link into another namespace needs a declaration from both pods", async () => {
     await using c = await makeCluster({ nodes: 1 });
-    c.putPod(annotatedPod("a", [{ peer: "b", peer_namespace: "team-b", local_ifname: "z0", peer_ifname: "z1", local_ip: "10.73.0.1/30", peer_ip: "10.73.0.2/30" }], "team-a"));
+    c.putPod(
+      annotatedPod(
+        "a",
+        [
+          {
+            peer: "b",
+            peer_namespace: "team-b",
+            local_ifname: "z0",
+            peer_ifname: "z1",
+            local_ip: "10.73.0.1/30",
+            peer_ip: "10.73.0.2/30",
+          },
+        ],
+        "team-a",
+      ),
+    );
     c.putPod(optIn("b", "team-b"));
     const n = c.node(1);
     const a = await n.pod("a", "team-a");
@@ -101,7 +149,22 @@ describe("namespaces are boundaries", () => {
     // b consents by declaring the same link; its next sandbox gets it.
     expect((await b.del()).code).toBe(0);
     await b.removeNetns();
-    c.putPod(annotatedPod("b", [{ peer: "a", peer_namespace: "team-a", local_ifname: "z1", peer_ifname: "z0", local_ip: "10.73.0.2/30", peer_ip: "10.73.0.1/30" }], "team-b"));
+    c.putPod(
+      annotatedPod(
+        "b",
+        [
+          {
+            peer: "a",
+            peer_namespace: "team-a",
+            local_ifname: "z1",
+            peer_ifname: "z0",
+            local_ip: "10.73.0.2/30",
+            peer_ip: "10.73.0.1/30",
+          },
+        ],
+        "team-b",
+      ),
+    );
     const b2 = await b.recreate();
     expect((await b2.add()).code).toBe(0);
     expect((await c.iface(b2, "z1"))?.kind).toBe("veth");

@@ -25,7 +25,8 @@ function parseArgs(argv: string[]): { pods: string[]; dir: string; auth: "token"
     else if (a === "--dir") dir = resolve(value());
     else if (a === "--auth") {
       const v = value();
-      if (v !== "token" && v !== "cert") throw new Error(`--auth must be token or cert, not ${JSON.stringify(v)}`);
+      if (v !== "token" && v !== "cert")
+        throw new Error(`--auth must be token or cert, not ${JSON.stringify(v)}`);
       auth = v;
     } else throw new Error(`unknown argument ${JSON.stringify(a)}`);
   }

@@ -55,11 +55,30 @@ export interface ServiceAccountFiles {
 export type Fault = { status: number; message: string };
 
 function status(code: number, reason: string, message: string, details?: Record<string, string>): Response {
-  const body = { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, code, ...(details ? { details } : {}) };
+  const body = {
+    kind: "Status",
+    apiVersion: "v1",
+    metadata: {},
+    status: "Failure",
+    message,
+    reason,
+    code,
+    ...(details ? { details } : {}),
+  };
   return Response.json(body, { status: code });
 }
 
-const REASONS: Record<number, string> = { 400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout" };
+const REASONS: Record<number, string> = {
+  400: "BadRequest",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "NotFound",
+  405: "MethodNotAllowed",
+  429: "TooManyRequests",
+  500: "InternalError",
+  503: "ServiceUnavailable",
+  504: "Timeout",
+};
 
 export class ApiServer implements AsyncDisposable {
   readonly pki: TestPki;
@@ -73,7 +92,10 @@ export class ApiServer implements AsyncDisposable {
   private fault: Fault | undefined;
   private resourceVersion = 1;
 
-  private constructor(private readonly opts: ApiServerOptions, private readonly tmp: string) {
+  private constructor(
+    private readonly opts: ApiServerOptions,
+    private readonly tmp: string,
+  ) {
     this.pki = makePki(tmp);
     this.tokens = new Set(opts.tokens ?? [`t-${crypto.randomUUID()}`]);
     for (const f of opts.podFiles ?? []) this.loadPods(f);
@@ -157,21 +179,40 @@ export class ApiServer implements AsyncDisposable {
 
   private async respond(req: Request, url: URL, authorized: boolean): Promise<Response> {
     if (this.delayMs > 0) await Bun.sleep(this.delayMs);
-    if (url.pathname === "/healthz" || url.pathname === "/livez" || url.pathname === "/readyz") return new Response("ok");
+    if (url.pathname === "/healthz" || url.pathname === "/livez" || url.pathname === "/readyz")
+      return new Response("ok");
     if (!authorized) return status(401, "Unauthorized", "Unauthorized");
-    if (this.fault) return status(this.fault.status, REASONS[this.fault.status] ?? "Unknown", this.fault.message);
-    if (req.method !== "GET") return status(405, "MethodNotAllowed", `the server does not allow this method on the requested resource`);
+    if (this.fault)
+      return status(this.fault.status, REASONS[this.fault.status] ?? "Unknown", this.fault.message);
+    if (req.method !== "GET")
+      return status(
+        405,
+        "MethodNotAllowed",
+        `the server does not allow this method on the requested resource`,
+      );
     if (url.pathname === "/version") {
-      return Response.json({ major: "1", minor: "31", gitVersion: "v1.31.0-ratchet-standin", platform: "linux/amd64" });
+      return Response.json({
+        major: "1",
+        minor: "31",
+        gitVersion: "v1.31.0-ratchet-standin",
+        platform: "linux/amd64",
+      });
     }
-    const parts = url.pathname.split("/").filter((s) => s !== "").map(decodeURIComponent);
+    const parts = url.pathname
+      .split("/")
+      .filter((s) => s !== "")
+      .map(decodeURIComponent);
     // /api/v1/pods, /api/v1/namespaces/{ns}/pods, /api/v1/namespaces/{ns}/pods/{name}
     if (parts[0] === "api" && parts[1] === "v1") {
       if (parts.length === 3 && parts[2] === "pods") return this.list(undefined);
       if (parts.length === 5 && parts[2] === "namespaces" && parts[4] === "pods") return this.list(parts[3]);
       if (parts.length === 6 && parts[2] === "namespaces" && parts[4] === "pods") {
         const pod = this.getPod(parts[3] as string, parts[5] as string);
-        if (!pod) return status(404, "NotFound", `pods "${parts[5]}" not found`, { name: parts[5] as string, kind: "pods" });
+        if (!pod)
+          return status(404, "NotFound", `pods "${parts[5]}" not found`, {
+            name: parts[5] as string,
+            kind: "pods",
+          });
         return Response.json(pod);
       }
     }
@@ -179,8 +220,15 @@ export class ApiServer implements AsyncDisposable {
   }
 
   private list(namespace: string | undefined): Response {
-    const items = [...this.pods.values()].filter((p) => namespace === undefined || p.metadata.namespace === namespace);
-    return Response.json({ kind: "PodList", apiVersion: "v1", metadata: { resourceVersion: String(this.resourceVersion) }, items });
+    const items = [...this.pods.values()].filter(
+      (p) => namespace === undefined || p.metadata.namespace === namespace,
+    );
+    return Response.json({
+      kind: "PodList",
+      apiVersion: "v1",
+      metadata: { resourceVersion: String(this.resourceVersion) },
+      items,
+    });
   }
 
   /** Writes a kubeconfig for this server into dir; removed with the server. Returns its path. */
@@ -194,10 +242,16 @@ export class ApiServer implements AsyncDisposable {
       this.files.push(caFile);
     }
     const caPem = opts.caPem ?? this.pki.ca.cert;
-    const cluster = inline ? { server: this.url, "certificate-authority-data": b64(caPem) } : { server: this.url, "certificate-authority": caFile };
+    const cluster = inline
+      ? { server: this.url, "certificate-authority-data": b64(caPem) }
+      : { server: this.url, "certificate-authority": caFile };
     let user: Record<string, string>;
     if (opts.auth === "token") user = { token: opts.token ?? this.token };
-    else if (inline) user = { "client-certificate-data": b64(this.pki.client.cert), "client-key-data": b64(this.pki.client.key) };
+    else if (inline)
+      user = {
+        "client-certificate-data": b64(this.pki.client.cert),
+        "client-key-data": b64(this.pki.client.key),
+      };
     else user = { "client-certificate": this.pki.client.certFile, "client-key": this.pki.client.keyFile };
     const config = {
       apiVersion: "v1",
@@ -222,7 +276,12 @@ export class ApiServer implements AsyncDisposable {
     writeFileSync(caFile, this.pki.ca.cert);
     writeFileSync(join(dir, "namespace"), "kube-system");
     this.files.push(tokenFile, caFile, join(dir, "namespace"));
-    return { dir, tokenFile, caFile, env: { KUBERNETES_SERVICE_HOST: "127.0.0.1", KUBERNETES_SERVICE_PORT: String(this.server?.port ?? 0) } };
+    return {
+      dir,
+      tokenFile,
+      caFile,
+      env: { KUBERNETES_SERVICE_HOST: "127.0.0.1", KUBERNETES_SERVICE_PORT: String(this.server?.port ?? 0) },
+    };
   }
 
   /** Stops serving (in-flight requests are cut) and removes the certificates and the files it wrote. */

@@ -20,7 +20,8 @@ export interface TestPki {
 
 function openssl(args: string[], cwd: string): void {
   const r = Bun.spawnSync({ cmd: ["openssl", ...args], cwd, stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`openssl ${args.join(" ")} failed (${r.exitCode}): ${r.stderr.toString()}`);
+  if (r.exitCode !== 0)
+    throw new Error(`openssl ${args.join(" ")} failed (${r.exitCode}): ${r.stderr.toString()}`);
 }
 
 function pair(dir: string, name: string): KeyPair {
@@ -35,8 +36,23 @@ const KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-node
 export function makeCa(dir: string, name = "ca", cn = "ratchet-test-ca"): KeyPair {
   mkdirSync(dir, { recursive: true });
   openssl(
-    ["req", "-x509", ...KEY, "-keyout", `${name}.key`, "-out", `${name}.crt`, "-days", "2", "-subj", `/CN=${cn}`,
-      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+    [
+      "req",
+      "-x509",
+      ...KEY,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      "-subj",
+      `/CN=${cn}`,
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+    ],
     dir,
   );
   return pair(dir, name);
@@ -45,16 +61,45 @@ export function makeCa(dir: string, name = "ca", cn = "ratchet-test-ca"): KeyPai
 function signed(dir: string, ca: KeyPair, name: string, subject: string, ext: string): KeyPair {
   openssl(["req", "-new", ...KEY, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", subject], dir);
   writeFileSync(join(dir, `${name}.ext`), ext);
-  openssl(["x509", "-req", "-in", `${name}.csr`, "-CA", ca.certFile, "-CAkey", ca.keyFile, "-CAcreateserial", "-out", `${name}.crt`, "-days", "2", "-extfile", `${name}.ext`], dir);
+  openssl(
+    [
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      ca.certFile,
+      "-CAkey",
+      ca.keyFile,
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      "-extfile",
+      `${name}.ext`,
+    ],
+    dir,
+  );
   return pair(dir, name);
 }
 
 /** A CA, a server certificate for loopback and a client certificate, all in `dir`. */
 export function makePki(dir: string): TestPki {
   const ca = makeCa(dir);
-  const server = signed(dir, ca, "server", "/CN=ratchet-test-apiserver",
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n");
-  const client = signed(dir, ca, "client", "/O=system:nodes/CN=ratchet-node",
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n");
+  const server = signed(
+    dir,
+    ca,
+    "server",
+    "/CN=ratchet-test-apiserver",
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n",
+  );
+  const client = signed(
+    dir,
+    ca,
+    "client",
+    "/O=system:nodes/CN=ratchet-node",
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+  );
   return { dir, ca, server, client };
 }

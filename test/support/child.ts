@@ -2,7 +2,12 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** Polls until cond() is truthy; throws with `what` after timeoutMs. Never a blind sleep. */
-export async function waitFor<T>(what: string, cond: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 25): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  cond: () => T | Promise<T>,
+  timeoutMs = 10_000,
+  everyMs = 25,
+): Promise<T> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const v = await cond();
@@ -39,7 +44,12 @@ export function alive(pid: number): boolean {
 }
 
 /** Sends one request to a child socket and returns the parsed response line. */
-export async function rpc(socket: string, method: string, params: unknown = {}, timeoutMs = 5000): Promise<{ ok: boolean; result?: Record<string, unknown>; error?: { code: number; msg: string } }> {
+export async function rpc(
+  socket: string,
+  method: string,
+  params: unknown = {},
+  timeoutMs = 5000,
+): Promise<{ ok: boolean; result?: Record<string, unknown>; error?: { code: number; msg: string } }> {
   let buf = "";
   let done: (s: string) => void = () => undefined;
   const line = new Promise<string>((r) => {
@@ -56,9 +66,16 @@ export async function rpc(socket: string, method: string, params: unknown = {}, 
     },
   });
   sock.write(`${JSON.stringify({ id: 1, method, deadline: Date.now() + timeoutMs, params })}\n`);
-  const timer = setTimeout(() => done(JSON.stringify({ ok: false, error: { code: -1, msg: "test rpc timeout" } })), timeoutMs);
+  const timer = setTimeout(
+    () => done(JSON.stringify({ ok: false, error: { code: -1, msg: "test rpc timeout" } })),
+    timeoutMs,
+  );
   try {
-    return JSON.parse(await line) as { ok: boolean; result?: Record<string, unknown>; error?: { code: number; msg: string } };
+    return JSON.parse(await line) as {
+      ok: boolean;
+      result?: Record<string, unknown>;
+      error?: { code: number; msg: string };
+    };
   } finally {
     clearTimeout(timer);
     sock.end();

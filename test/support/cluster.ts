@@ -58,14 +58,25 @@ export function annotatedPod(name: string, links: AnnotationLink[], namespace = 
   return {
     apiVersion: "v1",
     kind: "Pod",
-    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" }, annotations: { "ratchet/links": JSON.stringify(links) } },
+    metadata: {
+      name,
+      namespace,
+      uid: crypto.randomUUID(),
+      labels: { ratchet: "true" },
+      annotations: { "ratchet/links": JSON.stringify(links) },
+    },
     spec: {},
   };
 }
 
 /** A pod ratchet passes through to the delegate. */
 export function plainPod(name: string, namespace = "default"): PodObject {
-  return { apiVersion: "v1", kind: "Pod", metadata: { name, namespace, uid: crypto.randomUUID(), labels: { app: name } }, spec: {} };
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { app: name } },
+    spec: {},
+  };
 }
 
 function b64(s: string): string {
@@ -85,7 +96,11 @@ function prefixEnd(prefix: string): string {
 
 /** etcd's v3 HTTP/JSON gateway (etcd 3.4: /v3/kv/...): no gRPC client in the test process. */
 async function etcdCall(path: string, body: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const res = await fetch(`${etcdEndpoint()}/v3/kv/${path}`, { method: "POST", body: JSON.stringify(body), signal: AbortSignal.timeout(5000) });
+  const res = await fetch(`${etcdEndpoint()}/v3/kv/${path}`, {
+    method: "POST",
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(5000),
+  });
   const text = await res.text();
   if (!res.ok) throw new Error(`etcd ${path} failed: HTTP ${res.status}: ${text}`);
   return JSON.parse(text) as Record<string, unknown>;
@@ -316,7 +331,14 @@ export class Cluster implements AsyncDisposable {
   }
 
   /** Runs the installed binary as a runtime does, the checkout hidden. */
-  cni(inv: { command: string; conf: unknown; containerId?: string; netns?: string; ifname?: string; args?: string }): Promise<CniRun> {
+  cni(inv: {
+    command: string;
+    conf: unknown;
+    containerId?: string;
+    netns?: string;
+    ifname?: string;
+    args?: string;
+  }): Promise<CniRun> {
     return cni({ ...inv, bin: this.runner, visible: true });
   }
 
@@ -389,7 +411,12 @@ export class Cluster implements AsyncDisposable {
     const from = `${this.etcdPrefix}/`;
     const res = await etcdCall("range", { key: b64(from), range_end: b64(prefixEnd(from)) });
     const kvs = (res.kvs ?? []) as Array<{ key: string; value?: string }>;
-    return new Map(kvs.map((kv) => [Buffer.from(kv.key, "base64").toString(), Buffer.from(kv.value ?? "", "base64").toString()]));
+    return new Map(
+      kvs.map((kv) => [
+        Buffer.from(kv.key, "base64").toString(),
+        Buffer.from(kv.value ?? "", "base64").toString(),
+      ]),
+    );
   }
 
   async etcdKeys(): Promise<string[]> {
@@ -421,7 +448,11 @@ export class Cluster implements AsyncDisposable {
    */
   async assertClean(opts: { etcdWaitMs?: number } = {}): Promise<void> {
     const problems: string[] = [];
-    for (const p of this.pods) if (p.netnsExists) problems.push(`pod ${p.namespace}/${p.name} (${p.containerId}) on ${p.node.name}: netns ${p.netns.name} still exists`);
+    for (const p of this.pods)
+      if (p.netnsExists)
+        problems.push(
+          `pod ${p.namespace}/${p.name} (${p.containerId}) on ${p.node.name}: netns ${p.netns.name} still exists`,
+        );
     try {
       const until = Date.now() + (opts.etcdWaitMs ?? 5000);
       let keys = await this.recordKeys();
@@ -435,13 +466,21 @@ export class Cluster implements AsyncDisposable {
     }
     for (const n of this.nodes) {
       const stray = await n.strayHostLinks();
-      if (stray.length > 0) problems.push(`${n.name}: stray links in host netns ${n.host.name}: ${stray.join(", ")}`);
+      if (stray.length > 0)
+        problems.push(`${n.name}: stray links in host netns ${n.host.name}: ${stray.join(", ")}`);
       const agents = n.agents();
-      if (agents.length > 1) problems.push(`${n.name}: ${agents.length} node agents running (${agents.join(", ")}), expected at most one`);
+      if (agents.length > 1)
+        problems.push(
+          `${n.name}: ${agents.length} node agents running (${agents.join(", ")}), expected at most one`,
+        );
       const stubborn = await stopAgents(n.logFile, "SIGTERM", 5000);
-      if (stubborn.length > 0) problems.push(`${n.name}: node agents ${stubborn.join(", ")} still running 5 s after SIGTERM (killed)`);
+      if (stubborn.length > 0)
+        problems.push(
+          `${n.name}: node agents ${stubborn.join(", ")} still running 5 s after SIGTERM (killed)`,
+        );
       const left = n.agents();
-      if (left.length > 0) problems.push(`${n.name}: processes still logging to ${n.logFile}: ${left.join(", ")}`);
+      if (left.length > 0)
+        problems.push(`${n.name}: processes still logging to ${n.logFile}: ${left.join(", ")}`);
     }
     if (problems.length > 0) throw new Error(`cluster ${this.id} is not clean:\n  ${problems.join("\n  ")}`);
   }
@@ -461,7 +500,8 @@ export class Cluster implements AsyncDisposable {
         console.error(`cluster ${this.id}: cleanup: ${what}: ${(err as Error).message}`);
       }
     };
-    for (const n of this.nodes) await step(`stop agents of ${n.name}`, () => stopAgents(n.logFile, "SIGKILL", 5000));
+    for (const n of this.nodes)
+      await step(`stop agents of ${n.name}`, () => stopAgents(n.logFile, "SIGKILL", 5000));
     for (const p of this.pods) await step(`netns of ${p.containerId}`, () => p.removeNetns());
     for (const n of this.nodes) await step(`host netns of ${n.name}`, () => n.host[Symbol.asyncDispose]());
     if (this.switchNs) await step("switch netns", () => this.switchNs?.[Symbol.asyncDispose]());

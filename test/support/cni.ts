@@ -65,11 +65,15 @@ export function assertValidResult(x: unknown, version: string): CniResultJson {
   if (r.cniVersion !== version) throw new Error(`result cniVersion ${r.cniVersion}, expected ${version}`);
   const ifaces = r.interfaces ?? [];
   for (const ip of r.ips ?? []) {
-    if (!CIDR4.test(ip.address) && !CIDR6.test(ip.address)) throw new Error(`ips address ${ip.address} is not CIDR`);
-    if (ip.gateway !== undefined && !/^[0-9a-f.:]+$/i.test(ip.gateway)) throw new Error(`gateway ${ip.gateway} is not an IP`);
-    if (ip.interface !== undefined && (ip.interface < 0 || ip.interface >= ifaces.length)) throw new Error(`ips interface ${ip.interface} out of range`);
+    if (!CIDR4.test(ip.address) && !CIDR6.test(ip.address))
+      throw new Error(`ips address ${ip.address} is not CIDR`);
+    if (ip.gateway !== undefined && !/^[0-9a-f.:]+$/i.test(ip.gateway))
+      throw new Error(`gateway ${ip.gateway} is not an IP`);
+    if (ip.interface !== undefined && (ip.interface < 0 || ip.interface >= ifaces.length))
+      throw new Error(`ips interface ${ip.interface} out of range`);
     const wantVersion = version.startsWith("0.") ? (ip.address.includes(":") ? "6" : "4") : undefined;
-    if (ip.version !== wantVersion) throw new Error(`ips version ${ip.version} for ${version}, expected ${wantVersion}`);
+    if (ip.version !== wantVersion)
+      throw new Error(`ips version ${ip.version} for ${version}, expected ${wantVersion}`);
   }
   return r;
 }

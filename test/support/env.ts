@@ -91,5 +91,16 @@ export function installedBin(): string {
 export function hiddenCheckout(cmd: string[]): string[] {
   // "slave": network namespaces mounted later under /run/netns (a shared mount) still show
   // up in here, as they do for a runtime's plugins; the tmpfs stays private to this namespace.
-  return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", 'mount -t tmpfs ratchet-hide "$0" && exec "$@"', REPO, ...cmd];
+  return [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "slave",
+    "--",
+    "sh",
+    "-c",
+    'mount -t tmpfs ratchet-hide "$0" && exec "$@"',
+    REPO,
+    ...cmd,
+  ];
 }

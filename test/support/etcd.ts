@@ -65,7 +65,9 @@ process.on("exit", () => {
 
 /** Free loopback TCP ports, held open together so they differ; etcd cannot take port 0. */
 function freePorts(n: number): number[] {
-  const sockets = Array.from({ length: n }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+  const sockets = Array.from({ length: n }, () =>
+    Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }),
+  );
   const ports = sockets.map((s) => s.port);
   for (const s of sockets) s.stop(true);
   return ports;
@@ -137,30 +139,55 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
       const peerUrl = `http://${host}:${peerPort}`;
       const args = [
         "etcd",
-        "--name", "ratchet-test",
-        "--data-dir", join(dir, `data${attempt}`),
-        "--listen-client-urls", clientUrl,
-        "--advertise-client-urls", clientUrl,
-        "--listen-peer-urls", peerUrl,
-        "--initial-advertise-peer-urls", peerUrl,
-        "--initial-cluster", `ratchet-test=${peerUrl}`,
+        "--name",
+        "ratchet-test",
+        "--data-dir",
+        join(dir, `data${attempt}`),
+        "--listen-client-urls",
+        clientUrl,
+        "--advertise-client-urls",
+        clientUrl,
+        "--listen-peer-urls",
+        peerUrl,
+        "--initial-advertise-peer-urls",
+        peerUrl,
+        "--initial-cluster",
+        `ratchet-test=${peerUrl}`,
         ...(pki ? ["--cert-file", pki.server.certFile, "--key-file", pki.server.keyFile] : []),
         ...(pki && opts.clientCerts ? ["--client-cert-auth", "--trusted-ca-file", pki.ca.certFile] : []),
       ];
       proc = spawnLogged(args, logFile);
-      const ready = await waitHealthy(`${clientUrl}/health`, proc, pki, opts.clientCerts === true, opts.readyTimeoutMs ?? 20_000);
+      const ready = await waitHealthy(
+        `${clientUrl}/health`,
+        proc,
+        pki,
+        opts.clientCerts === true,
+        opts.readyTimeoutMs ?? 20_000,
+      );
       lastArgs = args;
       lastUrl = clientUrl;
       if (ready === "ok") break;
       if (ready === "exited" && attempt < 2 && /address already in use/.test(tail(logFile, 50))) continue;
-      throw new Error(`etcd at ${clientUrl} did not become healthy (${ready}); its log ends:\n${tail(logFile)}`);
+      throw new Error(
+        `etcd at ${clientUrl} did not become healthy (${ready}); its log ends:\n${tail(logFile)}`,
+      );
     }
     const endpoint = `${scheme}://${host}:${port}`;
 
     // Plain etcd3 sends an IP host as TLS SNI, which Bun refuses: its clients use the name.
-    const clientOptions = (as: { username: string; password: string } | null | undefined = opts.auth): IOptions => ({
+    const clientOptions = (
+      as: { username: string; password: string } | null | undefined = opts.auth,
+    ): IOptions => ({
       hosts: [`${scheme}://localhost:${port}`],
-      ...(pki ? { credentials: { rootCertificate: Buffer.from(pki.ca.cert), certChain: Buffer.from(pki.client.cert), privateKey: Buffer.from(pki.client.key) } } : {}),
+      ...(pki
+        ? {
+            credentials: {
+              rootCertificate: Buffer.from(pki.ca.cert),
+              certChain: Buffer.from(pki.client.cert),
+              privateKey: Buffer.from(pki.client.key),
+            },
+          }
+        : {}),
       ...(as ? { auth: { username: as.username, password: as.password } } : {}),
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 10_000 }),
     });
@@ -181,8 +208,12 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
       conf: () => ({
         etcd_endpoints: [endpoint],
         ...(pki ? { etcd_ca_file: pki.ca.certFile } : {}),
-        ...(pki && opts.clientCerts ? { etcd_cert_file: pki.client.certFile, etcd_key_file: pki.client.keyFile } : {}),
-        ...(opts.auth && passwordFile ? { etcd_username: opts.auth.username, etcd_password_file: passwordFile } : {}),
+        ...(pki && opts.clientCerts
+          ? { etcd_cert_file: pki.client.certFile, etcd_key_file: pki.client.keyFile }
+          : {}),
+        ...(opts.auth && passwordFile
+          ? { etcd_username: opts.auth.username, etcd_password_file: passwordFile }
+          : {}),
       }),
       clientOptions,
       async down() {
@@ -193,8 +224,15 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
       },
       async up() {
         proc = spawnLogged(lastArgs, logFile);
-        const ready = await waitHealthy(`${lastUrl}/health`, proc, pki, opts.clientCerts === true, opts.readyTimeoutMs ?? 20_000);
-        if (ready !== "ok") throw new Error(`etcd at ${lastUrl} did not come back (${ready}); its log ends:\n${tail(logFile)}`);
+        const ready = await waitHealthy(
+          `${lastUrl}/health`,
+          proc,
+          pki,
+          opts.clientCerts === true,
+          opts.readyTimeoutMs ?? 20_000,
+        );
+        if (ready !== "ok")
+          throw new Error(`etcd at ${lastUrl} did not come back (${ready}); its log ends:\n${tail(logFile)}`);
       },
       stop,
       [Symbol.asyncDispose]: stop,
@@ -214,7 +252,9 @@ async function waitHealthy(
   clientCert: boolean,
   timeoutMs: number,
 ): Promise<"ok" | "exited" | "timeout"> {
-  const tlsOpts = pki ? { ca: pki.ca.cert, ...(clientCert ? { cert: pki.client.cert, key: pki.client.key } : {}) } : undefined;
+  const tlsOpts = pki
+    ? { ca: pki.ca.cert, ...(clientCert ? { cert: pki.client.cert, key: pki.client.key } : {}) }
+    : undefined;
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
     if (proc.exitCode !== null || proc.signalCode !== null) return "exited";

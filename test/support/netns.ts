@@ -35,7 +35,10 @@ export async function makeNetns(tag = "n"): Promise<TestNetns> {
 }
 
 /** Parsed `ip -j -d link show` for one link in a namespace, or undefined when absent. */
-export async function linkInfo(ns: string | undefined, ifname: string): Promise<Record<string, unknown> | undefined> {
+export async function linkInfo(
+  ns: string | undefined,
+  ifname: string,
+): Promise<Record<string, unknown> | undefined> {
   const r = await run(["ip", ...(ns ? ["-n", ns] : []), "-j", "-d", "link", "show", "dev", ifname]);
   if (r.code !== 0) return undefined;
   const list = JSON.parse(r.stdout) as Array<Record<string, unknown>>;
@@ -45,6 +48,8 @@ export async function linkInfo(ns: string | undefined, ifname: string): Promise<
 /** The addresses (as "ip/prefix") of a link in a namespace. */
 export async function addresses(ns: string | undefined, ifname: string): Promise<string[]> {
   const out = await ipIn(ns, ["-j", "addr", "show", "dev", ifname]);
-  const list = JSON.parse(out) as Array<{ addr_info: Array<{ local: string; prefixlen: number; scope: string }> }>;
+  const list = JSON.parse(out) as Array<{
+    addr_info: Array<{ local: string; prefixlen: number; scope: string }>;
+  }>;
   return (list[0]?.addr_info ?? []).filter((a) => a.scope !== "link").map((a) => `${a.local}/${a.prefixlen}`);
 }

@@ -24,7 +24,12 @@ function isRecord(x: unknown): x is Record<string, unknown> {
 
 /** Fills what an API server would: namespace "default", a uid. Throws on anything not a Pod. */
 export function normalizePod(doc: unknown, where = "pod"): PodObject {
-  if (!isRecord(doc) || doc.kind !== "Pod" || !isRecord(doc.metadata) || typeof doc.metadata.name !== "string") {
+  if (
+    !isRecord(doc) ||
+    doc.kind !== "Pod" ||
+    !isRecord(doc.metadata) ||
+    typeof doc.metadata.name !== "string"
+  ) {
     throw new Error(`${where}: not a Pod with metadata.name`);
   }
   const metadata = { ...doc.metadata };
@@ -39,6 +44,16 @@ export function readPodYaml(file: string): PodObject[] {
 }
 
 /** The fields podLinks reads. */
-export function podMeta(pod: PodObject): { namespace: string; name: string; labels: Record<string, string>; annotations: Record<string, string> } {
-  return { namespace: pod.metadata.namespace, name: pod.metadata.name, labels: pod.metadata.labels ?? {}, annotations: pod.metadata.annotations ?? {} };
+export function podMeta(pod: PodObject): {
+  namespace: string;
+  name: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+} {
+  return {
+    namespace: pod.metadata.namespace,
+    name: pod.metadata.name,
+    labels: pod.metadata.labels ?? {},
+    annotations: pod.metadata.annotations ?? {},
+  };
 }

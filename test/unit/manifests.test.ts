@@ -2,7 +2,15 @@
 // sample network configs (conf/): they parse, have the kinds and fields an install needs, and
 // pass ratchet's own schema. The DaemonSet's install script is run for real, in temp dirs.
 import { describe, expect, test } from "bun:test";
-import { lstatSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync, mkdirSync } from "node:fs";
+import {
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+  mkdirSync,
+} from "node:fs";
 import { join } from "node:path";
 import { load, loadAll } from "js-yaml";
 import { loadConfigFile } from "../../src/cni/config-file.ts";
@@ -84,19 +92,29 @@ describe("every manifest", () => {
     const all = [...k8sDocs, ...podDirDocs];
     expect(all.length).toBeGreaterThan(8);
     for (const d of all) {
-      expect(`${d.file}: ${d.kind} ${String(d.doc.apiVersion)}`).toBe(`${d.file}: ${d.kind} ${API_VERSIONS[d.kind] ?? "(unexpected kind)"}`);
+      expect(`${d.file}: ${d.kind} ${String(d.doc.apiVersion)}`).toBe(
+        `${d.file}: ${d.kind} ${API_VERSIONS[d.kind] ?? "(unexpected kind)"}`,
+      );
       const namespaced = !["Namespace", "ClusterRole", "ClusterRoleBinding"].includes(d.kind);
       const ns = o(d.doc.metadata, "metadata").namespace;
       // Pods in pod_specs/ go to the namespace kubectl is pointed at; everything of ours to ratchet-system.
       if (d.kind === "Pod") expect(ns).toBeUndefined();
-      else if (namespaced) expect(`${d.kind}/${d.name} in ${String(ns)}`).toBe(`${d.kind}/${d.name} in ${NS}`);
+      else if (namespaced)
+        expect(`${d.kind}/${d.name} in ${String(ns)}`).toBe(`${d.kind}/${d.name} in ${NS}`);
       else expect(ns).toBeUndefined();
     }
   });
 
   test("conf/kubernetes/ holds exactly the install: namespace, RBAC, config, DaemonSet", () => {
     expect(k8sDocs.map((d) => `${d.kind}/${d.name}`).sort()).toEqual(
-      ["ClusterRole/ratchet", "ClusterRoleBinding/ratchet", "ConfigMap/ratchet-config", "DaemonSet/ratchet", `Namespace/${NS}`, "ServiceAccount/ratchet"].sort(),
+      [
+        "ClusterRole/ratchet",
+        "ClusterRoleBinding/ratchet",
+        "ConfigMap/ratchet-config",
+        "DaemonSet/ratchet",
+        `Namespace/${NS}`,
+        "ServiceAccount/ratchet",
+      ].sort(),
     );
     // kubectl apply -f DIR goes by file name: the namespace must come first.
     const files = yamlFiles(K8S_DIR).sort();
@@ -115,7 +133,11 @@ describe("RBAC", () => {
   test("the binding gives that role to the ratchet service account", () => {
     expect(one(k8sDocs, "ServiceAccount", "ratchet").metadata).toEqual({ name: "ratchet", namespace: NS });
     const binding = one(k8sDocs, "ClusterRoleBinding", "ratchet");
-    expect(binding.roleRef).toEqual({ apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "ratchet" });
+    expect(binding.roleRef).toEqual({
+      apiGroup: "rbac.authorization.k8s.io",
+      kind: "ClusterRole",
+      name: "ratchet",
+    });
     expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "ratchet", namespace: NS }]);
   });
 });
@@ -170,15 +192,28 @@ const install = byName(initContainers, "install");
 const tokenSync = byName(containers, "token-sync");
 
 /** The container's mounts as mountPath -> {volume's host path, propagation, readOnly}. */
-function mounts(c: Obj): Map<string, { hostPath: string | undefined; configMap: string | undefined; propagation: unknown; readOnly: unknown }> {
+function mounts(
+  c: Obj,
+): Map<
+  string,
+  { hostPath: string | undefined; configMap: string | undefined; propagation: unknown; readOnly: unknown }
+> {
   const volumes = list(podSpec.volumes, "volumes");
-  const out = new Map<string, { hostPath: string | undefined; configMap: string | undefined; propagation: unknown; readOnly: unknown }>();
+  const out = new Map<
+    string,
+    { hostPath: string | undefined; configMap: string | undefined; propagation: unknown; readOnly: unknown }
+  >();
   for (const m of list(c.volumeMounts, `${String(c.name)}.volumeMounts`)) {
     const vol = volumes.find((v) => v.name === m.name);
     if (!vol) throw new Error(`mount ${String(m.name)} has no volume`);
     const hp = isObj(vol.hostPath) ? str(vol.hostPath.path, "hostPath.path") : undefined;
     const cm = isObj(vol.configMap) ? str(vol.configMap.name, "configMap.name") : undefined;
-    out.set(str(m.mountPath, "mountPath"), { hostPath: hp, configMap: cm, propagation: m.mountPropagation, readOnly: m.readOnly });
+    out.set(str(m.mountPath, "mountPath"), {
+      hostPath: hp,
+      configMap: cm,
+      propagation: m.mountPropagation,
+      readOnly: m.readOnly,
+    });
   }
   return out;
 }
@@ -186,7 +221,8 @@ function mounts(c: Obj): Map<string, { hostPath: string | undefined; configMap: 
 /** The script of a `/bin/sh -c SCRIPT` container. */
 function script(c: Obj): string {
   const cmd = c.command;
-  if (!Array.isArray(cmd) || cmd.length !== 3 || cmd[0] !== "/bin/sh" || cmd[1] !== "-c") throw new Error(`${String(c.name)}: not /bin/sh -c SCRIPT`);
+  if (!Array.isArray(cmd) || cmd.length !== 3 || cmd[0] !== "/bin/sh" || cmd[1] !== "-c")
+    throw new Error(`${String(c.name)}: not /bin/sh -c SCRIPT`);
   return str(cmd[2], "script");
 }
 
@@ -204,7 +240,12 @@ describe("the DaemonSet", () => {
   });
 
   test("the agent runs the installed binary in child mode with the installed config, privileged", () => {
-    expect(agent.command).toEqual(["/opt/cni/bin/ratchet", "--mode=child", "--config", "/etc/cni/net.d/10-ratchet.conf"]);
+    expect(agent.command).toEqual([
+      "/opt/cni/bin/ratchet",
+      "--mode=child",
+      "--config",
+      "/etc/cni/net.d/10-ratchet.conf",
+    ]);
     expect(agent.args).toBeUndefined();
     expect(o(agent.securityContext, "agent.securityContext").privileged).toBe(true);
     expect(o(install.securityContext, "install.securityContext").privileged).toBe(true);
@@ -215,11 +256,18 @@ describe("the DaemonSet", () => {
 
   test("the agent mounts the host paths it shares with the plugin, netns with host-to-container propagation", () => {
     const m = mounts(agent);
-    expect([...m.keys()].sort()).toEqual(["/etc/cni/net.d", "/opt/cni/bin", "/run/ratchet", "/var/log/ratchet", "/var/run/netns"]);
+    expect([...m.keys()].sort()).toEqual([
+      "/etc/cni/net.d",
+      "/opt/cni/bin",
+      "/run/ratchet",
+      "/var/log/ratchet",
+      "/var/run/netns",
+    ]);
     // Same path on the host and in the container: the config, the kubeconfig and the socket name host paths.
     for (const [path, v] of m) expect(`${path} <- ${v.hostPath}`).toBe(`${path} <- ${path}`);
     expect(m.get("/var/run/netns")?.propagation).toBe("HostToContainer");
-    for (const p of ["/opt/cni/bin", "/etc/cni/net.d", "/run/ratchet", "/var/log/ratchet"]) expect(m.get(p)?.propagation).toBeUndefined();
+    for (const p of ["/opt/cni/bin", "/etc/cni/net.d", "/run/ratchet", "/var/log/ratchet"])
+      expect(m.get(p)?.propagation).toBeUndefined();
     // The agent writes its socket, lock and journal in /run/ratchet and must not be read-only there.
     expect(m.get("/run/ratchet")?.readOnly).not.toBe(true);
   });
@@ -232,7 +280,9 @@ describe("the DaemonSet", () => {
     }
     const cm = [...m.values()].filter((v) => v.configMap !== undefined);
     expect(cm.map((v) => v.configMap)).toEqual(["ratchet-config"]);
-    expect(script(install)).toContain(`${[...m.entries()].find(([, v]) => v.configMap)?.[0]}/10-ratchet.conf`);
+    expect(script(install)).toContain(
+      `${[...m.entries()].find(([, v]) => v.configMap)?.[0]}/10-ratchet.conf`,
+    );
     expect(mounts(tokenSync).get("/run/ratchet")?.hostPath).toBe("/run/ratchet");
   });
 
@@ -331,7 +381,10 @@ describe("the install script, run in a temp dir", () => {
     const ctx = o(list(kc.contexts, "contexts").find((c) => c.name === ctxName)?.context, "context");
     const cluster = o(list(kc.clusters, "clusters").find((c) => c.name === ctx.cluster)?.cluster, "cluster");
     const user = o(list(kc.users, "users").find((u) => u.name === ctx.user)?.user, "user");
-    expect(cluster).toEqual({ server: "https://10.96.0.1:443", "certificate-authority": join(e.RATCHET_RUN_DIR as string, "ca.crt") });
+    expect(cluster).toEqual({
+      server: "https://10.96.0.1:443",
+      "certificate-authority": join(e.RATCHET_RUN_DIR as string, "ca.crt"),
+    });
     expect(user).toEqual({ "token-file": token, tokenFile: token });
   });
 
@@ -363,12 +416,20 @@ describe("the install script, run in a temp dir", () => {
     mkdirSync(binDir, { recursive: true });
     // The original ratchet-cni installed ratchet-child as a second binary.
     writeFileSync(join(binDir, "ratchet-child"), "old go binary");
-    const env = { ...sb.env, KUBERNETES_SERVICE_HOST: "fd00:96::1", RATCHET_ETCD_SERVICE_HOST: "fd00:96::17" };
+    const env = {
+      ...sb.env,
+      KUBERNETES_SERVICE_HOST: "fd00:96::1",
+      RATCHET_ETCD_SERVICE_HOST: "fd00:96::17",
+    };
     const r = runScript(script(install), env);
     expect(r.code).toBe(0);
     expect(readlinkSync(join(binDir, "ratchet-child"))).toBe("ratchet");
-    expect(loadConfigFile(join(sb.env.CNI_CONF_DIR as string, "10-ratchet.conf")).etcd_endpoints).toEqual(["http://[fd00:96::17]:2379"]);
-    expect(readFileSync(join(sb.env.CNI_CONF_DIR as string, "ratchet-kubeconfig"), "utf8")).toContain('server: "https://[fd00:96::1]:443"');
+    expect(loadConfigFile(join(sb.env.CNI_CONF_DIR as string, "10-ratchet.conf")).etcd_endpoints).toEqual([
+      "http://[fd00:96::17]:2379",
+    ]);
+    expect(readFileSync(join(sb.env.CNI_CONF_DIR as string, "ratchet-kubeconfig"), "utf8")).toContain(
+      'server: "https://[fd00:96::1]:443"',
+    );
   });
 
   test("without a service account token it fails before writing any config", () => {
@@ -389,10 +450,15 @@ describe("the token-sync container", () => {
     const run = sb.env.RATCHET_RUN_DIR as string;
     mkdirSync(run, { recursive: true, mode: 0o700 });
     writeFileSync(join(run, "token"), "stale\n", { mode: 0o600 });
-    const proc = Bun.spawn(["/bin/sh", "-c", script(tokenSync)], { env: { ...sb.env, SYNC_SECONDS: "0.2" }, stdout: "ignore", stderr: "pipe" });
+    const proc = Bun.spawn(["/bin/sh", "-c", script(tokenSync)], {
+      env: { ...sb.env, SYNC_SECONDS: "0.2" },
+      stdout: "ignore",
+      stderr: "pipe",
+    });
     try {
       const waitFor = async (want: string) => {
-        for (let i = 0; i < 100 && readFileSync(join(run, "token"), "utf8") !== want; i++) await Bun.sleep(50);
+        for (let i = 0; i < 100 && readFileSync(join(run, "token"), "utf8") !== want; i++)
+          await Bun.sleep(50);
         return readFileSync(join(run, "token"), "utf8");
       };
       expect(await waitFor("token-one\n")).toBe("token-one\n");
@@ -416,7 +482,9 @@ describe("sample network configs in conf/", () => {
   const files = readdirSync(join(REPO, "conf")).filter((f) => /\.(conf|conflist|json)$/.test(f));
 
   test("include the standalone, chained and TLS samples", () => {
-    expect(files).toEqual(expect.arrayContaining(["10-ratchet.conf", "20-ratchet-chained.conflist", "30-ratchet-tls.conf"]));
+    expect(files).toEqual(
+      expect.arrayContaining(["10-ratchet.conf", "20-ratchet-chained.conflist", "30-ratchet-tls.conf"]),
+    );
   });
 
   for (const f of files) {
@@ -446,7 +514,16 @@ describe("sample network configs in conf/", () => {
     const conf = loadConfigFile(join(REPO, "conf", "30-ratchet-tls.conf"));
     expect(conf.etcd_endpoints?.length).toBeGreaterThan(0);
     for (const u of conf.etcd_endpoints ?? []) expect(u).toStartWith("https://");
-    for (const k of ["etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_username", "etcd_password_file", "kubeconfig", "parent_interface", "log_file"] as const) {
+    for (const k of [
+      "etcd_ca_file",
+      "etcd_cert_file",
+      "etcd_key_file",
+      "etcd_username",
+      "etcd_password_file",
+      "kubeconfig",
+      "parent_interface",
+      "log_file",
+    ] as const) {
       expect(`${k}=${String(conf[k])}`).not.toBe(`${k}=undefined`);
     }
     expect(conf.log_level).toBe("info");
@@ -490,15 +567,37 @@ describe("pod_specs/", () => {
       eligible: true,
       links: [
         {
-          local: { namespace: "default", pod: "hub", ifname: "eth1", ips: ["10.10.1.1/30", "fd00:10:1::1/64"] },
-          peer: { namespace: "default", pod: "spoke-a", ifname: "eth1", ips: ["10.10.1.2/30", "fd00:10:1::2/64"] },
+          local: {
+            namespace: "default",
+            pod: "hub",
+            ifname: "eth1",
+            ips: ["10.10.1.1/30", "fd00:10:1::1/64"],
+          },
+          peer: {
+            namespace: "default",
+            pod: "spoke-a",
+            ifname: "eth1",
+            ips: ["10.10.1.2/30", "fd00:10:1::2/64"],
+          },
           mtu: 1400,
           primary: true,
           source: "annotation",
         },
         {
-          local: { namespace: "default", pod: "hub", ifname: "eth2", ips: ["10.10.2.1/30", "fd00:10:2::1/64"], mac: "02:00:0a:0a:02:01" },
-          peer: { namespace: "default", pod: "spoke-b", ifname: "eth1", ips: ["10.10.2.2/30", "fd00:10:2::2/64"], mac: "02:00:0a:0a:02:02" },
+          local: {
+            namespace: "default",
+            pod: "hub",
+            ifname: "eth2",
+            ips: ["10.10.2.1/30", "fd00:10:2::1/64"],
+            mac: "02:00:0a:0a:02:01",
+          },
+          peer: {
+            namespace: "default",
+            pod: "spoke-b",
+            ifname: "eth1",
+            ips: ["10.10.2.2/30", "fd00:10:2::2/64"],
+            mac: "02:00:0a:0a:02:02",
+          },
           mtu: 1380,
           primary: true,
           source: "annotation",
@@ -507,26 +606,35 @@ describe("pod_specs/", () => {
     });
     expect(a).toEqual({ eligible: true, links: [] });
     expect(b).toEqual({ eligible: true, links: [] });
-    for (const d of docs.slice(1)) expect(o(d.doc.metadata, "metadata").labels).toEqual({ app: d.name, ratchet: "true" });
+    for (const d of docs.slice(1))
+      expect(o(d.doc.metadata, "metadata").labels).toEqual({ app: d.name, ratchet: "true" });
   });
 
   test("the original pair still gives in1/in2", () => {
     const docs = readDocs(join(PODS_DIR, "example.yaml"));
     const primary = podLinks(podMetaOf(docs[0] as Doc), { defaultPrefix: 24 });
-    expect(primary.links.map((l) => `${l.local.pod}/${l.local.ifname}=${l.local.ips} ${l.peer.pod}/${l.peer.ifname}=${l.peer.ips}`)).toEqual([
-      "primary-pod/in1=192.168.2.100/24 pair-pod/in2=192.168.2.101/24",
-    ]);
+    expect(
+      primary.links.map(
+        (l) => `${l.local.pod}/${l.local.ifname}=${l.local.ips} ${l.peer.pod}/${l.peer.ifname}=${l.peer.ips}`,
+      ),
+    ).toEqual(["primary-pod/in1=192.168.2.100/24 pair-pod/in2=192.168.2.101/24"]);
   });
 
   test("etcd.yaml: one etcd member behind a Service on 2379 in ratchet-system", () => {
     const docs = readDocs(join(PODS_DIR, "etcd.yaml"));
-    expect(docs.map((d) => `${d.kind}/${d.name}`)).toEqual([`Namespace/${NS}`, "Service/ratchet-etcd", "StatefulSet/ratchet-etcd"]);
+    expect(docs.map((d) => `${d.kind}/${d.name}`)).toEqual([
+      `Namespace/${NS}`,
+      "Service/ratchet-etcd",
+      "StatefulSet/ratchet-etcd",
+    ]);
     const sts = one(docs, "StatefulSet", "ratchet-etcd");
     const tpl = o(o(sts.spec, "spec").template, "template");
     const spec = o(tpl.spec, "template.spec");
     expect(spec.hostNetwork).toBeUndefined();
     const [etcd] = list(spec.containers, "containers");
-    expect(str(etcd?.image, "image")).toMatch(/^(quay\.io\/coreos\/etcd:v3\.5\.\d+|registry\.k8s\.io\/etcd:3\.5\.\d+-\d+)$/);
+    expect(str(etcd?.image, "image")).toMatch(
+      /^(quay\.io\/coreos\/etcd:v3\.5\.\d+|registry\.k8s\.io\/etcd:3\.5\.\d+-\d+)$/,
+    );
     const cmd = (etcd?.command as string[]).join(" ");
     expect(cmd).toContain("--listen-client-urls=http://0.0.0.0:2379");
     expect(list(etcd?.ports, "ports")).toEqual([{ name: "client", containerPort: 2379, protocol: "TCP" }]);

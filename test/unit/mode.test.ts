@@ -16,12 +16,18 @@ describe("pickMode", () => {
   });
 
   test("removes --mode from the remaining arguments", () => {
-    expect(pickMode("ratchet", ["--check", "--mode=child", "--config", "f"]).rest).toEqual(["--check", "--config", "f"]);
+    expect(pickMode("ratchet", ["--check", "--mode=child", "--config", "f"]).rest).toEqual([
+      "--check",
+      "--config",
+      "f",
+    ]);
   });
 
   test("an unknown mode is a usage error that names it", () => {
     expect(() => pickMode("ratchet", ["--mode=sidecar"])).toThrow(UsageError);
-    expect(() => pickMode("ratchet", ["--mode=sidecar"])).toThrow('unknown mode "sidecar": expected parent or child');
+    expect(() => pickMode("ratchet", ["--mode=sidecar"])).toThrow(
+      'unknown mode "sidecar": expected parent or child',
+    );
     expect(() => pickMode("ratchet", ["--mode"])).toThrow("--mode needs a value");
   });
 });

@@ -19,7 +19,12 @@ describe("KeyedQueue", () => {
       running--;
       return name;
     };
-    const results = await Promise.all([q.run("a", task("a1")), q.run("a", task("a2")), q.run("b", task("b1")), q.run("a", task("a3"))]);
+    const results = await Promise.all([
+      q.run("a", task("a1")),
+      q.run("a", task("a2")),
+      q.run("b", task("b1")),
+      q.run("a", task("a3")),
+    ]);
     expect(results).toEqual(["a1", "a2", "b1", "a3"]);
     const a = log.filter((l) => l.endsWith("a1") || l.endsWith("a2") || l.endsWith("a3"));
     expect(a).toEqual(["start a1", "end a1", "start a2", "end a2", "start a3", "end a3"]);
