@@ -45,6 +45,10 @@ passed=0; failed=0
 say "build"
 if ./scripts/build >&2; then passed=$((passed+1)); else failed=$((failed+1)); echo "$passed passed, $failed failed"; exit 1; fi
 
+# Formatting and lint in check mode: ./scripts/fmt fixes what this reports.
+say "format and lint (biome check)"
+if node_modules/.bin/biome check --max-diagnostics=50 . >&2; then passed=$((passed+1)); else failed=$((failed+1)); fi
+
 say "typecheck"
 if node_modules/.bin/tsc --noEmit -p . >&2; then passed=$((passed+1)); else failed=$((failed+1)); fi
 

@@ -24,7 +24,10 @@ export class Logger {
 
   private open(): number {
     if (this.fd !== undefined) return this.fd;
-    if (!this.file) return (this.fd = 2);
+    if (!this.file) {
+      this.fd = 2;
+      return this.fd;
+    }
     try {
       loadFs().mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
       this.fd = loadFs().openSync(this.file, "a", 0o600);

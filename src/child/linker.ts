@@ -102,9 +102,13 @@ export class Linker {
 
   /** This node's VTEP: parent_address, else the first IPv4 address of parent_interface. */
   get node(): string {
-    if (this.nodeAddr) return this.nodeAddr;
+    this.nodeAddr ??= this.findVtep();
+    return this.nodeAddr;
+  }
+
+  private findVtep(): string {
     const { parentAddress, parentInterface, hostNetns } = this.settings;
-    if (parentAddress) return (this.nodeAddr = parentAddress);
+    if (parentAddress) return parentAddress;
     if (!parentInterface) {
       throw new CniError(
         Code.InvalidConfig,
@@ -117,7 +121,7 @@ export class Linker {
         Code.Netlink,
         `parent_interface ${show(parentInterface)} has no IPv4 address to use as this node's VTEP (set parent_address)`,
       );
-    return (this.nodeAddr = addr);
+    return addr;
   }
 
   // ---- ADD ---------------------------------------------------------------------------

@@ -86,7 +86,7 @@ export const NetConf = v.pipe(
       v.pipe(
         v.string(),
         v.regex(
-          /^\/[A-Za-z0-9_.\-]+(\/[A-Za-z0-9_.\-]+)*$/,
+          /^\/[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/,
           "etcd_prefix must be an absolute key path such as /ratchet (letters, digits, '_', '.', '-')",
         ),
       ),

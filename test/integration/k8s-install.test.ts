@@ -37,7 +37,7 @@ function manifests(): { containers: Obj[]; config: string } {
 function script(containers: Obj[], name: string): string {
   const c = containers.find((x) => x.name === name);
   const cmd = c?.command as string[] | undefined;
-  if (!cmd || cmd[0] !== "/bin/sh" || cmd[1] !== "-c" || typeof cmd[2] !== "string")
+  if (cmd?.[0] !== "/bin/sh" || cmd[1] !== "-c" || typeof cmd[2] !== "string")
     throw new Error(`container ${name}: no /bin/sh -c script`);
   return cmd[2];
 }

@@ -118,7 +118,7 @@ async function expectEnd(
   // Operstate follows a moment after the link comes up (the kernel's linkwatch): wait for it,
   // then assert on what is there.
   const settled = (x: IfaceInfo | undefined) =>
-    x !== undefined && x.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
+    x?.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
   await waitFor(`${ifname} of ${pod.name} up`, async () => settled(await c.iface(pod, ifname)), 3000).catch(
     () => undefined,
   );

@@ -9,7 +9,7 @@
 import { expect, test } from "bun:test";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { waitFor } from "../support/child.ts";
-import { type CniResultJson } from "../support/cni.ts";
+import type { CniResultJson } from "../support/cni.ts";
 import {
   makeCluster,
   plainPod,

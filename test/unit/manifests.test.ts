@@ -635,7 +635,7 @@ describe("pod_specs/", () => {
     expect(str(etcd?.image, "image")).toMatch(
       /^(quay\.io\/coreos\/etcd:v3\.5\.\d+|registry\.k8s\.io\/etcd:3\.5\.\d+-\d+)$/,
     );
-    const cmd = (etcd?.command as string[]).join(" ");
+    const cmd = ((etcd?.command ?? []) as string[]).join(" ");
     expect(cmd).toContain("--listen-client-urls=http://0.0.0.0:2379");
     expect(list(etcd?.ports, "ports")).toEqual([{ name: "client", containerPort: 2379, protocol: "TCP" }]);
     const svc = one(docs, "Service", "ratchet-etcd");

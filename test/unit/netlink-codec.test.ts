@@ -247,7 +247,9 @@ function expectSame(tree: Attr, read: { type: number; data: Uint8Array }): void 
   }
   const kids = Attrs.parse(read.data).list;
   expect(kids.length).toBe(tree.children.length);
-  tree.children.forEach((c, i) => expectSame(c, kids[i]!));
+  tree.children.forEach((c, i) => {
+    expectSame(c, kids[i]!);
+  });
 }
 
 describe("random round trips", () => {
@@ -264,7 +266,9 @@ describe("random round trips", () => {
       expect(IfAddrMsg.parse(msg!.payload)).toEqual(hdr);
       const read = Attrs.parse(msg!.payload.subarray(8)).list;
       expect(read.length).toBe(attrs.length);
-      attrs.forEach((a, k) => expectSame(a, read[k]!));
+      attrs.forEach((a, k) => {
+        expectSame(a, read[k]!);
+      });
     }
   });
 
