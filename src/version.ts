@@ -10,3 +10,8 @@ export const COMMIT: string = typeof RATCHET_COMMIT === "string" ? RATCHET_COMMI
 export const BUILD_ID: string = typeof RATCHET_BUILD_ID === "string" ? RATCHET_BUILD_ID : `dev-${COMMIT}`;
 /** When this binary was built (epoch ms): a parent only replaces a child built before it. */
 export const BUILD_TIME: number = typeof RATCHET_BUILD_TIME === "number" ? RATCHET_BUILD_TIME : 0;
+
+/** The agent's answer to `hello`: which build serves this socket. */
+export function hello(): { buildId: string; buildTime: number; version: string; pid: number } {
+  return { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid };
+}

@@ -1,17 +1,20 @@
-// The child's request handlers. Everything that needs etcd, the Kubernetes API or another
-// pod happens here, in one long-lived process per node.
+// The agent's request handlers, one per method of the protocol table. Everything that needs
+// etcd, the Kubernetes API or another pod happens here, in one long-lived process per node.
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import type { Etcd3 } from "etcd3";
-import { readFileSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import * as v from "valibot";
 import type { NetConf } from "../cni/config.ts";
-import { CniError, Code, toCniError } from "../cni/errors.ts";
+import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
+import { Linker, nodeSettings } from "../links/linker.ts";
+import { NodeState } from "../links/node-state.ts";
 import type { Logger } from "../log.ts";
-import type { CallParams, Hello, Methods, Request } from "../rpc/protocol.ts";
+import type { CallParams, Method, Methods } from "../rpc/protocol.ts";
+import { paramSchemas } from "../rpc/schemas.ts";
 import { stats, storeError } from "../store/etcd-ops.ts";
 import { describeEtcdError, openEtcd } from "../store/etcd.ts";
-import type { NodeLink } from "../store/model.ts";
-import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
-import { Linker, nodeSettings } from "./linker.ts";
+import { LinkStore } from "../store/link-store.ts";
+import { BadRecords } from "../store/records.ts";
+import { hello } from "../version.ts";
 import { PodDirectory } from "./pods.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
@@ -25,37 +28,65 @@ interface NodeStore {
   ready: Promise<void>;
 }
 
-/** A DEL whose records could not be removed (etcd away): retried until it is done. */
-interface DeferredDel {
-  conf: NetConf;
-  env: CallParams["env"];
+/** What a handler knows of its call besides the params. */
+export interface CallContext {
+  deadline: number;
+  /** Aborted when the caller's deadline passes or it hangs up. */
+  signal: AbortSignal;
 }
+
+type Handlers = {
+  [M in Method]: (params: Methods[M]["params"], ctx: CallContext) => Promise<Methods[M]["result"]>;
+};
+
+/** A DEL whose records could not be removed (etcd away): retried until it is done. */
+type DeferredDel = Methods["detach"]["params"];
 
 export class NodeAgent {
   readonly pods = new PodDirectory();
   private readonly stores = new Map<string, NodeStore>();
+  private readonly state: NodeState;
+  private readonly bad: BadRecords;
   private deferred: DeferredDel[] = [];
   private retryTimer: Timer | undefined;
 
   constructor(
     private readonly log: Logger,
     private readonly onDrain: () => void,
-    /** Where DELs waiting for etcd are kept across restarts. */
-    private readonly journal: string,
+    /** Node-local files: the state of attached containers, the journal of deferred DELs. */
+    private readonly files: AgentFiles,
   ) {
-    try {
-      this.deferred = readFileSync(journal, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as DeferredDel);
-      if (this.deferred.length > 0) this.scheduleRetry();
-    } catch {
-      // no journal yet
-    }
+    this.state = new NodeState(files.state, log);
+    this.bad = new BadRecords((key, problem) => log.warn("ignoring a bad value in etcd", { key, problem }));
+    this.deferred = this.readJournal();
+    if (this.deferred.length > 0) this.scheduleRetry();
   }
 
-  hello(): Hello {
-    return { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid };
+  private readonly handlers: Handlers = {
+    hello: async () => hello(),
+    drain: async () => {
+      this.log.info("draining: a newer node agent takes over");
+      this.onDrain();
+      return { draining: true };
+    },
+    classify: (p, ctx) => this.classify(p, ctx.deadline),
+    attach: (p, ctx) => this.attach(p, ctx),
+    detach: (p, ctx) => this.detach(p, ctx.deadline),
+    check: async (p) => {
+      await (await this.store(p.conf)).linker.check(p.env);
+      return { ok: true };
+    },
+    status: (p, ctx) => this.status(p, ctx.deadline),
+    gc: async (p) => ({ removed: await (await this.store(p.conf)).linker.gc(p.valid) }),
+  };
+
+  /** Runs one request; its params were checked against the method's schema. */
+  handle<M extends Method>(
+    method: M,
+    params: Methods[M]["params"],
+    ctx: CallContext,
+  ): Promise<Methods[M]["result"]> {
+    return this.handlers[method](params, ctx);
   }
 
   /** The linker for this config's etcd, prefix and node; made (and reconciled, watched) once. */
@@ -74,13 +105,19 @@ export class NodeAgent {
     let s = this.stores.get(key);
     if (!s) {
       const etcd = openEtcd(conf);
-      const linker = new Linker(etcd, settings, this.log);
+      const linker = new Linker(
+        new LinkStore(etcd, settings.prefix, this.bad),
+        settings,
+        this.state,
+        this.log,
+      );
       const ready = this.start(etcd, linker);
       s = { etcd, linker, ready };
       this.stores.set(key, s);
+      const made = s;
       ready.catch(() => {
         // Not reachable now: forget it, so the next request tries again from scratch.
-        if (this.stores.get(key) === s) this.stores.delete(key);
+        if (this.stores.get(key) === made) this.stores.delete(key);
         etcd.close();
       });
     }
@@ -90,38 +127,47 @@ export class NodeAgent {
 
   /** At first use of a node's store: make the node's links match etcd, then follow it. */
   private async start(etcd: Etcd3, linker: Linker): Promise<void> {
-    const node = linker.node;
+    const { node, vtep } = linker;
+    if (!vtep) {
+      this.log.warn(
+        "parent_interface and parent_address are not set: links between pods on this node work; " +
+          "links to pods on other nodes (VXLAN) cannot be built",
+        { node },
+      );
+    }
+    const { keys } = linker.store;
+    const prefix = keys.tunnelEndsPrefix(node);
     try {
       const fixed = await linker.reconcile();
       this.log.info("reconciled this node's links with etcd", {
         node,
         tunnelEnds: fixed,
-        endpoints: linker.local.size,
+        containers: this.state.size,
       });
-      const watcher = await etcd.watch().prefix(linker.keys.nodeLinksPrefix(node)).create();
+      const watcher = await etcd.watch().prefix(prefix).create();
+      // Handlers never throw out of the watch: a bad value is reported and skipped.
       watcher.on("put", (kv) => {
-        let nl: NodeLink;
         try {
-          nl = JSON.parse(kv.value.toString()) as NodeLink;
-        } catch {
-          return;
+          const nl = linker.store.tunnelEndOf(kv, node);
+          // Our own ADD wrote this entry and builds that end itself (racing it here would make
+          // one of the two fail). An entry from the other node means it (re)built its side
+          // just now: rebuild ours even if it matches, for a fresh neighbour table.
+          if (!nl || nl.builtBy === node) return;
+          linker.ensureTunnelEnd(nl, true);
+        } catch (err) {
+          this.log.error("could not build a tunnel end", {
+            key: kv.key.toString(),
+            error: (err as Error).message,
+          });
         }
-        // Our own ADD wrote this entry and builds that end itself (racing it here would make
-        // one of the two fail with EEXIST). An entry from the other node means it (re)built
-        // its side just now: rebuild ours even if it matches, for a fresh neighbour table.
-        if (nl.builtBy === node) return;
-        linker
-          .ensureNodeLink(nl, true)
-          .catch((err: unknown) =>
-            this.log.error("could not build a tunnel end", { link: nl.key, error: (err as Error).message }),
-          );
       });
       watcher.on("delete", (kv) => {
-        const key = kv.key.toString().slice(linker.keys.nodeLinksPrefix(node).length);
+        const link = keys.linkAfter(prefix, kv.key.toString());
+        if (!link) return;
         linker
-          .dropNodeLink(key)
+          .dropTunnelEnd(link)
           .catch((err: unknown) =>
-            this.log.warn("could not remove a tunnel end", { link: key, error: (err as Error).message }),
+            this.log.warn("could not remove a tunnel end", { link, error: (err as Error).message }),
           );
       });
       watcher.on("error", (err) => this.log.warn("etcd watch error", { error: err.message }));
@@ -139,39 +185,6 @@ export class NodeAgent {
     );
   }
 
-  async handle(req: Request): Promise<unknown> {
-    switch (req.method) {
-      case "hello":
-        return this.hello();
-      case "drain":
-        this.log.info("draining: a newer node agent takes over");
-        this.onDrain();
-        return { draining: true };
-      case "classify":
-        return this.classify(req.params as CallParams, req.deadline);
-      case "attach":
-        return this.attach(req.params as CallParams, req.deadline);
-      case "detach":
-        return this.detach(req.params as CallParams, req.deadline);
-      case "check": {
-        const p = req.params as CallParams;
-        await (await this.store(p.conf)).linker.check(p.env);
-        return { ok: true };
-      }
-      case "status":
-        return this.status(req.params as CallParams, req.deadline);
-      case "gc": {
-        const p = req.params as Methods["gc"]["params"];
-        return { removed: await (await this.store(p.conf)).linker.gc(p.valid) };
-      }
-      default:
-        throw new CniError(
-          Code.InvalidConfig,
-          `unknown request ${JSON.stringify((req as { method: unknown }).method)}`,
-        );
-    }
-  }
-
   private async classify(p: CallParams, deadline: number): Promise<Methods["classify"]["result"]> {
     if (!p.env.pod) return { eligible: false, links: 0 };
     const c = await this.pods.classify(p.env.pod, p.conf, deadline);
@@ -183,15 +196,18 @@ export class NodeAgent {
     return { eligible: c.eligible, links: c.links.length };
   }
 
-  private async attach(p: CallParams, deadline: number): Promise<Methods["attach"]["result"]> {
+  private async attach(p: CallParams, ctx: CallContext): Promise<Methods["attach"]["result"]> {
     if (!p.env.pod) throw new CniError(Code.Internal, "attach needs K8S_POD_NAMESPACE and K8S_POD_NAME");
-    const c = await this.pods.classify(p.env.pod, p.conf, deadline);
-    if (!c.eligible)
+    const c = await this.pods.classify(p.env.pod, p.conf, ctx.deadline);
+    if (!c.eligible) {
       throw new CniError(
         Code.TryAgainLater,
         `pod ${c.pod.namespace}/${c.pod.name} is no longer a ratchet pod`,
       );
+    }
     const { linker } = await this.store(p.conf);
+    // The caller gave up (deadline, hung up): build nothing it will not hear about.
+    ctx.signal.throwIfAborted();
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links);
     this.log.info("attached", {
@@ -210,15 +226,14 @@ export class NodeAgent {
     try {
       owned = await (await this.store(p.conf)).linker.detach(p.env);
     } catch (err) {
-      const e = toCniError(err);
-      if (e.code !== Code.TryAgainLater) throw e;
-      // etcd is away: the netns (and our ends in it) goes with the pod anyway; the records
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // etcd is away: our ends are gone already (detach removes them first); the records
       // are removed when etcd is back.
       this.log.warn("etcd unreachable during DEL: records will be removed later", {
         containerId: p.env.containerId,
-        error: e.message,
+        error: err.message,
       });
-      this.defer({ conf: p.conf, env: p.env });
+      this.defer(p);
       return { owned: null };
     }
     if (owned !== undefined) return { owned };
@@ -258,19 +273,54 @@ export class NodeAgent {
     return { ok: true };
   }
 
+  // ---- DELs that wait for etcd: a journal of one JSON line each ----------------------------
+
+  private get journal(): string {
+    return this.files.journal;
+  }
+
+  /** Reads the journal; a bad line is skipped (and logged), never fatal for the others. */
+  private readJournal(): DeferredDel[] {
+    let text: string;
+    try {
+      text = readFileSync(this.journal, "utf8");
+    } catch {
+      return [];
+    }
+    const out: DeferredDel[] = [];
+    text.split("\n").forEach((line, n) => {
+      if (line.trim() === "") return;
+      try {
+        out.push(v.parse(paramSchemas.detach, JSON.parse(line)));
+      } catch (err) {
+        this.log.error("skipping a bad line of the deferred DEL journal", {
+          file: this.journal,
+          line: n + 1,
+          error: (err as Error).message,
+        });
+      }
+    });
+    return out;
+  }
+
   private defer(d: DeferredDel): void {
     this.deferred.push(d);
     this.saveJournal();
     this.scheduleRetry();
   }
 
+  /** Writes the journal to a temp file, fsyncs it and renames it over the old one. */
   private saveJournal(): void {
+    const tmp = `${this.journal}.tmp`;
     try {
-      writeFileSync(
-        this.journal,
-        this.deferred.map((d) => JSON.stringify(d)).join("\n") + (this.deferred.length ? "\n" : ""),
-        { mode: 0o600 },
-      );
+      const fd = openSync(tmp, "w", 0o600);
+      try {
+        for (const d of this.deferred) writeSync(fd, `${JSON.stringify(d)}\n`);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(tmp, this.journal);
     } catch (err) {
       this.log.warn("could not save the deferred DEL journal", { error: (err as Error).message });
     }
@@ -303,7 +353,7 @@ export class NodeAgent {
 
   /** Work that must not be dropped by an idle exit: ratchet pods on this node, DELs to finish. */
   get pendingWork(): boolean {
-    return this.deferred.length > 0 || [...this.stores.values()].some((s) => s.linker.pendingWork);
+    return this.deferred.length > 0 || this.state.size > 0;
   }
 
   close(): void {
@@ -314,4 +364,13 @@ export class NodeAgent {
   }
 }
 
-export const journalPath = (conf: NetConf): string => join(dirname(conf.child_socket), "deferred-del.jsonl");
+export interface AgentFiles {
+  state: string;
+  journal: string;
+}
+
+/** The agent's node-local files, named after its socket (its directory may be shared). */
+export const agentFiles = (conf: NetConf): AgentFiles => ({
+  state: `${conf.child_socket}.state.json`,
+  journal: `${conf.child_socket}.deferred-del.jsonl`,
+});

@@ -4,7 +4,7 @@ import { dirname } from "node:path";
 import { etcdEndpoints, parseNetConf, type NetConf } from "../cni/config.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import { Logger } from "../log.ts";
-import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
+import { BUILD_ID, hello } from "../version.ts";
 import type { NodeAgent } from "./agent.ts";
 import { SocketLock } from "./lock.ts";
 import { requestKey, Server } from "./server.ts";
@@ -76,7 +76,7 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     // A foreground agent (a DaemonSet's) takes over from one a plugin started on demand:
     // that one finishes its work and exits, then the lock is ours.
     log.info("another node agent serves this socket: asking it to hand over", { socket: conf.child_socket });
-    const { requestDrain } = await import("../parent/agent-client.ts");
+    const { requestDrain } = await import("../rpc/connection.ts");
     await requestDrain(conf.child_socket).catch((err: unknown) =>
       log.warn("could not ask the other agent to drain", { error: (err as Error).message }),
     );
@@ -107,15 +107,15 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   // Listen first, load the etcd and Kubernetes clients meanwhile: the plugin that started
   // us connects (and says hello) while they load, and its real request waits for them.
   const loading = import("./agent.ts").then(
-    ({ NodeAgent, journalPath }) => new NodeAgent(log, () => void shutdown("drain"), journalPath(conf)),
+    ({ NodeAgent, agentFiles }) => new NodeAgent(log, () => void shutdown("drain"), agentFiles(conf)),
   );
   server = new Server({
     socket: conf.child_socket,
     log,
-    handle: async (req) =>
+    handle: async (req, signal) =>
       req.method === "hello"
-        ? { buildId: BUILD_ID, buildTime: BUILD_TIME, version: VERSION, pid: process.pid }
-        : (await loading).handle(req),
+        ? hello()
+        : (await loading).handle(req.method, req.params, { deadline: req.deadline, signal }),
     keyOf: requestKey,
   });
   server.listen();

@@ -1,12 +1,19 @@
 // The child's unix-socket server: newline-delimited JSON requests, bounded concurrency,
 // per-pod serialization, idle exit, drain for upgrades.
-import { chmodSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import { LineReader, type CallParams, type Method, type Request, type Response } from "../rpc/protocol.ts";
+import * as v from "valibot";
+import { isMethod, LineReader, type Request, type Response } from "../rpc/protocol.ts";
+import { firstIssue, paramSchemas } from "../rpc/schemas.ts";
 
 export type Handler = (req: Request, signal: AbortSignal) => Promise<unknown>;
+
+/** At most this many connections at once; more are closed at once. */
+export const MAX_CONNECTIONS = 128;
+/** A connection with no request in flight and nothing said for this long is closed. */
+export const IDLE_CONNECTION_MS = 5000;
 
 export interface ServerOptions {
   socket: string;
@@ -16,6 +23,8 @@ export interface ServerOptions {
   keyOf: (req: Request) => string | undefined;
   maxInFlight?: number;
   maxQueued?: number;
+  maxConnections?: number;
+  idleConnectionMs?: number;
 }
 
 /** Runs tasks one at a time per key; different keys run concurrently. */
@@ -70,6 +79,10 @@ export class Limiter {
 
 interface ConnState {
   reader: LineReader;
+  /** Aborted when the connection closes: the caller no longer waits for its requests. */
+  gone: AbortController;
+  inFlight: number;
+  lastSeen: number;
 }
 
 export class Server {
@@ -78,6 +91,8 @@ export class Server {
   private readonly limiter: Limiter;
   private inFlight = 0;
   private idleWaiters: Array<() => void> = [];
+  private readonly conns = new Set<Bun.Socket<ConnState>>();
+  private reaper: Timer | undefined;
   lastActivity = Date.now();
   draining = false;
 
@@ -85,11 +100,13 @@ export class Server {
     this.limiter = new Limiter(opts.maxInFlight ?? 32, opts.maxQueued ?? 512);
   }
 
-  /** Binds the socket (directory 0700, socket 0600). The caller holds the socket lock. */
+  /**
+   * Binds the socket (0600). Its directory is made 0700 when ratchet creates it; an existing
+   * directory (/run, /tmp) is left as it is. The caller holds the socket lock.
+   */
   listen(): void {
     const { socket } = this.opts;
-    mkdirSync(dirname(socket), { recursive: true, mode: 0o700 });
-    chmodSync(dirname(socket), 0o700);
+    if (!existsSync(dirname(socket))) mkdirSync(dirname(socket), { recursive: true, mode: 0o700 });
     try {
       unlinkSync(socket); // a stale socket of a dead child: we hold the lock, so no one else owns it
     } catch {
@@ -101,7 +118,22 @@ export class Server {
         unix: socket,
         socket: {
           open: (s) => {
-            s.data = { reader: new LineReader() };
+            s.data = {
+              reader: new LineReader(),
+              gone: new AbortController(),
+              inFlight: 0,
+              lastSeen: Date.now(),
+            };
+            if (this.conns.size >= (this.opts.maxConnections ?? MAX_CONNECTIONS)) {
+              this.opts.log.warn("too many connections: closing a new one", { open: this.conns.size });
+              s.end();
+              return;
+            }
+            this.conns.add(s);
+          },
+          close: (s) => {
+            this.conns.delete(s);
+            s.data?.gone.abort(new CniError(Code.TryAgainLater, "the caller closed the connection"));
           },
           data: (s, chunk) => this.onData(s, chunk),
           error: (_s, err) => this.opts.log.warn("connection error", { error: err.message }),
@@ -111,9 +143,24 @@ export class Server {
       process.umask(old);
     }
     chmodSync(socket, 0o600);
+    // Connections that hold no request and say nothing (or never finish a line) are closed.
+    const idleMs = this.opts.idleConnectionMs ?? IDLE_CONNECTION_MS;
+    this.reaper = setInterval(() => this.reap(idleMs), Math.max(100, Math.min(1000, idleMs / 2)));
+    this.reaper.unref();
+  }
+
+  private reap(idleMs: number): void {
+    const now = Date.now();
+    for (const s of this.conns) {
+      if (s.data.inFlight === 0 && now - s.data.lastSeen >= idleMs) {
+        this.conns.delete(s);
+        s.end();
+      }
+    }
   }
 
   private onData(s: Bun.Socket<ConnState>, chunk: Uint8Array): void {
+    s.data.lastSeen = Date.now();
     let lines: string[];
     try {
       lines = s.data.reader.push(chunk);
@@ -129,9 +176,14 @@ export class Server {
     this.lastActivity = Date.now();
     let req: Request;
     try {
-      req = JSON.parse(line) as Request;
-      if (typeof req.id !== "number" || typeof req.method !== "string")
-        throw new Error("a request needs id and method");
+      const raw = JSON.parse(line) as Partial<Request> | null;
+      if (typeof raw?.id !== "number" || typeof raw.deadline !== "number") {
+        throw new Error("a request needs a numeric id and deadline");
+      }
+      if (!isMethod(raw.method)) throw new Error(`unknown method ${JSON.stringify(raw.method)}`);
+      const params = v.safeParse(paramSchemas[raw.method], raw.params);
+      if (!params.success) throw new Error(`${raw.method}: ${firstIssue(params.issues)}`);
+      req = { id: raw.id, method: raw.method, deadline: raw.deadline, params: params.output };
     } catch (err) {
       s.write(
         `${JSON.stringify({ id: 0, ok: false, error: { code: Code.DecodeFailure, msg: `bad request: ${(err as Error).message}` } })}\n`,
@@ -139,6 +191,7 @@ export class Server {
       return;
     }
     this.inFlight++;
+    s.data.inFlight++;
     let res: Response;
     try {
       // Serialize per pod first, then take a slot: a request waiting for its pod holds no slot.
@@ -147,7 +200,8 @@ export class Server {
           const left = req.deadline - Date.now();
           if (left <= 0)
             throw new CniError(Code.TryAgainLater, `request ${req.method} expired before it could start`);
-          return this.opts.handle(req, AbortSignal.timeout(left));
+          s.data.gone.signal.throwIfAborted();
+          return this.opts.handle(req, AbortSignal.any([AbortSignal.timeout(left), s.data.gone.signal]));
         }),
       );
       res = { id: req.id, ok: true, result } as Response;
@@ -162,6 +216,8 @@ export class Server {
       };
     } finally {
       this.inFlight--;
+      s.data.inFlight--;
+      s.data.lastSeen = Date.now();
       this.lastActivity = Date.now();
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
@@ -178,6 +234,7 @@ export class Server {
 
   /** Stops accepting connections and removes the socket file; in-flight requests go on. */
   stopListening(): void {
+    clearInterval(this.reaper);
     this.listener?.stop(false);
     this.listener = undefined;
     try {
@@ -194,14 +251,11 @@ export class Server {
   }
 }
 
-export function isMethod(m: string): m is Method {
-  return ["hello", "drain", "classify", "attach", "detach", "check", "status", "gc"].includes(m);
-}
-
 /** Serialization key: the pod, else the container. */
 export function requestKey(req: Request): string | undefined {
-  const p = req.params as Partial<CallParams>;
-  if (p.env?.pod) return `pod/${p.env.pod.namespace}/${p.env.pod.name}`;
-  if (p.env?.containerId) return `ctr/${p.env.containerId}`;
+  const p = req.params;
+  if (!("env" in p)) return undefined;
+  if (p.env.pod) return `pod/${p.env.pod.namespace}/${p.env.pod.name}`;
+  if (p.env.containerId) return `ctr/${p.env.containerId}`;
   return undefined;
 }

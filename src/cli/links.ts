@@ -2,10 +2,10 @@
 // from etcd with the node's network config: every endpoint and every link, with its state.
 // Secrets (the etcd password, keys) are read to connect and never printed.
 import { loadConfigFile } from "../cni/config-file.ts";
-import type { EndSpec, LinkSpec } from "../child/podspec.ts";
-import { keyOf, op, parse, txn } from "../store/etcd-ops.ts";
+import { type EndSpec, type LinkSpec, podId, toLink } from "../links/spec.ts";
 import { openEtcd } from "../store/etcd.ts";
-import { Keys, podId, toLink, type Endpoint, type LinkRecord } from "../store/model.ts";
+import { LinkStore } from "../store/link-store.ts";
+import { BadRecords } from "../store/records.ts";
 
 export const DEFAULT_CONFIG = "/etc/cni/net.d/10-ratchet.conf";
 
@@ -16,7 +16,6 @@ export interface LinksView {
     pod: string;
     node: string;
     containerId: string;
-    netns: string;
     links: number;
     since: string;
   }>;
@@ -33,32 +32,19 @@ export interface LinksView {
 
 /** Reads the whole picture in one etcd round trip. */
 export async function readView(conf: ReturnType<typeof loadConfigFile>): Promise<LinksView> {
-  const keys = new Keys(conf.etcd_prefix);
   const etcd = openEtcd(conf);
   try {
-    const r = await txn(
-      etcd,
-      [],
-      [op.prefix(`${keys.root}endpoints/`), op.prefix(`${keys.root}decl/`), op.prefix(`${keys.root}links/`)],
-    );
-    const endpoints = new Map<string, Endpoint>();
-    for (const kv of r.ranges[0] ?? []) {
-      const ep = parse<Endpoint>(kv);
-      if (ep) endpoints.set(podId(ep), ep);
-    }
+    const bad = new BadRecords((key, problem) => process.stderr.write(`ignoring ${key}: ${problem}\n`));
+    const { endpoints, decls, records } = await new LinkStore(etcd, conf.etcd_prefix, bad).snapshot();
     const declared = new Map<string, LinkSpec>();
-    for (const kv of r.ranges[1] ?? []) {
-      const spec = parse<LinkSpec>(kv);
-      const parts = keyOf(kv).slice(`${keys.root}decl/`.length).split("/");
-      // <ns>/<pod>/<link (5 parts)>/<declarer ns>/<declarer pod>
-      if (!spec || parts.length !== 9) continue;
-      const link = parts.slice(2, 7).join("/");
-      if (!declared.has(link)) declared.set(link, spec);
-    }
-    const records = new Map<string, LinkRecord>();
-    for (const kv of r.ranges[2] ?? []) {
-      const rec = parse<LinkRecord>(kv);
-      if (rec) records.set(rec.key, rec);
+    const linkCount = new Map<string, number>();
+    const counted = new Set<string>();
+    for (const d of decls) {
+      if (!declared.has(d.link)) declared.set(d.link, d.spec);
+      // Filed under both pods in one namespace: each declaration counts once.
+      if (counted.has(`${d.declarer} ${d.link}`)) continue;
+      counted.add(`${d.declarer} ${d.link}`);
+      linkCount.set(d.declarer, (linkCount.get(d.declarer) ?? 0) + 1);
     }
     const view: LinksView = {
       endpoints: [...endpoints.values()]
@@ -67,8 +53,7 @@ export async function readView(conf: ReturnType<typeof loadConfigFile>): Promise
           pod: podId(ep),
           node: ep.node,
           containerId: ep.containerId,
-          netns: ep.netns,
-          links: ep.links.length,
+          links: linkCount.get(podId(ep)) ?? 0,
           since: ep.createdAt,
         })),
       links: [],

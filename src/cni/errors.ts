@@ -58,3 +58,37 @@ export function toCniError(err: unknown): CniError {
   const code = "cniCode" in e && typeof e.cniCode === "number" ? e.cniCode : Code.Internal;
   return new CniError(code, e.message, causes.join(": "), { cause: e });
 }
+
+// Typed failures the layers tell apart by class, never by message text.
+
+/** etcd could not be reached or did not answer in time: the caller may retry (code 11). */
+export class StoreUnavailableError extends CniError {
+  override name = "StoreUnavailableError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(Code.TryAgainLater, message, "", options);
+  }
+}
+
+/** etcd answered and refused the request (permission, limits): code 102. */
+export class StoreRefusedError extends CniError {
+  override name = "StoreRefusedError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(Code.Store, message, "", options);
+  }
+}
+
+/** The node agent could not be reached, or went away mid-request: code 11. */
+export class AgentUnavailableError extends CniError {
+  override name = "AgentUnavailableError";
+  constructor(message: string, details = "", options?: { cause?: unknown }) {
+    super(Code.TryAgainLater, message, details, options);
+  }
+}
+
+/** An interface ratchet needs exists and does not carry ratchet's mark for the link: code 101. */
+export class NotOursError extends CniError {
+  override name = "NotOursError";
+  constructor(message: string) {
+    super(Code.Netlink, message);
+  }
+}

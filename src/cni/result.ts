@@ -12,6 +12,13 @@ export interface Interface {
   socketPath?: string;
   pciID?: string;
 }
+/** A ratchet link interface made for a container, as it goes into the result. */
+export interface AttachedInterface {
+  iface: Interface;
+  /** CIDRs of the interface. */
+  ips: string[];
+}
+
 export interface IPConfig {
   /** Index into interfaces. */
   interface?: number;

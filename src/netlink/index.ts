@@ -10,6 +10,7 @@ export {
   listLinks,
   moveLink,
   renameLink,
+  setAlias,
   setLinkUp,
   setMac,
   setMtu,

@@ -12,6 +12,7 @@ import {
   IFINFOMSG_LEN,
   IFLA_ADDRESS,
   IFLA_EXT_MASK,
+  IFLA_IFALIAS,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
@@ -67,6 +68,8 @@ export interface LinkBase {
   masterIndex: number | undefined;
   /** IFLA_LINK_NETNSID: set when the peer / lower device lives in another netns. */
   linkNetnsId: number | undefined;
+  /** IFLA_IFALIAS ("" when unset): ratchet marks the interfaces it builds with it. */
+  alias: string;
 }
 export interface VethLink extends LinkBase {
   kind: "veth";
@@ -109,6 +112,7 @@ export function decodeLink(m: NlMsg): Link {
     flags: hdr.flags,
     masterIndex: attrs.u32(IFLA_MASTER),
     linkNetnsId: attrs.u32(IFLA_LINK_NETNSID),
+    alias: attrs.str(IFLA_IFALIAS) ?? "",
   };
   if (infoKind === "veth") return { ...base, kind: "veth", peerIndex: attrs.u32(IFLA_LINK) };
   if (infoKind === "vxlan") {
@@ -224,6 +228,8 @@ export interface VethEnd {
   ns?: string;
   mtu?: number;
   mac?: string;
+  /** IFLA_IFALIAS to set right after creation (the kernel ignores it in RTM_NEWLINK). */
+  alias?: string;
 }
 
 // The attributes of a new link's ifinfomsg that both veth ends and vxlan share.
@@ -290,7 +296,15 @@ export function addVethPair(spec: { a: VethEnd; b: VethEnd }): void {
     throw err;
   }
   try {
-    setLinkUp(b.name, true, b.ns);
+    // One request for the peer: up, and its alias.
+    changeLink(
+      b.name,
+      b.ns,
+      `set ${JSON.stringify(b.name)} up ${inNetns(b.ns)}`,
+      new IfInfoMsg(AF_UNSPEC, 0, IFF_UP, IFF_UP),
+      b.alias === undefined ? [] : [attrString(IFLA_IFALIAS, b.alias)],
+    );
+    if (a.alias !== undefined) setAlias(a.name, a.alias, a.ns);
   } catch (err) {
     try {
       deleteLink(a.name, a.ns); // takes the peer along: no half-made pair is left behind
@@ -322,6 +336,10 @@ export interface VxlanSpec {
   mac?: string;
   /** Learn remote MACs from received packets; on by default. */
   learning?: boolean;
+  /** IFLA_IFALIAS, set right after creation. */
+  alias?: string;
+  /** Create it up (the default), or down for the caller to finish and bring up. */
+  up?: boolean;
 }
 
 export const VXLAN_PORT = 4789;
@@ -379,12 +397,24 @@ export function addVxlan(spec: VxlanSpec): void {
     if (local) data.bytes(v6 ? IFLA_VXLAN_LOCAL6 : IFLA_VXLAN_LOCAL, local.bytes);
     data.add(attrBe16(IFLA_VXLAN_PORT, port));
     data.add(attrU8(IFLA_VXLAN_LEARNING, spec.learning === false ? 0 : 1));
-    const up = new IfInfoMsg(AF_UNSPEC, 0, IFF_UP, IFF_UP);
+    const up = spec.up === false ? new IfInfoMsg() : new IfInfoMsg(AF_UNSPEC, 0, IFF_UP, IFF_UP);
     sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [
       ...endAttrs(spec.name, nsFd, mtu, spec.mac),
       linkInfo,
     ]);
   });
+  if (spec.alias !== undefined) {
+    try {
+      setAlias(spec.name, spec.alias, spec.ns);
+    } catch (err) {
+      try {
+        deleteLink(spec.name, spec.ns); // never leave an unmarked device behind
+      } catch {
+        // gone some other way; the first error is the one to report
+      }
+      throw err;
+    }
+  }
 }
 
 // A change to an existing link found by name (the kernel looks up IFLA_IFNAME when index is 0).
@@ -413,6 +443,18 @@ export function setLinkUp(ifname: string, up: boolean, ns?: string): void {
     new IfInfoMsg(AF_UNSPEC, 0, up ? IFF_UP : 0, IFF_UP),
     [],
   );
+}
+
+/** `ip link set NAME alias TEXT` (at most 255 bytes). */
+export function setAlias(ifname: string, alias: string, ns?: string): void {
+  if (Buffer.byteLength(alias) > 255) {
+    throw new NetlinkError(`failed to set alias on ${JSON.stringify(ifname)}: longer than 255 bytes`, {
+      errno: Errno.EINVAL,
+    });
+  }
+  changeLink(ifname, ns, `set alias on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [
+    attrString(IFLA_IFALIAS, alias),
+  ]);
 }
 
 /** `ip link set NAME mtu MTU` */

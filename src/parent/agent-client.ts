@@ -3,9 +3,10 @@
 import { dirname, join } from "node:path";
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
-import { CniError, Code } from "../cni/errors.ts";
+import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import { LineReader, type CallParams, type Method, type Methods, type Response } from "../rpc/protocol.ts";
+import { Connection, ConnectionLost } from "../rpc/connection.ts";
+import type { CallParams, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
 import type { Agent, AttachedInterface, Classification } from "./classify.ts";
 
@@ -13,90 +14,6 @@ import type { Agent, AttachedInterface, Classification } from "./classify.ts";
 export const START_TIMEOUT_MS = 5000;
 /** How long one request may take before the parent gives up (the runtime retries the call). */
 export const REQUEST_TIMEOUT_MS = 30_000;
-
-type Sock = Awaited<ReturnType<typeof Bun.connect>>;
-
-/** One connection to the child; requests go one after another. */
-class Connection {
-  private next = 1;
-  private readonly reader = new LineReader();
-  private waiting: { resolve: (r: Response) => void; reject: (e: Error) => void } | undefined;
-  private closed: Error | undefined;
-  private constructor(private sock: Sock | undefined) {}
-
-  static async open(path: string): Promise<Connection> {
-    const conn = new Connection(undefined);
-    conn.sock = await Bun.connect({
-      unix: path,
-      socket: {
-        data: (_s, chunk) => conn.onData(chunk),
-        close: () => conn.fail(new Error("the child closed the connection")),
-        error: (_s, err) => conn.fail(err),
-      },
-    });
-    return conn;
-  }
-
-  private onData(chunk: Uint8Array): void {
-    try {
-      for (const line of this.reader.push(chunk)) {
-        const w = this.waiting;
-        this.waiting = undefined;
-        w?.resolve(JSON.parse(line) as Response);
-      }
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  }
-
-  private fail(err: Error): void {
-    this.closed ??= err;
-    const w = this.waiting;
-    this.waiting = undefined;
-    w?.reject(err);
-  }
-
-  async call<M extends Method>(
-    method: M,
-    params: Methods[M]["params"],
-    timeoutMs: number,
-  ): Promise<Methods[M]["result"]> {
-    if (this.closed) throw this.closed;
-    const id = this.next++;
-    const deadline = Date.now() + timeoutMs;
-    const reply = new Promise<Response>((resolve, reject) => {
-      this.waiting = { resolve, reject };
-    });
-    this.sock?.write(`${JSON.stringify({ id, method, deadline, params })}\n`);
-    let timer: Timer | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer to ${method} within ${timeoutMs} ms`)), timeoutMs);
-    });
-    try {
-      const res = await Promise.race([reply, timeout]);
-      if (res.id !== id) throw new Error(`answer ${res.id} does not match request ${id}`);
-      if (!res.ok) throw new CniError(res.error.code, res.error.msg, res.error.details ?? "");
-      return res.result as Methods[M]["result"];
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  close(): void {
-    this.closed ??= new Error("closed");
-    this.sock?.end();
-  }
-}
-
-/** Asks the agent serving `socket` to finish its work and exit (a foreground agent taking over). */
-export async function requestDrain(socket: string): Promise<void> {
-  const conn = await Connection.open(socket);
-  try {
-    await conn.call("drain", {}, 5000);
-  } finally {
-    conn.close();
-  }
-}
 
 /** The ratchet-child next to this binary, unless the config names one. */
 export function childPath(conf: NetConf): string {
@@ -127,12 +44,9 @@ async function startChild(conf: NetConf, takeover: boolean, log: Logger): Promis
     log.info("started the node agent", { child: path, childPid: proc.pid, takeover });
     return proc;
   } catch (err) {
-    throw new CniError(
-      Code.TryAgainLater,
-      `cannot start the node agent ${path}: ${(err as Error).message}`,
-      "",
-      { cause: err },
-    );
+    throw new AgentUnavailableError(`cannot start the node agent ${path}: ${(err as Error).message}`, "", {
+      cause: err,
+    });
   } finally {
     fs.closeSync(out);
   }
@@ -163,15 +77,13 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
       started = await startChild(conf, takeover, log);
     } else if (started.exitCode !== null && started.exitCode !== 0) {
       // Exit 0 means another child won the socket lock: keep knocking. Anything else failed.
-      throw new CniError(
-        Code.TryAgainLater,
+      throw new AgentUnavailableError(
         `the node agent exited with code ${started.exitCode} before answering on ${socket}`,
         `see ${conf.log_file}`,
       );
     }
     if (Date.now() >= until) {
-      throw new CniError(
-        Code.TryAgainLater,
+      throw new AgentUnavailableError(
         `the node agent did not answer on ${socket} within ${START_TIMEOUT_MS} ms`,
         lastError,
       );
@@ -198,16 +110,15 @@ export class ChildAgent implements Agent {
         this.conn ??= await connectChild(conf, this.log);
         return await this.conn.call(method, params, REQUEST_TIMEOUT_MS);
       } catch (err) {
-        if (err instanceof CniError) throw err;
+        if (err instanceof CniError && !(err instanceof AgentUnavailableError)) throw err;
         this.conn?.close();
         this.conn = undefined;
-        const lost = /closed the connection|ECONNRESET|EPIPE/i.test((err as Error).message);
-        if (lost && attempt === 0) {
+        if (err instanceof ConnectionLost && attempt === 0) {
           this.log.warn("the node agent went away mid-request; asking a new one", { method });
           continue;
         }
-        throw new CniError(
-          Code.TryAgainLater,
+        if (err instanceof AgentUnavailableError) throw err;
+        throw new AgentUnavailableError(
           `the node agent failed to answer ${method}: ${(err as Error).message}`,
           "",
           { cause: err },
@@ -235,15 +146,8 @@ export class ChildAgent implements Agent {
   async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {
     // ratchet only attaches pods it could look up: without a pod it never had this container.
     if (!env.pod) return false;
-    try {
-      const r = await this.call("detach", this.params(env, conf), conf);
-      return r.owned ?? undefined;
-    } catch (err) {
-      // DEL must not fail because the agent is away: the plugins' DEL still runs, and the
-      // agent removes what is left when it is back (it reconciles at start).
-      this.log.warn("node agent unreachable during DEL", { error: (err as Error).message });
-      return undefined;
-    }
+    const r = await this.call("detach", this.params(env, conf), conf);
+    return r.owned ?? undefined;
   }
 
   async check(env: CniEnv, conf: NetConf): Promise<void> {
@@ -256,7 +160,10 @@ export class ChildAgent implements Agent {
       await this.call("status", this.params(env, conf), conf);
     } catch (err) {
       // The agent itself not answering is as much "not ready" as etcd being away.
-      if (err instanceof CniError && err.code === Code.TryAgainLater)
+      if (
+        err instanceof AgentUnavailableError ||
+        (err instanceof CniError && err.code === Code.TryAgainLater)
+      )
         throw new CniError(Code.PluginNotAvailable, err.message, err.details);
       throw err;
     }

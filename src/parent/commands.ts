@@ -112,8 +112,28 @@ function servingPlugins(conf: NetConf, ratchetOwned: boolean | undefined): Plugi
 }
 
 export async function cmdDel(ctx: Context): Promise<void> {
-  const owned = await ctx.agent.detach(ctx.env, ctx.conf);
-  for (const sub of servingPlugins(ctx.conf, owned)) await run(ctx, sub, "DEL");
+  let owned: boolean | undefined;
+  let failure: unknown;
+  try {
+    owned = await ctx.agent.detach(ctx.env, ctx.conf);
+  } catch (err) {
+    // The plugins' DEL still runs (the pod's network is released either way); then DEL
+    // reports what is left, so the runtime retries and the agent finishes it.
+    failure = err;
+  }
+  if (failure === undefined) {
+    for (const sub of servingPlugins(ctx.conf, owned)) await run(ctx, sub, "DEL");
+    return;
+  }
+  // The agent's failure is the one to report; a plugin's failure goes along in details.
+  const also: string[] = [];
+  for (const sub of servingPlugins(ctx.conf, owned)) {
+    await run(ctx, sub, "DEL").catch((err: unknown) => also.push(`${sub.type}: ${(err as Error).message}`));
+  }
+  if (also.length > 0 && failure instanceof CniError) {
+    throw new CniError(failure.code, failure.message, [failure.details, ...also].filter(Boolean).join("; "));
+  }
+  throw failure;
 }
 
 export async function cmdCheck(ctx: Context): Promise<void> {

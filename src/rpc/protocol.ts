@@ -1,22 +1,26 @@
-// The parent <-> child protocol: newline-delimited JSON over the child's unix socket.
-// One request per line, one response per line, matched by id. Kept free of heavy imports:
-// the parent loads it on every CNI call.
+// The plugin <-> agent protocol: newline-delimited JSON over the agent's unix socket. One
+// request per line, one response per line, matched by id. The table of methods below is the
+// one place that says what each method takes and returns; src/rpc/schemas.ts checks both
+// sides of it. Kept free of heavy imports: the plugin loads it on every CNI call.
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
+import type { AttachedInterface } from "../cni/result.ts";
+import type { hello } from "../version.ts";
 
-export const MAX_FRAME_BYTES = 4 << 20;
+/** A request line (or an answer line) longer than this closes the connection. */
+export const MAX_FRAME_BYTES = 1 << 20;
 
-export interface Hello {
-  buildId: string;
-  buildTime: number;
-  version: string;
-  pid: number;
-}
+export type Hello = ReturnType<typeof hello>;
 
-/** What the parent sends about the CNI call: the validated env and config. */
+/** What the plugin sends about the CNI call: the validated env and config. */
 export interface CallParams {
   env: Omit<CniEnv, "args">;
   conf: NetConf;
+}
+
+export interface Attachment {
+  containerID: string;
+  ifname: string;
 }
 
 export interface Methods {
@@ -24,29 +28,34 @@ export interface Methods {
   /** Stop accepting work, finish what is in flight, exit: a newer binary takes over. */
   drain: { params: Record<string, never>; result: { draining: true } };
   classify: { params: CallParams; result: { eligible: boolean; links: number } };
-  attach: {
-    params: CallParams;
-    result: {
-      interfaces: Array<{
-        iface: { name: string; mac?: string; sandbox?: string; mtu?: number };
-        ips: string[];
-      }>;
-    };
-  };
+  attach: { params: CallParams; result: { interfaces: AttachedInterface[] } };
+  /** owned: true (ratchet had it), false (never), null (cannot tell). */
   detach: { params: CallParams; result: { owned: boolean | null } };
   check: { params: CallParams; result: { ok: true } };
   status: { params: CallParams; result: { ok: true } };
-  gc: {
-    params: CallParams & { valid: Array<{ containerID: string; ifname: string }> };
-    result: { removed: number };
-  };
+  gc: { params: CallParams & { valid: Attachment[] }; result: { removed: number } };
 }
 export type Method = keyof Methods;
+// `satisfies` makes the compiler fail when a method is added to the table and not here.
+const KNOWN = {
+  hello: true,
+  drain: true,
+  classify: true,
+  attach: true,
+  detach: true,
+  check: true,
+  status: true,
+  gc: true,
+} as const satisfies Record<Method, true>;
+
+export function isMethod(m: unknown): m is Method {
+  return typeof m === "string" && Object.hasOwn(KNOWN, m);
+}
 
 export interface Request<M extends Method = Method> {
   id: number;
   method: M;
-  /** Epoch milliseconds after which the caller no longer waits. */
+  /** Epoch milliseconds after which the caller no longer waits: the agent stops then too. */
   deadline: number;
   params: Methods[M]["params"];
 }
@@ -65,12 +74,28 @@ export type Response<M extends Method = Method> =
 export class LineReader {
   private buf = "";
   private readonly decoder = new TextDecoder();
+  constructor(private readonly limit = MAX_FRAME_BYTES) {}
   push(chunk: Uint8Array): string[] {
-    this.buf += this.decoder.decode(chunk, { stream: true });
-    const lines = this.buf.split("\n");
-    this.buf = lines.pop() ?? "";
-    if (this.buf.length > MAX_FRAME_BYTES)
-      throw new Error(`a message is longer than ${MAX_FRAME_BYTES} bytes`);
+    const text = this.decoder.decode(chunk, { stream: true });
+    const nl = text.lastIndexOf("\n");
+    // Check before joining: an endless line must not grow the buffer past the limit.
+    const tail = nl < 0 ? text.length : text.length - nl - 1;
+    if ((nl < 0 ? this.buf.length : 0) + tail > this.limit) {
+      this.buf = "";
+      throw new Error(`a message is longer than ${this.limit} bytes`);
+    }
+    if (nl < 0) {
+      this.buf += text;
+      return [];
+    }
+    const lines = (this.buf + text.slice(0, nl)).split("\n");
+    this.buf = text.slice(nl + 1);
+    for (const l of lines)
+      if (l.length > this.limit) throw new Error(`a message is longer than ${this.limit} bytes`);
     return lines.filter((l) => l !== "");
+  }
+  /** Bytes waiting for their newline. */
+  get pending(): number {
+    return this.buf.length;
   }
 }

@@ -1,7 +1,15 @@
-// Thin helpers over etcd's raw KV API: one transaction is one round trip, with reads and
-// writes (and nested conditional transactions) in the order given.
-import type { Etcd3 } from "etcd3";
-import { CniError, Code } from "../cni/errors.ts";
+// Thin helpers over etcd's raw KV API: one transaction is one round trip. Reads are named:
+// a Query hands out a Slot per read, and the result is asked by slot, never by position.
+import { BrokenCircuitError, TaskCancelledError } from "cockatiel";
+import {
+  ClientClosedError,
+  type Etcd3,
+  GRPCCancelledError,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  isRecoverableError,
+} from "etcd3";
+import { StoreRefusedError, StoreUnavailableError } from "../cni/errors.ts";
 
 type KV = Etcd3["kv"];
 type TxnRequest = Parameters<KV["txn"]>[0];
@@ -29,10 +37,6 @@ export const op = {
   delPrefix: (prefix: string): Op => ({
     request_delete_range: { key: b(prefix), range_end: prefixEnd(prefix) },
   }),
-  /** A nested transaction: `then` runs only when every compare holds (etcd 3.3+). */
-  txn: (compare: Compare[], then: Op[], otherwise: Op[] = []): Op => ({
-    request_txn: { compare, success: then, failure: otherwise },
-  }),
 };
 
 export const cmp = {
@@ -47,59 +51,98 @@ export const cmp = {
   }),
 };
 
-export interface TxnResult {
-  succeeded: boolean;
-  /** The kvs each range op returned, in op order (undefined for writes). */
-  ranges: Array<KeyValue[] | undefined>;
-  revision: string;
+/** A named read in a Query. */
+export interface Slot {
+  readonly query: Query;
+  readonly index: number;
+}
+
+/** The reads of one branch of a transaction, each answered through its Slot. */
+export class Query {
+  readonly ops: Op[] = [];
+  get(key: string): Slot {
+    return this.add(op.get(key));
+  }
+  prefix(prefix: string): Slot {
+    return this.add(op.prefix(prefix));
+  }
+  private add(o: Op): Slot {
+    this.ops.push(o);
+    return { query: this, index: this.ops.length - 1 };
+  }
+}
+
+export interface Txn {
+  compare?: Compare[];
+  /** Read before the writes (they see the state before this transaction). */
+  reads?: Query;
+  writes?: Op[];
+  /** Read when a compare fails. */
+  otherwise?: Query;
+}
+
+export class TxnResult {
+  constructor(
+    readonly succeeded: boolean,
+    readonly revision: string,
+    private readonly ran: Query | undefined,
+    private readonly responses: TxnResponse["responses"],
+  ) {}
+  /** Every key-value a read returned. */
+  all(slot: Slot): KeyValue[] {
+    if (slot.query !== this.ran) throw new Error("a read of the branch that did not run");
+    return this.responses[slot.index]?.response_range?.kvs ?? [];
+  }
+  /** The one key-value a get returned, if the key exists. */
+  one(slot: Slot): KeyValue | undefined {
+    return this.all(slot)[0];
+  }
 }
 
 /** Transactions sent by this process: one round trip each (the ADD benchmark reports them). */
 export const stats = { roundTrips: 0 };
 
-/** Runs one transaction; etcd errors become code 11 (etcd unreachable) or 102 (refused). */
-export async function txn(
-  client: Etcd3,
-  compare: Compare[],
-  success: Op[],
-  failure: Op[] = [],
-): Promise<TxnResult> {
+/** Runs one transaction; etcd errors become StoreUnavailableError or StoreRefusedError. */
+export async function txn(client: Etcd3, t: Txn): Promise<TxnResult> {
+  const success = [...(t.reads?.ops ?? []), ...(t.writes ?? [])];
   let res: TxnResponse;
   stats.roundTrips++;
   try {
-    res = await client.kv.txn({ compare, success, failure });
+    res = await client.kv.txn({ compare: t.compare ?? [], success, failure: t.otherwise?.ops ?? [] });
   } catch (err) {
     throw storeError(err);
   }
-  return {
-    succeeded: res.succeeded,
-    ranges: res.responses.map((r) => r.response_range?.kvs),
-    revision: String(res.header.revision),
-  };
-}
-
-export function storeError(err: unknown): CniError {
-  const e = err as { message?: string; name?: string };
-  const msg = e.message ?? String(err);
-  const unreachable =
-    /UNAVAILABLE|DEADLINE_EXCEEDED|ECONNREFUSED|No connection|unreachable|timed out|GRPCConnectFailed|Circuit/i.test(
-      `${e.name} ${msg}`,
-    );
-  return new CniError(
-    unreachable ? Code.TryAgainLater : Code.Store,
-    `etcd ${unreachable ? "unreachable" : "refused a request"}: ${msg}`,
-    "",
-    { cause: err },
+  return new TxnResult(
+    res.succeeded,
+    String(res.header.revision),
+    res.succeeded ? t.reads : t.otherwise,
+    res.responses,
   );
 }
 
-export function parse<T>(kv: KeyValue | undefined): T | undefined {
-  if (!kv) return undefined;
-  try {
-    return JSON.parse(kv.value.toString()) as T;
-  } catch {
-    return undefined;
-  }
+/** Reads in one round trip (no compare, no writes). */
+export function read(client: Etcd3, q: Query): Promise<TxnResult> {
+  return txn(client, { reads: q });
+}
+
+/**
+ * An etcd client error as a typed store error: unavailable (connection, deadline, an open
+ * circuit: worth retrying) or refused (etcd answered no).
+ */
+export function storeError(err: unknown): StoreUnavailableError | StoreRefusedError {
+  if (err instanceof StoreUnavailableError || err instanceof StoreRefusedError) return err;
+  const msg = err instanceof Error ? err.message : String(err);
+  const unavailable =
+    (err instanceof Error && isRecoverableError(err)) ||
+    err instanceof GRPCUnavailableError ||
+    err instanceof GRPCDeadlineExceededError ||
+    err instanceof GRPCCancelledError ||
+    err instanceof ClientClosedError ||
+    err instanceof BrokenCircuitError ||
+    err instanceof TaskCancelledError;
+  return unavailable
+    ? new StoreUnavailableError(`etcd unreachable: ${msg}`, { cause: err })
+    : new StoreRefusedError(`etcd refused a request: ${msg}`, { cause: err });
 }
 
 export const keyOf = (kv: KeyValue): string => kv.key.toString();

@@ -1,0 +1,116 @@
+// The calling side of the protocol: one connection to the agent's socket, requests one
+// after another, every reply checked against the method's schema.
+import * as v from "valibot";
+import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
+import { LineReader, type Method, type Methods, type Response } from "./protocol.ts";
+import { firstIssue, resultSchemas } from "./schemas.ts";
+
+type Sock = Awaited<ReturnType<typeof Bun.connect>>;
+
+/** The connection broke (closed, reset): a new agent may answer the same request. */
+export class ConnectionLost extends Error {
+  override name = "ConnectionLost";
+}
+
+export class Connection {
+  private next = 1;
+  private readonly reader = new LineReader();
+  private waiting: { resolve: (r: unknown) => void; reject: (e: Error) => void } | undefined;
+  private closed: Error | undefined;
+  private constructor(private sock: Sock | undefined) {}
+
+  /** Connects; throws AgentUnavailableError when nothing listens on `path`. */
+  static async open(path: string): Promise<Connection> {
+    const conn = new Connection(undefined);
+    try {
+      conn.sock = await Bun.connect({
+        unix: path,
+        socket: {
+          data: (_s, chunk) => conn.onData(chunk),
+          close: () => conn.fail(new ConnectionLost("the node agent closed the connection")),
+          error: (_s, err) => conn.fail(new ConnectionLost(err.message)),
+        },
+      });
+    } catch (err) {
+      throw new AgentUnavailableError(
+        `cannot connect to the node agent on ${path}: ${(err as Error).message}`,
+      );
+    }
+    return conn;
+  }
+
+  private onData(chunk: Uint8Array): void {
+    try {
+      for (const line of this.reader.push(chunk)) {
+        const w = this.waiting;
+        this.waiting = undefined;
+        w?.resolve(JSON.parse(line));
+      }
+    } catch (err) {
+      this.fail(new ConnectionLost(`bad answer from the node agent: ${(err as Error).message}`));
+    }
+  }
+
+  private fail(err: Error): void {
+    this.closed ??= err;
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.reject(err);
+  }
+
+  /**
+   * One request. Throws the agent's CniError as it sent it, ConnectionLost when the
+   * connection broke, AgentUnavailableError on time-out or a malformed answer.
+   */
+  async call<M extends Method>(
+    method: M,
+    params: Methods[M]["params"],
+    timeoutMs: number,
+  ): Promise<Methods[M]["result"]> {
+    if (this.closed) throw this.closed;
+    const id = this.next++;
+    const deadline = Date.now() + timeoutMs;
+    const reply = new Promise<unknown>((resolve, reject) => {
+      this.waiting = { resolve, reject };
+    });
+    this.sock?.write(`${JSON.stringify({ id, method, deadline, params })}\n`);
+    let timer: Timer | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(new AgentUnavailableError(`the node agent did not answer ${method} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    try {
+      const res = (await Promise.race([reply, timeout])) as Response<M>;
+      if (res?.id !== id) throw new AgentUnavailableError(`answer ${res?.id} does not match request ${id}`);
+      if (!res.ok) throw new CniError(res.error.code, res.error.msg, res.error.details ?? "");
+      const checked = v.safeParse(resultSchemas[method], res.result);
+      if (!checked.success) {
+        throw new CniError(
+          Code.Internal,
+          `the node agent's answer to ${method} is malformed: ${firstIssue(checked.issues)}`,
+        );
+      }
+      return checked.output;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  close(): void {
+    this.closed ??= new ConnectionLost("closed");
+    this.sock?.end();
+  }
+}
+
+/** Asks the agent serving `socket` to finish its work and exit (a foreground agent taking over). */
+export async function requestDrain(socket: string): Promise<void> {
+  const conn = await Connection.open(socket);
+  try {
+    await conn.call("drain", {}, 5000);
+  } finally {
+    conn.close();
+  }
+}
