@@ -1,16 +1,12 @@
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
-import type { Interface } from "../cni/result.ts";
+import type { AttachedInterface } from "../cni/result.ts";
+
+export type { AttachedInterface };
 
 /** What ratchet decided for one pod: pass it through, or give it links. */
 export interface Classification {
   eligible: boolean;
-}
-
-/** The ratchet interfaces made for a container during its ADD, for the result. */
-export interface AttachedInterface {
-  iface: Interface;
-  ips: string[];
 }
 
 /**

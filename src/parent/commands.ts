@@ -3,9 +3,10 @@
 // result in the requested version.
 import type { NetConf, PluginConf } from "../cni/config.ts";
 import { delegate } from "../cni/delegate.ts";
-import type { CniEnv, Command } from "../cni/env.ts";
+import type { CniEnv } from "../cni/env.ts";
 import { CniError, Code } from "../cni/errors.ts";
 import { appendInterfaces, emptyResult, formatResult, parseResult, type Result } from "../cni/result.ts";
+import type { Command } from "../cni/versions.ts";
 import type { Logger } from "../log.ts";
 import type { Agent } from "./classify.ts";
 
@@ -182,3 +183,12 @@ export async function cmdGc(ctx: Context): Promise<void> {
   }
   for (const sub of servingPlugins(conf, undefined)) await run(ctx, sub, "GC", extra);
 }
+
+/** One handler per command the config's version may ask for; VERSION is answered before any config is read. */
+export const HANDLERS: Record<Exclude<Command, "VERSION">, (ctx: Context) => Promise<unknown>> = {
+  ADD: cmdAdd,
+  DEL: cmdDel,
+  CHECK: cmdCheck,
+  STATUS: cmdStatus,
+  GC: cmdGc,
+};
