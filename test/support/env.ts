@@ -67,21 +67,31 @@ export function uniqueName(tag = ""): string {
   return name;
 }
 
-let installedDir: string | undefined;
+let installed: ReturnType<typeof tempDir> | undefined;
 /**
  * The binary as a node has it: copied out of the checkout into a CNI bin directory with the
- * ratchet-child link beside it (what scripts/install.sh makes). Removed when the run ends.
+ * ratchet-child link beside it (what scripts/install.sh makes). One copy for the whole run:
+ * test/support/preload.ts removes it after the last test file.
  */
 export function installedBin(): string {
-  if (!installedDir) {
+  if (!installed) {
     requireBinary();
-    const dir = mkdtempSync(join(tmpdir(), "ratchet-bin-"));
-    copyFileSync(BIN, join(dir, "ratchet"));
-    symlinkSync("ratchet", join(dir, "ratchet-child"));
-    installedDir = dir;
-    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    const dir = tempDir("ratchet-bin-");
+    try {
+      copyFileSync(BIN, join(dir.path, "ratchet"));
+      symlinkSync("ratchet", join(dir.path, "ratchet-child"));
+    } catch (err) {
+      dir[Symbol.dispose]();
+      throw err;
+    }
+    installed = dir;
   }
-  return join(installedDir, "ratchet");
+  return join(installed.path, "ratchet");
+}
+
+export function removeInstalledBin(): void {
+  installed?.[Symbol.dispose]();
+  installed = undefined;
 }
 
 /**
