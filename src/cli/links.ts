@@ -1,6 +1,7 @@
 // `ratchet links [--config FILE] [--output table|json|dot]`: what ratchet has built, read
 // from etcd with the node's network config: every endpoint and every link, with its state.
 // Secrets (the etcd password, keys) are read to connect and never printed.
+import { option } from "../argv.ts";
 import { loadConfigFile } from "../cni/config-file.ts";
 import type { EndSpec, LinkSpec } from "../child/podspec.ts";
 import { keyOf, op, parse, txn } from "../store/etcd-ops.ts";
@@ -179,13 +180,6 @@ export function formatDot(v: LinksView): string {
   }
   lines.push("}");
   return `${lines.join("\n")}\n`;
-}
-
-function option(args: string[], name: string): string | undefined {
-  const i = args.findIndex((a) => a === name || a.startsWith(`${name}=`));
-  if (i < 0) return undefined;
-  const a = args[i] as string;
-  return a.includes("=") ? a.slice(name.length + 1) : args[i + 1];
 }
 
 export async function runLinks(
