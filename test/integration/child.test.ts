@@ -54,6 +54,17 @@ function node(extra: Record<string, unknown> = {}) {
   return { dir: dir.path, log, socket, conf };
 }
 
+/** `ratchet --mode=child --config FILE` for node `n`, as a DaemonSet runs it. */
+function foregroundAgent(n: ReturnType<typeof node>) {
+  const confFile = join(n.dir, "net.conf");
+  writeFileSync(confFile, JSON.stringify(n.conf));
+  return Bun.spawn({
+    cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+}
+
 const podArgs = (name: string) =>
   `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=x`;
 
@@ -219,13 +230,7 @@ describe("node agent", () => {
     await using ns = await makeNetns();
     expect((await add(n, ns.path)).code).toBe(0);
     const [onDemand] = childPids(n.log);
-    const confFile = join(n.dir, "net.conf");
-    writeFileSync(confFile, JSON.stringify(n.conf));
-    const proc = Bun.spawn({
-      cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const proc = foregroundAgent(n);
     try {
       await waitFor("the on-demand agent to hand over", () => !alive(onDemand as number), 10_000);
       await waitFor(
@@ -245,13 +250,7 @@ describe("node agent", () => {
 
   test("--mode=child --config runs in the foreground, logs on stderr, stops on SIGTERM", async () => {
     const n = node({ child_idle_seconds: 1 });
-    const confFile = join(n.dir, "net.conf");
-    writeFileSync(confFile, JSON.stringify(n.conf));
-    const proc = Bun.spawn({
-      cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const proc = foregroundAgent(n);
     try {
       await waitFor("the socket", () => existsSync(n.socket));
       expect((await rpc(n.socket, "hello")).ok).toBe(true);

@@ -185,6 +185,28 @@ function mirroredPair(c: Cluster, a: string, b: string, link: Omit<AnnotationLin
 
 const IN1 = "192.168.2.100/24";
 const IN2 = "192.168.2.101/24";
+/** The example's link end in each pod. */
+const IFNAME: Record<string, string> = { "primary-pod": "in1", "pair-pod": "in2" };
+
+/** The example pair in the order a test adds it: first and second pod, their ends, the second's address. */
+function inOrder(first: "primary-pod" | "pair-pod", primary: Pod, pair: Pod) {
+  return first === "primary-pod"
+    ? { p1: primary, p2: pair, if1: "in1", if2: "in2", ip2: IN2 }
+    : { p1: pair, p2: primary, if1: "in2", if2: "in1", ip2: IN1 };
+}
+
+/** in1 and in2 carry traffic both ways. */
+async function expectPairPings(c: Cluster, primary: Pod, pair: Pod): Promise<void> {
+  await expectPing(c, primary, "192.168.2.101");
+  await expectPing(c, pair, "192.168.2.100");
+}
+
+/** DEL of both example pods in this order (each must remove its end), then nothing is left. */
+async function stopPair(c: Cluster, first: Pod, second: Pod): Promise<void> {
+  await stop(c, first, [IFNAME[first.name] as string]);
+  await stop(c, second, [IFNAME[second.name] as string]);
+  await c.assertClean();
+}
 
 // --- 1, 2: the original pair ----------------------------------------------------------------------
 
@@ -196,9 +218,7 @@ describe("issue 6.1: the example pair on one node (veth)", () => {
       const n = c.node(1);
       const primary = await n.pod("primary-pod");
       const pair = await n.pod("pair-pod");
-      const [p1, p2] = first === "primary-pod" ? [primary, pair] : [pair, primary];
-      const [if1, if2] = first === "primary-pod" ? ["in1", "in2"] : ["in2", "in1"];
-      const ip2 = first === "primary-pod" ? IN2 : IN1;
+      const { p1, p2, if1, if2, ip2 } = inOrder(first, primary, pair);
 
       const r1 = ok(c, await p1.add(), `ADD ${p1.name}`);
       expectBoot(r1, p1);
@@ -212,13 +232,9 @@ describe("issue 6.1: the example pair on one node (veth)", () => {
       await expectEnd(c, primary, "in1", { kind: "veth", ips: [IN1] });
       await expectEnd(c, pair, "in2", { kind: "veth", ips: [IN2] });
       expect(await c.ifaceNames(p1)).toEqual([if1]);
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair, "192.168.2.100");
+      await expectPairPings(c, primary, pair);
       await hostsClean(c);
-
-      await stop(c, p1, [if1]);
-      await stop(c, p2, [if2]);
-      await c.assertClean();
+      await stopPair(c, p1, p2);
     });
   }
 });
@@ -316,9 +332,7 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
       c.loadPods(EXAMPLE);
       const primary = await c.node(1).pod("primary-pod");
       const pair = await c.node(2).pod("pair-pod");
-      const [p1, p2] = first === "primary-pod" ? [primary, pair] : [pair, primary];
-      const [if1, if2] = first === "primary-pod" ? ["in1", "in2"] : ["in2", "in1"];
-      const ip2 = first === "primary-pod" ? IN2 : IN1;
+      const { p1, p2, if1, if2, ip2 } = inOrder(first, primary, pair);
 
       const r1 = ok(c, await p1.add(), `ADD ${p1.name}`);
       expect(linkIfaces(r1, p1)).toEqual([]);
@@ -332,13 +346,9 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
       expectTunnel(a, c.node(1), b, c.node(2));
       expect(a.vni).toBe(11); // the first VNI of a fresh cluster, as in the original
       expect(await c.ifaceNames(p1)).toEqual([if1]);
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair, "192.168.2.100");
+      await expectPairPings(c, primary, pair);
       await hostsClean(c);
-
-      await stop(c, p1, [if1]);
-      await stop(c, p2, [if2]);
-      await c.assertClean();
+      await stopPair(c, p1, p2);
     });
   }
 
@@ -354,9 +364,7 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
     const b = await expectEnd(c, pair, "in2", { kind: "vxlan", ips: [IN2] });
     expectTunnel(a, c.node(1), b, c.node(2));
     await expectPing(c, primary, "192.168.2.101");
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 });
 
@@ -635,12 +643,9 @@ describe("issue 6.6: DEL", () => {
       const a = await expectEnd(c, primary, "in1", { kind, ips: [IN1] });
       const b = await expectEnd(c, pair2, "in2", { kind, ips: [IN2] });
       if (across) expectTunnel(a, c.node(1), b, c.node(2));
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair2, "192.168.2.100");
+      await expectPairPings(c, primary, pair2);
 
-      await stop(c, primary, ["in1"]);
-      await stop(c, pair2, ["in2"]);
-      await c.assertClean();
+      await stopPair(c, primary, pair2);
     });
   }
 
@@ -699,9 +704,7 @@ describe("issue 6.6: DEL", () => {
     await expectEnd(c, primary2, "in1", { kind: "veth", ips: [IN1] });
     await expectPing(c, primary2, "192.168.2.101");
 
-    await stop(c, primary2, ["in1"]);
-    await stop(c, pair2, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary2, pair2);
   });
 });
 
@@ -738,13 +741,10 @@ describe("issue 6.7: a peer recreated on another node", () => {
       if (a === undefined) throw new Error("waitFor returned nothing");
       if (kind === "vxlan") expectTunnel(a, n1, b, to);
       await expectEnd(c, primary, "in1", { kind, ips: [IN1] });
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair, "192.168.2.100");
+      await expectPairPings(c, primary, pair);
       await hostsClean(c);
     }
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 });
 
@@ -768,9 +768,7 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     await expectEnd(c, primary, "in1", { kind: "veth", ips: [IN1] });
     await expectPing(c, primary, "192.168.2.101");
 
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 
   test("across nodes: the pending side's new agent (started by any call) completes its end from etcd", async () => {
@@ -795,9 +793,7 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     await expectPing(c, primary, "192.168.2.101");
 
     await stop(c, bystander);
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 
   test("across nodes: kill -9 of both agents after the link is built loses nothing", async () => {
@@ -818,9 +814,7 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     const b = await expectEnd(c, pair, "in2", { kind: "vxlan", ips: [IN2] });
     expectTunnel(a, n1, b, n2);
     await expectPing(c, primary, "192.168.2.101");
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 });
 

@@ -13,7 +13,7 @@ import {
   type PodMeta,
 } from "../../src/child/podspec.ts";
 import { REPO } from "../support/env.ts";
-import { podMeta, readPodYaml } from "../support/pods.ts";
+import { EXAMPLE_LINKS, podMeta, readPodYaml } from "../support/pods.ts";
 
 const OPTS = { defaultPrefix: 24 };
 
@@ -45,25 +45,14 @@ describe("the original example pair (pod_specs/example.yaml)", () => {
   test("primary-pod: in1 192.168.2.100/24 to pair-pod in2 192.168.2.101/24, primary", () => {
     expect(podLinks(primary, OPTS)).toEqual({
       eligible: true,
-      links: [
-        {
-          local: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
-          peer: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
-          primary: true,
-          source: "labels",
-        },
-      ],
+      links: [EXAMPLE_LINKS["primary-pod"]],
     });
   });
 
   test("pair-pod: the mirror, not primary, same link key, and the two agree", () => {
     const a = podLinks(primary, OPTS).links[0] as LinkSpec;
     const b = podLinks(pair, OPTS).links[0] as LinkSpec;
-    expect(b).toEqual({
-      local: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
-      peer: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
-      source: "labels",
-    });
+    expect(b).toEqual(EXAMPLE_LINKS["pair-pod"]);
     expect(linkKey(a)).toBe("default/pair-pod/in2:default/primary-pod/in1");
     expect(linkKey(b)).toBe(linkKey(a));
     expect(linkDifferences(a, b)).toEqual([]);
