@@ -37,7 +37,10 @@ function pluginEnv(env: Record<string, string | undefined>, command: Command): R
   return out;
 }
 
-/** Runs a plugin; returns its parsed stdout (undefined when empty). A failure keeps the plugin's code and message. */
+/**
+ * Runs a plugin; returns its parsed stdout (undefined when empty). A failure keeps the
+ * plugin's code and message.
+ */
 export async function execPlugin(run: PluginRun): Promise<unknown> {
   const type = String(run.conf.type);
   const file = findPlugin(type, run.path);

@@ -28,7 +28,10 @@ function prevResult(conf: NetConf): Result | undefined {
     : parseResult(conf.prevResult, "prevResult");
 }
 
-/** Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its capabilities, args. */
+/**
+ * Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its
+ * capabilities, args.
+ */
 function forward(ctx: Context, command: Command, extra: Record<string, unknown> = {}) {
   return (conf: Record<string, unknown>, version: string): Record<string, unknown> => {
     const { prevResult: override, ...rest } = extra;
@@ -184,7 +187,7 @@ export async function cmdGc(ctx: Context): Promise<void> {
   for (const sub of servingPlugins(conf, undefined)) await run(ctx, sub, "GC", extra);
 }
 
-/** One handler per command the config's version may ask for; VERSION is answered before any config is read. */
+/** One handler per command a config may ask for; VERSION is answered before any config is read. */
 export const HANDLERS: Record<Exclude<Command, "VERSION">, (ctx: Context) => Promise<unknown>> = {
   ADD: cmdAdd,
   DEL: cmdDel,

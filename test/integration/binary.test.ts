@@ -43,7 +43,7 @@ describe("compiled binary", () => {
     });
   });
 
-  test("works copied elsewhere with the checkout hidden, and talks to etcd from inside the binary", async () => {
+  test("works copied away with the checkout hidden, and talks to etcd from inside the binary", async () => {
     using dir = tempDir();
     const conf = join(dir.path, "ratchet.conf");
     writeFileSync(

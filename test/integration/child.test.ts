@@ -88,7 +88,7 @@ const servingLines = (log: string) =>
     : [];
 
 describe("node agent", () => {
-  test("starts on demand, detached, with a 0700 directory and a 0600 socket; later calls reuse it", async () => {
+  test("starts on demand, detached, with a 0700 dir and a 0600 socket; later calls reuse it", async () => {
     const n = node();
     await using ns = await makeNetns();
     const first = await add(n, ns.path);
@@ -116,7 +116,9 @@ describe("node agent", () => {
     await using ns = await makeNetns();
     expect((await add(n, ns.path)).code).toBe(0);
     // As root the socket answers; as nobody (uid 65534) the kernel refuses the connect.
-    const script = `require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); });`;
+    const script =
+      `require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); ` +
+      `process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); });`;
     const asRoot = await run(["node", "-e", script, n.socket]);
     expect(asRoot.stdout.trim()).toBe("connected");
     const proc = Bun.spawn({

@@ -96,7 +96,7 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
     expect({ code: again.code, stdout: again.stdout }).toEqual({ code: 0, stdout: "" });
   });
 
-  test("chained after bridge in a conflist: prevResult comes back unchanged, in the requested version", async () => {
+  test("chained after bridge in a conflist: prevResult comes back as is, in the asked version", async () => {
     await using net = bridgeNet();
     await using ns = await makeNetns();
     const ids = { containerId: `ctr-${ns.name}`, netns: ns.path, ifname: "eth0" };

@@ -27,7 +27,7 @@ async function stopLast(c: Cluster, pod: Pod): Promise<void> {
 }
 
 describe("the node agent killed at random points", () => {
-  test("50 times during ADD and DEL: after the runtime's retry every link is right, nothing leaks", async () => {
+  test("50 times in ADD and DEL: after the runtime's retry every link is right, nothing leaks", async () => {
     await using c = await makeCluster({ nodes: 1 });
     c.loadPods(EXAMPLE);
     const n = c.node(1);

@@ -68,7 +68,9 @@ function expectBoot(result: CniResultJson, pod: Pod): void {
   expect(result.ips?.map((i) => i.address)).toContain("127.0.0.1/8");
 }
 
-/** Asserts the result lists exactly `ifname` as ratchet interface, with the kernel's MAC and the addresses. */
+/**
+ * Asserts the result lists exactly `ifname` as ratchet interface, with the kernel's MAC and the addresses.
+ */
 async function expectResultIface(
   c: Cluster,
   result: CniResultJson,
@@ -155,7 +157,8 @@ async function expectPing(c: Cluster, from: Pod, ip: string, timeoutMs = 8000): 
   if (!(await c.ping(from, ip, timeoutMs))) {
     const names = await c.ifaceNames(from);
     throw new Error(
-      `no ping from ${from.name} (${from.node.name}) to ${ip}; links in its netns: ${names.join(", ")}\n${logs(c)}`,
+      `no ping from ${from.name} (${from.node.name}) to ${ip}; ` +
+        `links in its netns: ${names.join(", ")}\n${logs(c)}`,
     );
   }
 }
@@ -212,7 +215,7 @@ async function stopPair(c: Cluster, first: Pod, second: Pod): Promise<void> {
 
 describe("issue 6.1: the example pair on one node (veth)", () => {
   for (const first of ["primary-pod", "pair-pod"] as const) {
-    test(`${first} first: in1 and in2 exist with their addresses and ping each other; DEL cleans`, async () => {
+    test(`${first} first: in1 and in2 exist with their addresses, ping each other; DEL cleans`, async () => {
       await using c = await makeCluster({ nodes: 2 });
       c.loadPods(EXAMPLE);
       const n = c.node(1);
@@ -240,7 +243,7 @@ describe("issue 6.1: the example pair on one node (veth)", () => {
 });
 
 describe("issue 6.1: ADD results in every CNI version, standalone and chained", () => {
-  test("the second pod's result lists its link end (name, kernel MAC, sandbox) and addresses in each version", async () => {
+  test("each version: the second pod's result lists its end (name, kernel MAC, sandbox, IPs)", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const n = c.node(1);
     for (const [i, version] of VERSIONS.entries()) {
@@ -570,7 +573,7 @@ const ROUNDS = Number(process.env.RATCHET_TEST_RACE_ROUNDS ?? 100);
 
 describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
   for (const across of [false, true]) {
-    test(`${ROUNDS} rounds ${across ? "across nodes" : "on one node"}: exactly one working link each round, nothing leaked`, async () => {
+    test(`${ROUNDS} rounds ${across ? "across nodes" : "on one node"}: one link that works`, async () => {
       await using c = await makeCluster({ nodes: 2 });
       const [na, nb] = across ? [c.node(1), c.node(2)] : [c.node(1), c.node(1)];
       const vnis = new Set<number>();
@@ -591,7 +594,8 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
         const listed = linkIfaces(resA, a).length + linkIfaces(resB, b).length;
         if (listed !== 1)
           throw new Error(
-            `round ${i}: ${listed} ADD results list a link interface, expected exactly 1:\n${ra.stdout}\n${rb.stdout}\n${logs(c)}`,
+            `round ${i}: ${listed} ADD results list a link interface, ` +
+              `expected exactly 1:\n${ra.stdout}\n${rb.stdout}\n${logs(c)}`,
           );
         const ea = await expectEnd(c, a, "r0", { kind: across ? "vxlan" : "veth", ips: ["10.63.0.1/30"] });
         const eb = await expectEnd(c, b, "r1", { kind: across ? "vxlan" : "veth", ips: ["10.63.0.2/30"] });
@@ -623,7 +627,7 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
 
 describe("issue 6.6: DEL", () => {
   for (const across of [false, true]) {
-    test(`${across ? "across nodes" : "one node"}: DEL one pod, re-ADD with a new container id: the link is back`, async () => {
+    test(`${across ? "across nodes" : "one node"}: DEL a pod, re-ADD, new container: link back`, async () => {
       await using c = await makeCluster({ nodes: 2 });
       c.loadPods(EXAMPLE);
       const primary = await c.node(1).pod("primary-pod");
@@ -649,7 +653,7 @@ describe("issue 6.6: DEL", () => {
     });
   }
 
-  test("DEL twice, DEL with the netns gone, DEL of a container never added: all succeed and clean", async () => {
+  test("DEL twice, DEL with the netns gone, DEL of a container never added: all succeed, clean", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.loadPods(EXAMPLE);
     const primary = await c.node(1).pod("primary-pod");
@@ -771,7 +775,7 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     await stopPair(c, primary, pair);
   });
 
-  test("across nodes: the pending side's new agent (started by any call) completes its end from etcd", async () => {
+  test("across nodes: the pending side's new agent (any call starts it) builds its end", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.loadPods(EXAMPLE);
     c.putPod(plainPod("bystander"));
@@ -830,7 +834,7 @@ function expectCheckError(c: Cluster, r: CniRun, mentions: string[]): void {
 }
 
 describe("issue 6.9: CHECK", () => {
-  test("ok while every link is in place; names what is missing or different when changed by hand", async () => {
+  test("ok while every link is in place; names what is missing or different after hand changes", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const MTU = 1400;
     mirroredPair(c, "primary-pod", "pair-pod", {
@@ -893,7 +897,7 @@ describe("issue 6.9: CHECK", () => {
 });
 
 describe("issue 6.9: GC", () => {
-  test("removes this node's endpoints not listed in cni.dev/valid-attachments, and their links; no others", async () => {
+  test("removes the node's endpoints not in cni.dev/valid-attachments, their links, no others", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
     mirroredPair(c, "keep-a", "keep-b", {

@@ -56,7 +56,7 @@ describe("a pod's links cannot reach into its peer", () => {
     await c.assertClean();
   });
 
-  test("a link naming another interface of the peer fails with EEXIST and leaves it alone (one node and across)", async () => {
+  test("a link naming another of the peer's interfaces fails (EEXIST), leaves it alone", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.putPod(optIn("victim"));
     c.putPod(optIn("victim2"));

@@ -216,7 +216,10 @@ export class Pod {
   ) {}
 
   get args(): string {
-    return `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};K8S_POD_INFRA_CONTAINER_ID=${this.containerId}`;
+    return (
+      `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};` +
+      `K8S_POD_INFRA_CONTAINER_ID=${this.containerId}`
+    );
   }
 
   /** Runs one CNI command for this container with this node's config (plus `conf` overrides). */
@@ -449,7 +452,8 @@ export class Cluster implements AsyncDisposable {
     for (const p of this.pods)
       if (p.netnsExists)
         problems.push(
-          `pod ${p.namespace}/${p.name} (${p.containerId}) on ${p.node.name}: netns ${p.netns.name} still exists`,
+          `pod ${p.namespace}/${p.name} (${p.containerId}) on ` +
+            `${p.node.name}: netns ${p.netns.name} still exists`,
         );
     try {
       const until = Date.now() + (opts.etcdWaitMs ?? 5000);
