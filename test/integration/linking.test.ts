@@ -117,13 +117,15 @@ async function expectEnd(
   want: { kind: "veth" | "vxlan"; ips: string[]; mtu?: number; mac?: string },
 ): Promise<IfaceInfo> {
   await waitIface(c, pod, ifname);
-  // Operstate follows a moment after the link comes up (the kernel's linkwatch): wait for it,
-  // then assert on what is there.
-  const settled = (x: IfaceInfo | undefined) =>
-    x?.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
-  await waitFor(`${ifname} of ${pod.name} up`, async () => settled(await c.iface(pod, ifname)), 3000).catch(
-    () => undefined,
-  );
+  // Operstate follows a moment after the link comes up (the kernel's linkwatch), and a VXLAN
+  // end gets its addresses just after it appears: wait for both, then assert on what is there.
+  const wantIps = JSON.stringify([...want.ips].sort());
+  const settled = async () => {
+    const x = await c.iface(pod, ifname);
+    const up = x?.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
+    return up && JSON.stringify((await c.addrs(pod, ifname)).sort()) === wantIps;
+  };
+  await waitFor(`${ifname} of ${pod.name} up with its addresses`, settled, 3000).catch(() => undefined);
   const i = await waitIface(c, pod, ifname);
   expect(i.kind).toBe(want.kind);
   expect(i.up).toBe(true);
