@@ -3,18 +3,12 @@ import { loadConfigFile } from "../cni/config-file.ts";
 import { dirname } from "node:path";
 import { etcdEndpoints, parseNetConf, type NetConf } from "../cni/config.ts";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
+import { option } from "../argv.ts";
 import { Logger } from "../log.ts";
 import { BUILD_ID, hello } from "../version.ts";
 import type { NodeAgent } from "./agent.ts";
 import { SocketLock } from "./lock.ts";
 import { requestKey, Server } from "./server.ts";
-
-function option(args: string[], name: string): string | undefined {
-  const i = args.findIndex((a) => a === name || a.startsWith(`${name}=`));
-  if (i < 0) return undefined;
-  const a = args[i] as string;
-  return a.includes("=") ? a.slice(name.length + 1) : args[i + 1];
-}
 
 /** `ratchet-child --check`: can this node reach etcd with this config? */
 async function check(conf: NetConf): Promise<number> {

@@ -1,6 +1,7 @@
 // `ratchet links [--config FILE] [--output table|json|dot]`: what ratchet has built, read
 // from etcd with the node's network config: every endpoint and every link, with its state.
 // Secrets (the etcd password, keys) are read to connect and never printed.
+import { option } from "../argv.ts";
 import { loadConfigFile } from "../cni/config-file.ts";
 import { type EndSpec, type LinkSpec, podId, toLink } from "../links/spec.ts";
 import { openEtcd } from "../store/etcd.ts";
@@ -130,7 +131,9 @@ export function formatTable(v: LinksView): string {
       l.why ? `${l.state} (${l.why})` : l.state,
     ]),
   ];
-  return `ENDPOINTS (${v.endpoints.length})\n${v.endpoints.length ? align(eps) : "(none)"}\n\nLINKS (${v.links.length})\n${v.links.length ? align(links) : "(none)"}\n`;
+  const section = (title: string, rows: string[][]) =>
+    `${title} (${rows.length - 1})\n${rows.length > 1 ? align(rows) : "(none)"}\n`;
+  return `${section("ENDPOINTS", eps)}\n${section("LINKS", links)}`;
 }
 
 const q = (s: string) => JSON.stringify(s);
@@ -155,22 +158,17 @@ export function formatDot(v: LinksView): string {
   for (const l of v.links) {
     for (const e of [l.a, l.b])
       if (!registered.has(e.pod)) lines.push(`  ${q(e.pod)} [style="rounded,dashed", color=gray];`);
-    const label = `${l.a.ifname} ${l.a.ips.join(",")}\\n${l.kind}${l.vni !== undefined ? ` vni ${l.vni}` : ""}\\n${l.b.ifname} ${l.b.ips.join(",")}`;
+    // Graphviz's own line break is the two characters \n inside the quoted label.
+    const kind = `${l.kind}${l.vni !== undefined ? ` vni ${l.vni}` : ""}`;
+    const end = (e: typeof l.a) => `${e.ifname} ${e.ips.join(",")}`;
+    const label = [end(l.a), kind, end(l.b)].join("\\n");
     const style = l.state === "up" ? "solid" : l.state === "waiting for peer" ? "dashed" : "dotted";
     const color = l.state === "up" ? "black" : l.state === "waiting for peer" ? "gray" : "red";
-    lines.push(
-      `  ${q(l.a.pod)} -- ${q(l.b.pod)} [label=${q(label).replaceAll("\\\\n", "\\n")}, style=${style}, color=${color}];`,
-    );
+    const attrs = `label=${q(label).replaceAll("\\\\n", "\\n")}, style=${style}, color=${color}`;
+    lines.push(`  ${q(l.a.pod)} -- ${q(l.b.pod)} [${attrs}];`);
   }
   lines.push("}");
   return `${lines.join("\n")}\n`;
-}
-
-function option(args: string[], name: string): string | undefined {
-  const i = args.findIndex((a) => a === name || a.startsWith(`${name}=`));
-  if (i < 0) return undefined;
-  const a = args[i] as string;
-  return a.includes("=") ? a.slice(name.length + 1) : args[i + 1];
 }
 
 export async function runLinks(

@@ -1,10 +1,9 @@
 // The one place in src/ that runs another program: a CNI plugin found in CNI_PATH by its
 // `type`, with the runtime's environment, CNI_COMMAND set, and its config on stdin.
 import type { PluginConf } from "./config.ts";
-import type { Command } from "./env.ts";
 import { CniError, Code } from "./errors.ts";
 import { show } from "./names.ts";
-import { bestCommonVersion } from "./versions.ts";
+import { bestCommonVersion, OLDEST_VERSION, SKIPPED_WHEN_UNKNOWN, type Command } from "./versions.ts";
 
 export interface PluginRun {
   /** The embedded config, completed (cniVersion, name, prevResult, ...). */
@@ -38,7 +37,10 @@ function pluginEnv(env: Record<string, string | undefined>, command: Command): R
   return out;
 }
 
-/** Runs a plugin; returns its parsed stdout (undefined when empty). A failure keeps the plugin's code and message. */
+/**
+ * Runs a plugin; returns its parsed stdout (undefined when empty). A failure keeps the
+ * plugin's code and message.
+ */
 export async function execPlugin(run: PluginRun): Promise<unknown> {
   const type = String(run.conf.type);
   const file = findPlugin(type, run.path);
@@ -96,7 +98,7 @@ export async function pluginVersions(
   path: readonly string[],
 ): Promise<string[]> {
   const out = (await execPlugin({
-    conf: { cniVersion: "0.1.0", name: "version-probe", type },
+    conf: { cniVersion: OLDEST_VERSION, name: "version-probe", type },
     command: "VERSION",
     env,
     path,
@@ -122,19 +124,19 @@ export async function delegate(
   const fixed = typeof sub.cniVersion === "string" && sub.cniVersion !== "";
   let version = fixed ? (sub.cniVersion as string) : top.cniVersion;
   const make = (v: string) => prepare({ ...sub, cniVersion: v, name: sub.name ?? top.name }, v);
-  if (command === "STATUS" || command === "GC") {
-    // Plugins older than 1.1.0 do not know these commands (and do not even fail with code 1):
-    // the spec treats such a plugin as always ready with nothing to collect.
-    if (!(await pluginVersions(sub.type, env, path)).includes("1.1.0"))
-      return { output: undefined, version, skipped: true };
-    version = "1.1.0";
+  if (SKIPPED_WHEN_UNKNOWN.includes(command)) {
+    // A plugin none of whose versions has the command does not know it (and does not even
+    // fail with code 1): the spec treats it as always ready, with nothing to collect.
+    const usable = bestCommonVersion(await pluginVersions(sub.type, env, path), top.cniVersion, command);
+    if (!usable) return { output: undefined, version, skipped: true };
+    version = usable;
     return { output: await execPlugin({ conf: make(version), command, env, path }), version };
   }
   try {
     return { output: await execPlugin({ conf: make(version), command, env, path }), version };
   } catch (err) {
     if (fixed || !(err instanceof CniError) || err.code !== Code.IncompatibleVersion) throw err;
-    const common = bestCommonVersion(await pluginVersions(sub.type, env, path), top.cniVersion);
+    const common = bestCommonVersion(await pluginVersions(sub.type, env, path), top.cniVersion, command);
     if (!common || common === version) throw err;
     version = common;
     return { output: await execPlugin({ conf: make(version), command, env, path }), version };

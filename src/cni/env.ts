@@ -1,8 +1,6 @@
 import { CniError, Code } from "./errors.ts";
 import { containerIdProblem, interfaceNameProblem, namespaceProblem, podNameProblem, show } from "./names.ts";
-
-export const COMMANDS = ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"] as const;
-export type Command = (typeof COMMANDS)[number];
+import { COMMANDS, type Command } from "./versions.ts";
 
 /** The Kubernetes identity passed in CNI_ARGS by kubelet's runtimes. */
 export interface PodRef {
@@ -68,11 +66,10 @@ function podRef(args: Array<[string, string]>): PodRef | undefined {
 /** Reads and validates the CNI_* variables for the command; every missing one in one error. */
 export function parseEnv(env: Record<string, string | undefined>): CniEnv {
   const raw = env.CNI_COMMAND;
-  if (!raw) throw invalid("CNI_COMMAND is not set", `expected one of ${COMMANDS.join(", ")}`);
-  if (!(COMMANDS as readonly string[]).includes(raw)) {
-    throw invalid(`CNI_COMMAND ${show(raw)} is not a CNI command`, `expected one of ${COMMANDS.join(", ")}`);
-  }
-  const command = raw as Command;
+  const expected = `expected one of ${COMMANDS.join(", ")}`;
+  if (!raw) throw invalid("CNI_COMMAND is not set", expected);
+  const command = COMMANDS.find((c) => c === raw);
+  if (!command) throw invalid(`CNI_COMMAND ${show(raw)} is not a CNI command`, expected);
   const missing = REQUIRED[command].filter((k) => !env[k]);
   if (missing.length > 0)
     throw invalid(`${command} needs ${missing.join(", ")}: not set`, `missing: ${missing.join(", ")}`);

@@ -105,7 +105,8 @@ function parseIpv6Groups(s: string): number[] | undefined {
   return [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
 }
 
-function formatIpv6(groups: number[]): string {
+/** The eight 16-bit groups of an IPv6 address as RFC 5952 text. */
+export function formatIpv6(groups: readonly number[]): string {
   // RFC 5952: compress the longest run of two or more zero groups, the first one on a tie.
   let bestStart = -1;
   let bestLen = 1;

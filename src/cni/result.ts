@@ -1,8 +1,9 @@
 import { CniError, Code } from "./errors.ts";
-import { atLeast, compareVersions } from "./versions.ts";
+import { OLDEST_VERSION, specOf } from "./versions.ts";
 
-// One result model (the 1.1.0 shape, a superset of the others) read from any version a
-// plugin printed and written in the version the runtime asked for.
+// One result model (the newest shape, a superset of the others) read from any version a
+// plugin printed and written in the version the runtime asked for. What each version
+// holds is in the table in versions.ts.
 
 export interface Interface {
   name: string;
@@ -46,6 +47,11 @@ export interface Result {
   ips: IPConfig[];
   routes: Route[];
   dns: DNS;
+}
+/** An interface ratchet made for a container during its ADD, with its addresses (CIDR). */
+export interface AttachedInterface {
+  iface: Interface;
+  ips: string[];
 }
 
 const isObject = (x: unknown): x is Record<string, unknown> =>
@@ -109,16 +115,14 @@ function parseRoute(x: unknown, what: string): Route {
 /** Reads a result printed by a plugin, in any version from 0.1.0 on. */
 export function parseResult(x: unknown, what: string): Result {
   if (!isObject(x)) throw bad(what, "not a JSON object");
-  const version = typeof x.cniVersion === "string" ? x.cniVersion : "0.1.0";
-  if (compareVersions(version, "0.3.0") < 0) {
-    // 0.1.0/0.2.0: {ip4: {ip, gateway, routes}, ip6: {...}, dns}; no interfaces.
+  const version = typeof x.cniVersion === "string" ? x.cniVersion : OLDEST_VERSION;
+  if (specOf(version).result.form === "ip4/ip6") {
     const ips: IPConfig[] = [];
     const routes: Route[] = [];
     for (const fam of ["ip4", "ip6"] as const) {
       const c = x[fam];
       if (c === undefined || c === null) continue;
       if (!isObject(c)) throw bad(what, `${fam} must be an object`);
-      // 0.1.0/0.2.0 named the address field ip (no "address").
       const address = c.ip;
       if (typeof address !== "string" || address === "") throw bad(what, `${fam}.ip is missing`);
       ips.push(defined({ address, gateway: str(c, "gateway", what) }));
@@ -161,7 +165,7 @@ export function parseResult(x: unknown, what: string): Result {
 export const emptyResult = (): Result => ({ interfaces: [], ips: [], routes: [], dns: {} });
 
 /** Appends interfaces and their addresses, keeping every existing index valid. */
-export function appendInterfaces(result: Result, added: Array<{ iface: Interface; ips: string[] }>): Result {
+export function appendInterfaces(result: Result, added: AttachedInterface[]): Result {
   const out: Result = { ...result, interfaces: [...result.interfaces], ips: [...result.ips] };
   for (const { iface, ips } of added) {
     const index = out.interfaces.push(iface) - 1;
@@ -170,34 +174,49 @@ export function appendInterfaces(result: Result, added: Array<{ iface: Interface
   return out;
 }
 
-/** Writes the result as `version` prints it: 0.3.x/0.4.0 carry ips[].version; 1.1.0 adds interface and route fields. */
+/** The named fields of `o` that are set, in the order named. */
+function pick<T extends object>(o: T, fields: readonly (keyof T)[]): Partial<T> {
+  const out: Partial<T> = {};
+  for (const k of fields) if (o[k] !== undefined) out[k] = o[k];
+  return out;
+}
+
+const isV6 = (cidr: string) => cidr.includes(":");
+
+/** The ip4/ip6 form: the first address of each family, each family's routes beside it. */
+function formatIp4Ip6(result: Result, out: Record<string, unknown>, routeFields: readonly (keyof Route)[]) {
+  for (const fam of ["ip4", "ip6"] as const) {
+    const v6 = fam === "ip6";
+    const ip = result.ips.find((i) => isV6(i.address) === v6);
+    if (!ip) continue;
+    const routes = result.routes.filter((r) => isV6(r.dst) === v6).map((r) => pick(r, routeFields));
+    out[fam] = defined({ ip: ip.address, gateway: ip.gateway, routes: routes.length ? routes : undefined });
+  }
+}
+
+/** Writes the result as `version` prints it (the result shape in versions.ts). */
 export function formatResult(result: Result, version: string): Record<string, unknown> {
-  const v11 = atLeast(version, "1.1.0");
-  const v1 = atLeast(version, "1.0.0");
+  const shape = specOf(version).result;
   const out: Record<string, unknown> = { cniVersion: version };
+  if (shape.form === "ip4/ip6") {
+    formatIp4Ip6(result, out, shape.routeFields);
+    out.dns = { ...result.dns };
+    return out;
+  }
   if (result.interfaces.length > 0) {
-    out.interfaces = result.interfaces.map((i) =>
-      defined({
-        name: i.name,
-        mac: i.mac,
-        sandbox: i.sandbox,
-        ...(v11 ? { mtu: i.mtu, socketPath: i.socketPath, pciID: i.pciID } : {}),
-      }),
-    );
+    out.interfaces = result.interfaces.map((i) => pick(i, shape.interfaceFields));
   }
   if (result.ips.length > 0) {
     out.ips = result.ips.map((ip) =>
       defined({
-        ...(v1 ? {} : { version: ip.address.includes(":") ? "6" : "4" }),
+        version: shape.ipVersion ? (isV6(ip.address) ? "6" : "4") : undefined,
         interface: ip.interface,
         address: ip.address,
         gateway: ip.gateway,
       }),
     );
   }
-  if (result.routes.length > 0) {
-    out.routes = result.routes.map((r) => defined(v11 ? { ...r } : { dst: r.dst, gw: r.gw }));
-  }
+  if (result.routes.length > 0) out.routes = result.routes.map((r) => pick(r, shape.routeFields));
   out.dns = { ...result.dns };
   return out;
 }

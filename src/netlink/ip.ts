@@ -1,5 +1,6 @@
 // Text <-> bytes for IP addresses, prefixes and MAC addresses.
 import { isIPv4, isIPv6 } from "node:net";
+import { formatIpv6 } from "../cni/names.ts";
 
 export interface ParsedIp {
   family: 4 | 6;
@@ -50,24 +51,7 @@ export function formatIp(bytes: Uint8Array): string {
     throw new RangeError(`an IP address has 4 or 16 bytes, not ${bytes.byteLength}`);
   const g: number[] = [];
   for (let i = 0; i < 16; i += 2) g.push(((bytes[i] as number) << 8) | (bytes[i + 1] as number));
-  let bestAt = -1;
-  let bestLen = 1; // a single zero group is not shortened
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestAt = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (list: number[]) => list.map((x) => x.toString(16)).join(":");
-  if (bestAt < 0) return hex(g);
-  return `${hex(g.slice(0, bestAt))}::${hex(g.slice(bestAt + bestLen))}`;
+  return formatIpv6(g);
 }
 
 export interface ParsedCidr extends ParsedIp {

@@ -8,7 +8,8 @@ import type { Logger } from "../log.ts";
 import { Connection, ConnectionLost } from "../rpc/connection.ts";
 import type { CallParams, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
-import type { Agent, AttachedInterface, Classification } from "./classify.ts";
+import type { AttachedInterface } from "../cni/result.ts";
+import type { Agent, Classification } from "./classify.ts";
 
 /** How long the parent waits for a child it started to answer. */
 export const START_TIMEOUT_MS = 5000;

@@ -3,8 +3,6 @@ import type { CniEnv } from "../cni/env.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 
 /** What ratchet decided for one pod: pass it through, or give it links. */
-export type { AttachedInterface };
-
 export interface Classification {
   eligible: boolean;
 }

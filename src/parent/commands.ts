@@ -3,9 +3,10 @@
 // result in the requested version.
 import type { NetConf, PluginConf } from "../cni/config.ts";
 import { delegate } from "../cni/delegate.ts";
-import type { CniEnv, Command } from "../cni/env.ts";
+import type { CniEnv } from "../cni/env.ts";
 import { CniError, Code } from "../cni/errors.ts";
 import { appendInterfaces, emptyResult, formatResult, parseResult, type Result } from "../cni/result.ts";
+import type { Command } from "../cni/versions.ts";
 import type { Logger } from "../log.ts";
 import type { Agent } from "./classify.ts";
 
@@ -27,7 +28,10 @@ function prevResult(conf: NetConf): Result | undefined {
     : parseResult(conf.prevResult, "prevResult");
 }
 
-/** Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its capabilities, args. */
+/**
+ * Extra fields a plugin of `version` gets: the runtime's prevResult, runtimeConfig for its
+ * capabilities, args.
+ */
 function forward(ctx: Context, command: Command, extra: Record<string, unknown> = {}) {
   return (conf: Record<string, unknown>, version: string): Record<string, unknown> => {
     const { prevResult: override, ...rest } = extra;
@@ -202,3 +206,12 @@ export async function cmdGc(ctx: Context): Promise<void> {
   }
   for (const sub of servingPlugins(conf, undefined)) await run(ctx, sub, "GC", extra);
 }
+
+/** One handler per command a config may ask for; VERSION is answered before any config is read. */
+export const HANDLERS: Record<Exclude<Command, "VERSION">, (ctx: Context) => Promise<unknown>> = {
+  ADD: cmdAdd,
+  DEL: cmdDel,
+  CHECK: cmdCheck,
+  STATUS: cmdStatus,
+  GC: cmdGc,
+};

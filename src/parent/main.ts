@@ -12,7 +12,7 @@ import {
 import { Logger } from "../log.ts";
 import { ChildAgent } from "./agent-client.ts";
 import type { Agent } from "./classify.ts";
-import { cmdAdd, cmdCheck, cmdDel, cmdGc, cmdStatus, type Context } from "./commands.ts";
+import { HANDLERS, type Context } from "./commands.ts";
 
 export interface ParentIO {
   env: Record<string, string | undefined>;
@@ -82,25 +82,8 @@ export async function runParent(
     agent = makeAgent(log);
     const ctx: Context = { env, rawEnv: io.env, conf, agent, log };
 
-    switch (env.command) {
-      case "ADD": {
-        const result = await cmdAdd(ctx);
-        io.write(`${JSON.stringify(result)}\n`);
-        break;
-      }
-      case "DEL":
-        await cmdDel(ctx);
-        break;
-      case "CHECK":
-        await cmdCheck(ctx);
-        break;
-      case "STATUS":
-        await cmdStatus(ctx);
-        break;
-      case "GC":
-        await cmdGc(ctx);
-        break;
-    }
+    const result = await HANDLERS[env.command](ctx);
+    if (result !== undefined) io.write(`${JSON.stringify(result)}\n`);
     // Successes are debug: a passthrough pod is not news, and writing costs the parent memory.
     log.debug(`${env.command} done`, fields(env, started));
     return 0;

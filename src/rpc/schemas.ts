@@ -2,7 +2,7 @@
 // params, the plugin every reply, so neither side trusts a cast.
 import * as v from "valibot";
 import { NetConf } from "../cni/config.ts";
-import { COMMANDS } from "../cni/env.ts";
+import { COMMANDS } from "../cni/versions.ts";
 import { containerIdProblem, interfaceNameProblem, namespaceProblem, podNameProblem } from "../cni/names.ts";
 import type { Method, Methods } from "./protocol.ts";
 

@@ -1,9 +1,17 @@
 // The compiled binary: mode by invoked name, --version/--help, and that it works alone,
 // copied away from the checkout with the checkout hidden, reaching a real etcd.
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { BIN, etcdEndpoint, REPO, requireBinary, run, tempDir } from "../support/env.ts";
+import {
+  BIN,
+  etcdEndpoint,
+  hiddenCheckout,
+  installedChild,
+  requireBinary,
+  run,
+  tempDir,
+} from "../support/env.ts";
 
 describe("compiled binary", () => {
   test("mode comes from the invoked name (argv0) unless --mode overrides it", async () => {
@@ -35,33 +43,15 @@ describe("compiled binary", () => {
     });
   });
 
-  test("works copied elsewhere with the checkout hidden, and talks to etcd from inside the binary", async () => {
-    requireBinary();
+  test("works copied away with the checkout hidden, and talks to etcd from inside the binary", async () => {
     using dir = tempDir();
-    const bin = join(dir.path, "ratchet");
-    copyFileSync(BIN, bin);
-    symlinkSync("ratchet", join(dir.path, "ratchet-child"));
     const conf = join(dir.path, "ratchet.conf");
     writeFileSync(
       conf,
       JSON.stringify({ cniVersion: "1.0.0", name: "t", type: "ratchet", etcd_endpoints: [etcdEndpoint()] }),
     );
     // A private mount namespace with an empty tmpfs over the checkout: no source, no node_modules.
-    const script = `mount -t tmpfs ratchet-hide "$1" && test -z "$(ls -A "$1")" && exec "$2" --check --config "$3"`;
-    const r = await run([
-      "unshare",
-      "--mount",
-      "--propagation",
-      "private",
-      "--",
-      "sh",
-      "-c",
-      script,
-      "sh",
-      REPO,
-      join(dir.path, "ratchet-child"),
-      conf,
-    ]);
+    const r = await run(hiddenCheckout([installedChild(), "--check", "--config", conf]));
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout) as { etcd: { ok: boolean; version: string } };

@@ -54,6 +54,17 @@ function node(extra: Record<string, unknown> = {}) {
   return { dir: dir.path, log, socket, conf };
 }
 
+/** `ratchet --mode=child --config FILE` for node `n`, as a DaemonSet runs it. */
+function foregroundAgent(n: ReturnType<typeof node>) {
+  const confFile = join(n.dir, "net.conf");
+  writeFileSync(confFile, JSON.stringify(n.conf));
+  return Bun.spawn({
+    cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+}
+
 const podArgs = (name: string) =>
   `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=x`;
 
@@ -77,7 +88,7 @@ const servingLines = (log: string) =>
     : [];
 
 describe("node agent", () => {
-  test("starts on demand, detached, with a 0700 directory and a 0600 socket; later calls reuse it", async () => {
+  test("starts on demand, detached, with a 0700 dir and a 0600 socket; later calls reuse it", async () => {
     const n = node();
     await using ns = await makeNetns();
     const first = await add(n, ns.path);
@@ -105,7 +116,9 @@ describe("node agent", () => {
     await using ns = await makeNetns();
     expect((await add(n, ns.path)).code).toBe(0);
     // As root the socket answers; as nobody (uid 65534) the kernel refuses the connect.
-    const script = `require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); });`;
+    const script =
+      `require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); ` +
+      `process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); });`;
     const asRoot = await run(["node", "-e", script, n.socket]);
     expect(asRoot.stdout.trim()).toBe("connected");
     const proc = Bun.spawn({
@@ -219,13 +232,7 @@ describe("node agent", () => {
     await using ns = await makeNetns();
     expect((await add(n, ns.path)).code).toBe(0);
     const [onDemand] = childPids(n.log);
-    const confFile = join(n.dir, "net.conf");
-    writeFileSync(confFile, JSON.stringify(n.conf));
-    const proc = Bun.spawn({
-      cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const proc = foregroundAgent(n);
     try {
       await waitFor("the on-demand agent to hand over", () => !alive(onDemand as number), 10_000);
       await waitFor(
@@ -245,13 +252,7 @@ describe("node agent", () => {
 
   test("--mode=child --config runs in the foreground, logs on stderr, stops on SIGTERM", async () => {
     const n = node({ child_idle_seconds: 1 });
-    const confFile = join(n.dir, "net.conf");
-    writeFileSync(confFile, JSON.stringify(n.conf));
-    const proc = Bun.spawn({
-      cmd: hiddenCheckout([installedBin(), "--mode=child", "--config", confFile]),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const proc = foregroundAgent(n);
     try {
       await waitFor("the socket", () => existsSync(n.socket));
       expect((await rpc(n.socket, "hello")).ok).toBe(true);

@@ -55,7 +55,7 @@ const args = (ns: string, name: string) =>
   `IgnoreUnknown=1;K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=c`;
 
 describe("classification through the node agent", () => {
-  test("a pod without the ratchet label passes through to the delegate; the agent read it from the API", async () => {
+  test("a pod without the ratchet label goes to the delegate; the agent read it from the API", async () => {
     await using ns = await makeNetns();
     const r = await cni({
       command: "ADD",

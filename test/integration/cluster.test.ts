@@ -93,7 +93,7 @@ describe("test bed", () => {
     await c.assertClean();
   });
 
-  test("hand-made veth and VXLAN (what ratchet builds) work across the bed; iface and addrs read them", async () => {
+  test("hand-made veth and VXLAN (as ratchet's) work across the bed; iface, addrs read them", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
     const a = await n1.pod("a");

@@ -145,7 +145,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 4,
-      msg: "CNI_ARGS: K8S_POD_NAME \"a/b\" is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.')",
+      msg:
+        'CNI_ARGS: K8S_POD_NAME "a/b" is not a DNS-1123 ' +
+        "subdomain (lower-case letters, digits, '-' and '.')",
     },
   },
   {
@@ -168,7 +170,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.1.0",
       code: 6,
-      msg: `network configuration on stdin is ${JSON.stringify({ ...good, pad: "x".repeat(1 << 20) }).length} bytes; the limit is 1048576`,
+      msg:
+        `network configuration on stdin is ` +
+        `${JSON.stringify({ ...good, pad: "x".repeat(1 << 20) }).length} bytes; the limit is 1048576`,
     },
   },
   {
@@ -214,7 +218,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 7,
-      msg: "invalid network configuration: field etcd_port: must be a port number (string or number) (got true)",
+      msg:
+        "invalid network configuration: field etcd_port: " +
+        "must be a port number (string or number) (got true)",
       details: "field etcd_port: must be a port number (string or number) (got true)",
     },
   },
@@ -224,7 +230,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 7,
-      msg: "invalid network configuration: field etcd_host: etcd_host or etcd_endpoints is required (missing)",
+      msg:
+        "invalid network configuration: field etcd_host: " +
+        "etcd_host or etcd_endpoints is required (missing)",
       details: "field etcd_host: etcd_host or etcd_endpoints is required (missing)",
     },
   },
@@ -234,7 +242,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 7,
-      msg: 'invalid network configuration: field child_path: child_path must be an absolute path (got "bin/ratchet-child")',
+      msg:
+        "invalid network configuration: field child_path: child_path " +
+        'must be an absolute path (got "bin/ratchet-child")',
       details: 'field child_path: child_path must be an absolute path (got "bin/ratchet-child")',
     },
   },
@@ -244,7 +254,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 7,
-      msg: "invalid network configuration: field delegate.type: type must be a plain plugin name, without '/' (got \"../../bin/sh\")",
+      msg:
+        "invalid network configuration: field delegate.type: type must " +
+        "be a plain plugin name, without '/' (got \"../../bin/sh\")",
       details: "field delegate.type: type must be a plain plugin name, without '/' (got \"../../bin/sh\")",
     },
   },
@@ -254,7 +266,9 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 7,
-      msg: 'invalid network configuration: field log_level: log_level must be one of error, warn, info, debug (got "verbose")',
+      msg:
+        "invalid network configuration: field log_level: log_level " +
+        'must be one of error, warn, info, debug (got "verbose")',
       details: 'field log_level: log_level must be one of error, warn, info, debug (got "verbose")',
     },
   },
@@ -264,9 +278,12 @@ const cases: Case[] = [
     want: {
       cniVersion: "1.0.0",
       code: 7,
-      msg: 'invalid network configuration: field parent_interface: interface name "a-very-long-interface" is 21 bytes long, the limit is 15 (got "a-very-long-interface")',
+      msg:
+        "invalid network configuration: field parent_interface: interface name " +
+        '"a-very-long-interface" is 21 bytes long, the limit is 15 (got "a-very-long-interface")',
       details:
-        'field parent_interface: interface name "a-very-long-interface" is 21 bytes long, the limit is 15 (got "a-very-long-interface")',
+        'field parent_interface: interface name "a-very-long-interface" ' +
+        'is 21 bytes long, the limit is 15 (got "a-very-long-interface")',
     },
   },
   {

@@ -3,6 +3,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import { compareVersions, specOf } from "../../src/cni/versions.ts";
 import { assertValidResult, cni, CNI_PATH, VERSIONS, type CniResultJson } from "../support/cni.ts";
 import { etcdEndpoint, run, tempDir, uniqueName } from "../support/env.ts";
 import { addresses, linkInfo, makeNetns } from "../support/netns.ts";
@@ -10,6 +11,8 @@ import { killChildren } from "../support/child.ts";
 import { startApiServer } from "../support/apiserver.ts";
 
 const scratch = tempDir("ratchet-cni-");
+/** The newest version Debian's bridge plugin speaks. */
+const BRIDGE_MAX = "1.0.0";
 const api = startApiServer();
 api.putPod({
   kind: "Pod",
@@ -81,7 +84,7 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
     expect(await addresses(ns.name, "eth0")).toEqual([result.ips?.[0]?.address as string]);
     if (version === "1.1.0") expect(Object.keys(result.interfaces?.[0] ?? {})).not.toContain("version");
 
-    if (version !== "0.3.0" && version !== "0.3.1") {
+    if (specOf(version).commands.includes("CHECK")) {
       const check = await cni({ command: "CHECK", conf: { ...conf, prevResult: result }, ...ids });
       expect({ code: check.code, stdout: check.stdout }).toEqual({ code: 0, stdout: "" });
     }
@@ -96,7 +99,7 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
     expect({ code: again.code, stdout: again.stdout }).toEqual({ code: 0, stdout: "" });
   });
 
-  test("chained after bridge in a conflist: prevResult comes back unchanged, in the requested version", async () => {
+  test("chained after bridge in a conflist: prevResult comes back as is, in the asked version", async () => {
     await using net = bridgeNet();
     await using ns = await makeNetns();
     const ids = { containerId: `ctr-${ns.name}`, netns: ns.path, ifname: "eth0" };
@@ -110,7 +113,7 @@ describe.each(VERSIONS)("cniVersion %s", (version) => {
         CNI_PATH,
       },
       stdin: JSON.stringify({
-        cniVersion: version === "1.1.0" ? "1.0.0" : version,
+        cniVersion: compareVersions(version, BRIDGE_MAX) > 0 ? BRIDGE_MAX : version,
         name: "chain",
         ...net.plugin,
       }),

@@ -121,7 +121,7 @@ describe("etcd over TLS with client certificates and a password", () => {
 });
 
 describe("etcd down during ADD", () => {
-  test("code 11, the boot network undone, nothing left; the retry after etcd returns links the pod", async () => {
+  test("code 11, boot network undone, nothing left; the retry after etcd returns links the pod", async () => {
     await using etcd = await startEtcd();
     await using c = await makeCluster({ nodes: 1 });
     c.loadPods(EXAMPLE);

@@ -42,7 +42,8 @@ async function check(
     out = JSON.parse(r.stdout) as CheckOutput;
   } catch {
     throw new Error(
-      `--check printed no JSON (exit ${r.code}): stdout ${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}`,
+      `--check printed no JSON (exit ${r.code}): stdout ` +
+        `${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}`,
     );
   }
   return { ...r, out, log };
@@ -117,7 +118,7 @@ describe("ratchet-child --check against etcd with TLS and auth (compiled binary,
     expectNotOk(r, /TLS: the server's certificate is not accepted: unable to verify/);
   });
 
-  test("a wrong CA with a client certificate and username/password: the error still says certificate", async () => {
+  test("a wrong CA with a client cert and username/password: the error still says certificate", async () => {
     // Auth takes another path in etcd3 (a new channel per attempt) where grpc-js loses the cause.
     const password = secret();
     await using etcd = await startEtcd({ clientCerts: true, auth: { username: "ratchet-node", password } });
@@ -127,7 +128,7 @@ describe("ratchet-child --check against etcd with TLS and auth (compiled binary,
     expectNoSecret(r, password);
   });
 
-  test("no client certificate where the server requires one: not ok, the error points at etcd_cert_file", async () => {
+  test("no client cert where the server needs one: not ok, the error points at etcd_cert_file", async () => {
     await using etcd = await startEtcd({ tls: true, clientCerts: true });
     const { etcd_cert_file: _c, etcd_key_file: _k, ...noCert } = etcd.conf();
     const r = await check(noCert);
@@ -157,7 +158,7 @@ describe("ratchet-child --check against etcd with TLS and auth (compiled binary,
     expectNoSecret(r, password);
   });
 
-  test("an http:// endpoint with TLS files, or an unreadable file: not ok, naming the endpoint or the file", async () => {
+  test("http:// with TLS files, or an unreadable file: not ok, naming the endpoint or the file", async () => {
     await using etcd = await startEtcd({ tls: true });
     const plain = etcd.endpoint.replace("https://", "http://");
     const r = await check({ ...etcd.conf(), etcd_endpoints: [plain] });

@@ -5,15 +5,29 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { childPids, waitFor } from "../support/child.ts";
 import { cni, cniEnv } from "../support/cni.ts";
-import { makeCluster, type Pod } from "../support/cluster.ts";
-import { installedBin, REPO, tempDir } from "../support/env.ts";
+import { makeCluster, type Cluster, type Pod } from "../support/cluster.ts";
+import { installedBin, REPO, tempDir, type RunResult } from "../support/env.ts";
 import { ipIn, makeNetns } from "../support/netns.ts";
 import { rng } from "../support/rng.ts";
 
 const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
 
+/** pair-pod's DEL succeeded; with its netns removed, primary-pod's end goes too. */
+async function expectPairGone(c: Cluster, primary: Pod, pair: Pod, del: RunResult): Promise<void> {
+  expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
+  await pair.removeNetns();
+  await waitFor("primary-pod's end to go", async () => (await c.iface(primary, "in1")) === undefined, 5000);
+}
+
+/** DEL of the last pod, then nothing is left. */
+async function stopLast(c: Cluster, pod: Pod): Promise<void> {
+  expect((await pod.del()).code).toBe(0);
+  await pod.removeNetns();
+  await c.assertClean();
+}
+
 describe("the node agent killed at random points", () => {
-  test("50 times during ADD and DEL: after the runtime's retry every link is right, nothing leaks", async () => {
+  test("50 times in ADD and DEL: after the runtime's retry every link is right, nothing leaks", async () => {
     await using c = await makeCluster({ nodes: 1 });
     c.loadPods(EXAMPLE);
     const n = c.node(1);
@@ -41,14 +55,8 @@ describe("the node agent killed at random points", () => {
       for (const pid of n.agents()) process.kill(pid, "SIGKILL");
       let del = await deleting;
       if (del.code !== 0) del = await pair.del();
-      expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
-      await pair.removeNetns();
       // The veth goes with the DEL (or, at the latest, with pair-pod's netns, asynchronously).
-      await waitFor(
-        "primary-pod's end to go",
-        async () => (await c.iface(primary, "in1")) === undefined,
-        5000,
-      );
+      await expectPairGone(c, primary, pair, del);
       if (i % 10 === 9) {
         // Now and then the other side goes too, and comes back.
         expect((await primary.del()).code).toBe(0);
@@ -57,9 +65,7 @@ describe("the node agent killed at random points", () => {
         expect((await primary.add()).code).toBe(0);
       }
     }
-    expect((await primary.del()).code).toBe(0);
-    await primary.removeNetns();
-    await c.assertClean();
+    await stopLast(c, primary);
   }, 300_000);
 });
 
@@ -89,19 +95,10 @@ describe("the plugin killed by its runtime", () => {
       await Bun.sleep(delay);
       proc.kill("SIGKILL");
       await proc.exited;
-      const del = await pair.del();
-      expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
-      await pair.removeNetns();
       // Whatever the killed ADD got to build is gone with the DEL.
-      await waitFor(
-        "primary-pod's end to go",
-        async () => (await c.iface(primary, "in1")) === undefined,
-        5000,
-      );
+      await expectPairGone(c, primary, pair, await pair.del());
     }
-    expect((await primary.del()).code).toBe(0);
-    await primary.removeNetns();
-    await c.assertClean();
+    await stopLast(c, primary);
   }, 120_000);
 });
 

@@ -84,11 +84,12 @@ describe("PodReader with a kubeconfig", () => {
     const err = await failure(tokenOnly.readPod("lab", "with-node", 5000));
     expect(err.code).toBe(11);
     expect(err.message).toBe(
-      `cannot read pod lab/with-node from ${api.url}: the TLS handshake failed (the server may require a client certificate) (EPROTO)`,
+      `cannot read pod lab/with-node from ${api.url}: the TLS handshake ` +
+        `failed (the server may require a client certificate) (EPROTO)`,
     );
   });
 
-  test("a CA the server's certificate is not signed by is rejected: code 11, the message says certificate", async () => {
+  test("a CA that did not sign the server's certificate: code 11, the message says certificate", async () => {
     await using api = startApiServer({ podFiles: [EXAMPLE] });
     using dir = tempDir();
     const other = makeCa(join(dir.path, "other"), "other", "some-other-ca");
@@ -119,7 +120,8 @@ describe("PodReader with a kubeconfig", () => {
     const err = await failure(reader.readPod("default", "primary-pod", 5000));
     expect(err.code).toBe(11);
     expect(err.message).toBe(
-      `cannot read pod default/primary-pod: the API server ${api.url} answered 401 Unauthorized (check the token or client certificate)`,
+      `cannot read pod default/primary-pod: the API server ${api.url} ` +
+        `answered 401 Unauthorized (check the token or client certificate)`,
     );
     expect(api.requests.at(-1)).toMatchObject({ token: "not-the-token", status: 401 });
   });
@@ -150,21 +152,26 @@ describe("PodReader with a kubeconfig", () => {
     const err = await failure(reader.readPod("default", "primary-pod", 5000));
     expect(err).toMatchObject({
       code: 11,
-      message: `cannot read pod default/primary-pod: the API server ${api.url} answered 503 Service Unavailable: etcd is sad`,
+      message:
+        `cannot read pod default/primary-pod: the API server ` +
+        `${api.url} answered 503 Service Unavailable: etcd is sad`,
     });
     api.setFault({
       status: 403,
       message: 'pods "primary-pod" is forbidden:\nUser "x" cannot get resource "pods"',
     });
     expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toBe(
-      `cannot read pod default/primary-pod: the API server ${api.url} answered 403 Forbidden (the node agent needs RBAC permission to get pods): pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
+      `cannot read pod default/primary-pod: the API server ${api.url} answered ` +
+        `403 Forbidden (the node agent needs RBAC permission to get pods): ` +
+        `pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
     );
     api.setFault(undefined);
     expect((await reader.readPod("default", "primary-pod", 5000)).name).toBe("primary-pod");
   });
 
   test("server down: code 11 well within the deadline", async () => {
-    await using api = startApiServer({ podFiles: [EXAMPLE] }); // stop() below; disposal stops it if the test fails first
+    // stop() below; disposal stops it if the test fails first
+    await using api = startApiServer({ podFiles: [EXAMPLE] });
     using dir = tempDir();
     using reader = new PodReader({
       kubeconfig: api.writeKubeconfig(dir.path, { auth: "token", name: "kc" }),
@@ -178,7 +185,8 @@ describe("PodReader with a kubeconfig", () => {
     expect(err.code).toBe(11);
     expect(err.message).toMatch(
       new RegExp(
-        `^cannot read pod default/primary-pod from ${url}: .*\\((ECONNREFUSED|ECONNRESET|ConnectionClosed)\\)$`,
+        `^cannot read pod default/primary-pod from ${url}: ` +
+          `.*\\((ECONNREFUSED|ECONNRESET|ConnectionClosed)\\)$`,
       ),
     );
   });
@@ -242,7 +250,7 @@ describe("PodReader with a kubeconfig", () => {
 });
 
 describe("PodReader in a cluster (service account)", () => {
-  test("reads with the service account token and CA; a rotated token is used on the next request", async () => {
+  test("reads with the service account token and CA; a rotated token is used on the next read", async () => {
     await using api = startApiServer({ podFiles: [EXAMPLE], tokens: ["sa-1"] });
     using dir = tempDir();
     const sa = api.writeServiceAccount(dir.path, "sa-1");

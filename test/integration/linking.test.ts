@@ -68,7 +68,9 @@ function expectBoot(result: CniResultJson, pod: Pod): void {
   expect(result.ips?.map((i) => i.address)).toContain("127.0.0.1/8");
 }
 
-/** Asserts the result lists exactly `ifname` as ratchet interface, with the kernel's MAC and the addresses. */
+/**
+ * Asserts the result lists exactly `ifname` as ratchet interface, with the kernel's MAC and the addresses.
+ */
 async function expectResultIface(
   c: Cluster,
   result: CniResultJson,
@@ -115,13 +117,15 @@ async function expectEnd(
   want: { kind: "veth" | "vxlan"; ips: string[]; mtu?: number; mac?: string },
 ): Promise<IfaceInfo> {
   await waitIface(c, pod, ifname);
-  // Operstate follows a moment after the link comes up (the kernel's linkwatch): wait for it,
-  // then assert on what is there.
-  const settled = (x: IfaceInfo | undefined) =>
-    x?.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
-  await waitFor(`${ifname} of ${pod.name} up`, async () => settled(await c.iface(pod, ifname)), 3000).catch(
-    () => undefined,
-  );
+  // Operstate follows a moment after the link comes up (the kernel's linkwatch), and a VXLAN
+  // end gets its addresses just after it appears: wait for both, then assert on what is there.
+  const wantIps = JSON.stringify([...want.ips].sort());
+  const settled = async () => {
+    const x = await c.iface(pod, ifname);
+    const up = x?.up && (x.state === "UP" || (want.kind === "vxlan" && x.state === "UNKNOWN"));
+    return up && JSON.stringify((await c.addrs(pod, ifname)).sort()) === wantIps;
+  };
+  await waitFor(`${ifname} of ${pod.name} up with its addresses`, settled, 3000).catch(() => undefined);
   const i = await waitIface(c, pod, ifname);
   expect(i.kind).toBe(want.kind);
   expect(i.up).toBe(true);
@@ -155,7 +159,8 @@ async function expectPing(c: Cluster, from: Pod, ip: string, timeoutMs = 8000): 
   if (!(await c.ping(from, ip, timeoutMs))) {
     const names = await c.ifaceNames(from);
     throw new Error(
-      `no ping from ${from.name} (${from.node.name}) to ${ip}; links in its netns: ${names.join(", ")}\n${logs(c)}`,
+      `no ping from ${from.name} (${from.node.name}) to ${ip}; ` +
+        `links in its netns: ${names.join(", ")}\n${logs(c)}`,
     );
   }
 }
@@ -185,20 +190,40 @@ function mirroredPair(c: Cluster, a: string, b: string, link: Omit<AnnotationLin
 
 const IN1 = "192.168.2.100/24";
 const IN2 = "192.168.2.101/24";
+/** The example's link end in each pod. */
+const IFNAME: Record<string, string> = { "primary-pod": "in1", "pair-pod": "in2" };
+
+/** The example pair in the order a test adds it: first and second pod, their ends, the second's address. */
+function inOrder(first: "primary-pod" | "pair-pod", primary: Pod, pair: Pod) {
+  return first === "primary-pod"
+    ? { p1: primary, p2: pair, if1: "in1", if2: "in2", ip2: IN2 }
+    : { p1: pair, p2: primary, if1: "in2", if2: "in1", ip2: IN1 };
+}
+
+/** in1 and in2 carry traffic both ways. */
+async function expectPairPings(c: Cluster, primary: Pod, pair: Pod): Promise<void> {
+  await expectPing(c, primary, "192.168.2.101");
+  await expectPing(c, pair, "192.168.2.100");
+}
+
+/** DEL of both example pods in this order (each must remove its end), then nothing is left. */
+async function stopPair(c: Cluster, first: Pod, second: Pod): Promise<void> {
+  await stop(c, first, [IFNAME[first.name] as string]);
+  await stop(c, second, [IFNAME[second.name] as string]);
+  await c.assertClean();
+}
 
 // --- 1, 2: the original pair ----------------------------------------------------------------------
 
 describe("issue 6.1: the example pair on one node (veth)", () => {
   for (const first of ["primary-pod", "pair-pod"] as const) {
-    test(`${first} first: in1 and in2 exist with their addresses and ping each other; DEL cleans`, async () => {
+    test(`${first} first: in1 and in2 exist with their addresses, ping each other; DEL cleans`, async () => {
       await using c = await makeCluster({ nodes: 2 });
       c.loadPods(EXAMPLE);
       const n = c.node(1);
       const primary = await n.pod("primary-pod");
       const pair = await n.pod("pair-pod");
-      const [p1, p2] = first === "primary-pod" ? [primary, pair] : [pair, primary];
-      const [if1, if2] = first === "primary-pod" ? ["in1", "in2"] : ["in2", "in1"];
-      const ip2 = first === "primary-pod" ? IN2 : IN1;
+      const { p1, p2, if1, if2, ip2 } = inOrder(first, primary, pair);
 
       const r1 = ok(c, await p1.add(), `ADD ${p1.name}`);
       expectBoot(r1, p1);
@@ -212,19 +237,15 @@ describe("issue 6.1: the example pair on one node (veth)", () => {
       await expectEnd(c, primary, "in1", { kind: "veth", ips: [IN1] });
       await expectEnd(c, pair, "in2", { kind: "veth", ips: [IN2] });
       expect(await c.ifaceNames(p1)).toEqual([if1]);
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair, "192.168.2.100");
+      await expectPairPings(c, primary, pair);
       await hostsClean(c);
-
-      await stop(c, p1, [if1]);
-      await stop(c, p2, [if2]);
-      await c.assertClean();
+      await stopPair(c, p1, p2);
     });
   }
 });
 
 describe("issue 6.1: ADD results in every CNI version, standalone and chained", () => {
-  test("the second pod's result lists its link end (name, kernel MAC, sandbox) and addresses in each version", async () => {
+  test("each version: the second pod's result lists its end (name, kernel MAC, sandbox, IPs)", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const n = c.node(1);
     for (const [i, version] of VERSIONS.entries()) {
@@ -316,9 +337,7 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
       c.loadPods(EXAMPLE);
       const primary = await c.node(1).pod("primary-pod");
       const pair = await c.node(2).pod("pair-pod");
-      const [p1, p2] = first === "primary-pod" ? [primary, pair] : [pair, primary];
-      const [if1, if2] = first === "primary-pod" ? ["in1", "in2"] : ["in2", "in1"];
-      const ip2 = first === "primary-pod" ? IN2 : IN1;
+      const { p1, p2, if1, if2, ip2 } = inOrder(first, primary, pair);
 
       const r1 = ok(c, await p1.add(), `ADD ${p1.name}`);
       expect(linkIfaces(r1, p1)).toEqual([]);
@@ -332,13 +351,9 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
       expectTunnel(a, c.node(1), b, c.node(2));
       expect(a.vni).toBe(11); // the first VNI of a fresh cluster, as in the original
       expect(await c.ifaceNames(p1)).toEqual([if1]);
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair, "192.168.2.100");
+      await expectPairPings(c, primary, pair);
       await hostsClean(c);
-
-      await stop(c, p1, [if1]);
-      await stop(c, p2, [if2]);
-      await c.assertClean();
+      await stopPair(c, p1, p2);
     });
   }
 
@@ -354,9 +369,7 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
     const b = await expectEnd(c, pair, "in2", { kind: "vxlan", ips: [IN2] });
     expectTunnel(a, c.node(1), b, c.node(2));
     await expectPing(c, primary, "192.168.2.101");
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 });
 
@@ -562,7 +575,7 @@ const ROUNDS = Number(process.env.RATCHET_TEST_RACE_ROUNDS ?? 100);
 
 describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
   for (const across of [false, true]) {
-    test(`${ROUNDS} rounds ${across ? "across nodes" : "on one node"}: exactly one working link each round, nothing leaked`, async () => {
+    test(`${ROUNDS} rounds ${across ? "across nodes" : "on one node"}: one link that works`, async () => {
       await using c = await makeCluster({ nodes: 2 });
       const [na, nb] = across ? [c.node(1), c.node(2)] : [c.node(1), c.node(1)];
       const vnis = new Set<number>();
@@ -583,7 +596,8 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
         const listed = linkIfaces(resA, a).length + linkIfaces(resB, b).length;
         if (listed !== 1)
           throw new Error(
-            `round ${i}: ${listed} ADD results list a link interface, expected exactly 1:\n${ra.stdout}\n${rb.stdout}\n${logs(c)}`,
+            `round ${i}: ${listed} ADD results list a link interface, ` +
+              `expected exactly 1:\n${ra.stdout}\n${rb.stdout}\n${logs(c)}`,
           );
         const ea = await expectEnd(c, a, "r0", { kind: across ? "vxlan" : "veth", ips: ["10.63.0.1/30"] });
         const eb = await expectEnd(c, b, "r1", { kind: across ? "vxlan" : "veth", ips: ["10.63.0.2/30"] });
@@ -615,7 +629,7 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
 
 describe("issue 6.6: DEL", () => {
   for (const across of [false, true]) {
-    test(`${across ? "across nodes" : "one node"}: DEL one pod, re-ADD with a new container id: the link is back`, async () => {
+    test(`${across ? "across nodes" : "one node"}: DEL a pod, re-ADD, new container: link back`, async () => {
       await using c = await makeCluster({ nodes: 2 });
       c.loadPods(EXAMPLE);
       const primary = await c.node(1).pod("primary-pod");
@@ -635,16 +649,13 @@ describe("issue 6.6: DEL", () => {
       const a = await expectEnd(c, primary, "in1", { kind, ips: [IN1] });
       const b = await expectEnd(c, pair2, "in2", { kind, ips: [IN2] });
       if (across) expectTunnel(a, c.node(1), b, c.node(2));
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair2, "192.168.2.100");
+      await expectPairPings(c, primary, pair2);
 
-      await stop(c, primary, ["in1"]);
-      await stop(c, pair2, ["in2"]);
-      await c.assertClean();
+      await stopPair(c, primary, pair2);
     });
   }
 
-  test("DEL twice, DEL with the netns gone, DEL of a container never added: all succeed and clean", async () => {
+  test("DEL twice, DEL with the netns gone, DEL of a container never added: all succeed, clean", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.loadPods(EXAMPLE);
     const primary = await c.node(1).pod("primary-pod");
@@ -699,9 +710,7 @@ describe("issue 6.6: DEL", () => {
     await expectEnd(c, primary2, "in1", { kind: "veth", ips: [IN1] });
     await expectPing(c, primary2, "192.168.2.101");
 
-    await stop(c, primary2, ["in1"]);
-    await stop(c, pair2, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary2, pair2);
   });
 });
 
@@ -738,13 +747,10 @@ describe("issue 6.7: a peer recreated on another node", () => {
       if (a === undefined) throw new Error("waitFor returned nothing");
       if (kind === "vxlan") expectTunnel(a, n1, b, to);
       await expectEnd(c, primary, "in1", { kind, ips: [IN1] });
-      await expectPing(c, primary, "192.168.2.101");
-      await expectPing(c, pair, "192.168.2.100");
+      await expectPairPings(c, primary, pair);
       await hostsClean(c);
     }
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 });
 
@@ -768,12 +774,10 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     await expectEnd(c, primary, "in1", { kind: "veth", ips: [IN1] });
     await expectPing(c, primary, "192.168.2.101");
 
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 
-  test("across nodes: the pending side's new agent (started by any call) completes its end from etcd", async () => {
+  test("across nodes: the pending side's new agent (any call starts it) builds its end", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.loadPods(EXAMPLE);
     c.putPod(plainPod("bystander"));
@@ -795,9 +799,7 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     await expectPing(c, primary, "192.168.2.101");
 
     await stop(c, bystander);
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 
   test("across nodes: kill -9 of both agents after the link is built loses nothing", async () => {
@@ -818,9 +820,7 @@ describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
     const b = await expectEnd(c, pair, "in2", { kind: "vxlan", ips: [IN2] });
     expectTunnel(a, n1, b, n2);
     await expectPing(c, primary, "192.168.2.101");
-    await stop(c, primary, ["in1"]);
-    await stop(c, pair, ["in2"]);
-    await c.assertClean();
+    await stopPair(c, primary, pair);
   });
 });
 
@@ -836,7 +836,7 @@ function expectCheckError(c: Cluster, r: CniRun, mentions: string[]): void {
 }
 
 describe("issue 6.9: CHECK", () => {
-  test("ok while every link is in place; names what is missing or different when changed by hand", async () => {
+  test("ok while every link is in place; names what is missing or different after hand changes", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const MTU = 1400;
     mirroredPair(c, "primary-pod", "pair-pod", {
@@ -899,7 +899,7 @@ describe("issue 6.9: CHECK", () => {
 });
 
 describe("issue 6.9: GC", () => {
-  test("removes this node's endpoints not listed in cni.dev/valid-attachments, and their links; no others", async () => {
+  test("removes the node's endpoints not in cni.dev/valid-attachments, their links, no others", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
     mirroredPair(c, "keep-a", "keep-b", {

@@ -154,7 +154,7 @@ test("table: aligned, one line per endpoint and per link", async () => {
   for (const l of linkRows) expect(l.slice(at)).toMatch(/^(up|waiting|broken)/);
 });
 
-test("DOT: nodes as clusters, links as labelled edges; graphviz renders it; a lost record shows as broken", async () => {
+test("DOT: nodes as clusters, links as labelled edges; graphviz draws it; lost record: broken", async () => {
   const etcd = new Etcd3({ hosts: etcdEndpoint() });
   await etcd.delete().key(`${prefix}/v1/links/default/pair-pod/in2:default/primary-pod/in1`);
   etcd.close();
@@ -166,7 +166,8 @@ test("DOT: nodes as clusters, links as labelled edges; graphviz renders it; a lo
   expect(r.stdout).toStartWith("graph ratchet {");
   expect(r.stdout).toContain('label="node 10.253.0.1"');
   expect(r.stdout).toContain(
-    '"default/pair-pod" -- "default/primary-pod" [label="in2 192.168.2.101/24\\n-\\nin1 192.168.2.100/24", style=dotted, color=red]',
+    '"default/pair-pod" -- "default/primary-pod" [label="in2 ' +
+      '192.168.2.101/24\\n-\\nin1 192.168.2.100/24", style=dotted, color=red]',
   );
   expect(r.stdout).toContain('"default/never-comes" [style="rounded,dashed", color=gray]');
   const svg = await run(["dot", "-Tsvg"], { stdin: r.stdout });

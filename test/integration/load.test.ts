@@ -247,7 +247,8 @@ test(
 
     const total = (performance.now() - t0) / 1000;
     console.log(
-      `load: ${PAIRS} pairs (${veths} veth, ${PAIRS - veths} VXLAN) + ${plain.length} ineligible pods, seed ${SEED}, ${PARALLEL} at a time: ${total.toFixed(1)} s`,
+      `load: ${PAIRS} pairs (${veths} veth, ${PAIRS - veths} VXLAN) + ${plain.length} ` +
+        `ineligible pods, seed ${SEED}, ${PARALLEL} at a time: ${total.toFixed(1)} s`,
     );
     console.log(
       `  phases (s): ${Object.entries(phase)
@@ -257,7 +258,8 @@ test(
     c.nodes.forEach((n, k) => {
       const [r, a] = [atRest[k] as AgentFigures, after[k] as AgentFigures];
       console.log(
-        `  ${n.name} agent ${r.pid}: RSS ${mib(r.rssKiB)} MiB at rest, ${mib(a.rssKiB)} MiB after; fds ${r.fds} at rest, ${a.fds} after`,
+        `  ${n.name} agent ${r.pid}: RSS ${mib(r.rssKiB)} MiB at rest, ` +
+          `${mib(a.rssKiB)} MiB after; fds ${r.fds} at rest, ${a.fds} after`,
       );
     });
     // scripts/bench.sh reads the figures from here.
@@ -280,7 +282,8 @@ test(
       );
     }
     console.log(
-      `  agents seen per node: ${seenAgents.map((s) => s.size).join(", ")}; most at once on a node: ${maxAgents}`,
+      `  agents seen per node: ${seenAgents.map((s) => s.size).join(", ")}; ` +
+        `most at once on a node: ${maxAgents}`,
     );
 
     expect(maxAgents).toBeLessThanOrEqual(1);

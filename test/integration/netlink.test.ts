@@ -273,7 +273,7 @@ describe("vxlan", () => {
     }
   }
 
-  test("IPv4 remote: placed in the pod netns under its final name, up, with VNI, remote, port, MTU; ping across", async () => {
+  test("IPv4 remote: in the pod netns, final name, up, VNI, remote, port, MTU; ping across", async () => {
     await using t = await twoHosts(4);
     addVxlan({
       name: "vx0",

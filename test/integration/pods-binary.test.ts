@@ -2,22 +2,18 @@
 // checkout with the checkout hidden: the Kubernetes client, its TLS and the label parsing
 // all work from inside the binary alone. Also the stand-in's fixture process.
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PodReader } from "../../src/child/kube.ts";
 import { show } from "../../src/cni/names.ts";
 import { startApiServer, type ApiServer } from "../support/apiserver.ts";
-import { BIN, BUN, REPO, requireBinary, run, tempDir } from "../support/env.ts";
+import { EXAMPLE_LINKS } from "../support/pods.ts";
+import { BIN, BUN, hiddenCheckout, installedChild, REPO, run, tempDir } from "../support/env.ts";
 
 const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
 
-/** Runs `ratchet-child --pod <ref>` from a copy of the binary, in a mount namespace where the checkout is an empty tmpfs. */
+/** Runs `ratchet-child --pod <ref>` as a node does: the installed copy, the checkout hidden. */
 async function classifyHidden(dir: string, api: ApiServer, ref: string, auth: "token" | "cert" = "token") {
-  const bin = join(dir, "ratchet");
-  if (!existsSync(bin)) {
-    copyFileSync(requireBinary(), bin);
-    symlinkSync("ratchet", join(dir, "ratchet-child"));
-  }
   const kubeconfig = api.writeKubeconfig(dir, { auth, inline: auth === "token", name: `kubeconfig-${auth}` });
   const conf = join(dir, "ratchet.conf");
   writeFileSync(
@@ -31,22 +27,7 @@ async function classifyHidden(dir: string, api: ApiServer, ref: string, auth: "t
       default_prefix: 24,
     }),
   );
-  const script = `mount -t tmpfs ratchet-hide "$1" && test -z "$(ls -A "$1")" && exec "$2" --pod "$3" --config "$4"`;
-  return run([
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "--",
-    "sh",
-    "-c",
-    script,
-    "sh",
-    REPO,
-    join(dir, "ratchet-child"),
-    ref,
-    conf,
-  ]);
+  return run(hiddenCheckout([installedChild(), "--pod", ref, "--config", conf]));
 }
 
 describe("ratchet-child --pod in the compiled binary, checkout hidden", () => {
@@ -59,27 +40,14 @@ describe("ratchet-child --pod in the compiled binary, checkout hidden", () => {
     expect(JSON.parse(primary.stdout)).toEqual({
       pod: "default/primary-pod",
       eligible: true,
-      links: [
-        {
-          local: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
-          peer: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
-          primary: true,
-          source: "labels",
-        },
-      ],
+      links: [EXAMPLE_LINKS["primary-pod"]],
     });
     const pair = await classifyHidden(dir.path, api, "default/pair-pod");
     expect(pair.code).toBe(0);
     expect(JSON.parse(pair.stdout)).toEqual({
       pod: "default/pair-pod",
       eligible: true,
-      links: [
-        {
-          local: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
-          peer: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
-          source: "labels",
-        },
-      ],
+      links: [EXAMPLE_LINKS["pair-pod"]],
     });
     expect(api.requests.map((r) => [r.path, r.status])).toEqual([
       ["/api/v1/namespaces/default/pods/primary-pod", 200],

@@ -57,7 +57,7 @@ describe("a pod's links cannot reach into its peer", () => {
     await c.assertClean();
   });
 
-  test("a link naming another interface of the peer fails, naming it, and leaves it alone (one node and across)", async () => {
+  test("a link naming another of the peer's interfaces fails, naming it, leaves it alone", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.putPod(optIn("victim"));
     c.putPod(optIn("victim2"));

@@ -92,7 +92,8 @@ export function makePki(dir: string): TestPki {
     ca,
     "server",
     "/CN=ratchet-test-apiserver",
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n",
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n" +
+      "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n",
   );
   const client = signed(
     dir,

@@ -8,8 +8,16 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { join } from "node:path";
 import { startApiServer, type ApiServer } from "./apiserver.ts";
 import { childPids, waitFor } from "./child.ts";
-import { cni } from "./cni.ts";
-import { etcdEndpoint, installedBin, REPO, run, tempDir, uniqueName, type RunResult } from "./env.ts";
+import { cni, type Invocation } from "./cni.ts";
+import {
+  etcdEndpoint,
+  hiddenCheckout,
+  installedBin,
+  run,
+  tempDir,
+  uniqueName,
+  type RunResult,
+} from "./env.ts";
 import { addresses, ipIn, makeNetns, type TestNetns } from "./netns.ts";
 import type { PodObject } from "./pods.ts";
 
@@ -208,7 +216,10 @@ export class Pod {
   ) {}
 
   get args(): string {
-    return `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};K8S_POD_INFRA_CONTAINER_ID=${this.containerId}`;
+    return (
+      `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};` +
+      `K8S_POD_INFRA_CONTAINER_ID=${this.containerId}`
+    );
   }
 
   /** Runs one CNI command for this container with this node's config (plus `conf` overrides). */
@@ -282,15 +293,10 @@ export class Cluster implements AsyncDisposable {
     this.etcdPrefix = `/rt-test/${id}`;
     this.api = startApiServer({ dir });
     this.kubeconfig = this.api.writeKubeconfig(dir, { auth: "token" });
-    // Like env.ts's hiddenCheckout, but with slave propagation: a node agent lives on in the
-    // mount namespace of the call that started it, and must still see the netns that `ip
-    // netns add` mounts later (and their unmounts); with private propagation it would not.
+    // One program a runtime can exec: the installed binary, the checkout hidden.
     this.runner = join(dir, "ratchet-hidden");
     const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-    writeFileSync(
-      this.runner,
-      `#!/bin/sh\nexec unshare --mount --propagation slave -- sh -c 'mount -t tmpfs ratchet-hide "$0" && exec "$@"' ${q(REPO)} ${q(installedBin())} "$@"\n`,
-    );
+    writeFileSync(this.runner, `#!/bin/sh\nexec ${hiddenCheckout([installedBin()]).map(q).join(" ")} "$@"\n`);
     chmodSync(this.runner, 0o755);
   }
 
@@ -331,14 +337,9 @@ export class Cluster implements AsyncDisposable {
   }
 
   /** Runs the installed binary as a runtime does, the checkout hidden. */
-  cni(inv: {
-    command: string;
-    conf: unknown;
-    containerId?: string;
-    netns?: string;
-    ifname?: string;
-    args?: string;
-  }): Promise<CniRun> {
+  cni(
+    inv: Pick<Invocation, "command" | "conf" | "containerId" | "netns" | "ifname" | "args">,
+  ): Promise<CniRun> {
     return cni({ ...inv, bin: this.runner, visible: true });
   }
 
@@ -451,7 +452,8 @@ export class Cluster implements AsyncDisposable {
     for (const p of this.pods)
       if (p.netnsExists)
         problems.push(
-          `pod ${p.namespace}/${p.name} (${p.containerId}) on ${p.node.name}: netns ${p.netns.name} still exists`,
+          `pod ${p.namespace}/${p.name} (${p.containerId}) on ` +
+            `${p.node.name}: netns ${p.netns.name} still exists`,
         );
     try {
       const until = Date.now() + (opts.etcdWaitMs ?? 5000);

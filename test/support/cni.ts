@@ -1,8 +1,10 @@
 // Drives the compiled plugin exactly as a container runtime does: env + config on stdin.
+import { SUPPORTED_VERSIONS } from "../../src/cni/versions.ts";
 import { hiddenCheckout, installedBin, run, type RunResult } from "./env.ts";
 
 export const CNI_PATH = "/usr/lib/cni";
-export const VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
+/** Every version ratchet speaks: tests that loop over versions cover a new one by themselves. */
+export const VERSIONS = SUPPORTED_VERSIONS;
 
 export interface Invocation {
   command: string;

@@ -1,7 +1,7 @@
 // Shared test harness: where the binary is, the etcd to use, and process helpers.
 import { copyFileSync, existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 export const REPO = join(import.meta.dir, "..", "..");
 export const BIN = process.env.RATCHET_BIN ?? join(REPO, "bin", "ratchet");
@@ -67,30 +67,47 @@ export function uniqueName(tag = ""): string {
   return name;
 }
 
-let installedDir: string | undefined;
+let installed: ReturnType<typeof tempDir> | undefined;
 /**
  * The binary as a node has it: copied out of the checkout into a CNI bin directory with the
- * ratchet-child link beside it (what scripts/install.sh makes). Removed when the run ends.
+ * ratchet-child link beside it (what scripts/install.sh makes). One copy for the whole run:
+ * test/support/preload.ts removes it after the last test file.
  */
 export function installedBin(): string {
-  if (!installedDir) {
+  if (!installed) {
     requireBinary();
-    const dir = mkdtempSync(join(tmpdir(), "ratchet-bin-"));
-    copyFileSync(BIN, join(dir, "ratchet"));
-    symlinkSync("ratchet", join(dir, "ratchet-child"));
-    installedDir = dir;
-    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    const dir = tempDir("ratchet-bin-");
+    try {
+      copyFileSync(BIN, join(dir.path, "ratchet"));
+      symlinkSync("ratchet", join(dir.path, "ratchet-child"));
+    } catch (err) {
+      dir[Symbol.dispose]();
+      throw err;
+    }
+    installed = dir;
   }
-  return join(installedDir, "ratchet");
+  return join(installed.path, "ratchet");
+}
+
+/** The ratchet-child link beside the installed binary: the node agent's name. */
+export function installedChild(): string {
+  return join(dirname(installedBin()), "ratchet-child");
+}
+
+export function removeInstalledBin(): void {
+  installed?.[Symbol.dispose]();
+  installed = undefined;
 }
 
 /**
  * The argv that runs `cmd` the way a node runs ratchet: in a private mount namespace where
  * an empty tmpfs hides the checkout, so nothing from the source tree or node_modules helps.
+ * Arguments appended to it go to `cmd`.
  */
 export function hiddenCheckout(cmd: string[]): string[] {
   // "slave": network namespaces mounted later under /run/netns (a shared mount) still show
   // up in here, as they do for a runtime's plugins; the tmpfs stays private to this namespace.
+  // A node agent started from here lives on in this namespace and keeps seeing them.
   return [
     "unshare",
     "--mount",
@@ -99,7 +116,7 @@ export function hiddenCheckout(cmd: string[]): string[] {
     "--",
     "sh",
     "-c",
-    'mount -t tmpfs ratchet-hide "$0" && exec "$@"',
+    'mount -t tmpfs ratchet-hide "$0" && test -z "$(ls -A "$0")" && exec "$@"',
     REPO,
     ...cmd,
   ];

@@ -128,6 +128,17 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
     const scheme = tls ? "https" : "http";
     const host = "127.0.0.1";
 
+    /** Runs etcd with `args` and waits until it answers at `url` (or exits, or the time is up). */
+    const start = (args: string[], url: string) => {
+      proc = spawnLogged(args, logFile);
+      return waitHealthy(
+        `${url}/health`,
+        proc,
+        pki,
+        opts.clientCerts === true,
+        opts.readyTimeoutMs ?? 20_000,
+      );
+    };
     // A port taken between freePorts() and etcd's bind makes etcd exit: try a few times.
     let port = 0;
     let lastArgs: string[] = [];
@@ -156,14 +167,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         ...(pki ? ["--cert-file", pki.server.certFile, "--key-file", pki.server.keyFile] : []),
         ...(pki && opts.clientCerts ? ["--client-cert-auth", "--trusted-ca-file", pki.ca.certFile] : []),
       ];
-      proc = spawnLogged(args, logFile);
-      const ready = await waitHealthy(
-        `${clientUrl}/health`,
-        proc,
-        pki,
-        opts.clientCerts === true,
-        opts.readyTimeoutMs ?? 20_000,
-      );
+      const ready = await start(args, clientUrl);
       lastArgs = args;
       lastUrl = clientUrl;
       if (ready === "ok") break;
@@ -223,14 +227,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
         }
       },
       async up() {
-        proc = spawnLogged(lastArgs, logFile);
-        const ready = await waitHealthy(
-          `${lastUrl}/health`,
-          proc,
-          pki,
-          opts.clientCerts === true,
-          opts.readyTimeoutMs ?? 20_000,
-        );
+        const ready = await start(lastArgs, lastUrl);
         if (ready !== "ok")
           throw new Error(`etcd at ${lastUrl} did not come back (${ready}); its log ends:\n${tail(logFile)}`);
       },

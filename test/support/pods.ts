@@ -57,3 +57,11 @@ export function podMeta(pod: PodObject): {
     annotations: pod.metadata.annotations ?? {},
   };
 }
+
+const IN1 = { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] };
+const IN2 = { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] };
+/** How each pod of pod_specs/example.yaml reads (default_prefix 24): one link, from labels. */
+export const EXAMPLE_LINKS = {
+  "primary-pod": { local: IN1, peer: IN2, primary: true, source: "labels" },
+  "pair-pod": { local: IN2, peer: IN1, source: "labels" },
+} as const;

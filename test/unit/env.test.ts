@@ -14,7 +14,8 @@ describe("CNI environment", () => {
     const env = parseEnv({
       ...base,
       CNI_ARGS:
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-5d.x;K8S_POD_UID=u-1;K8S_POD_INFRA_CONTAINER_ID=c1;FOO=a=b",
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-5d.x;" +
+        "K8S_POD_UID=u-1;K8S_POD_INFRA_CONTAINER_ID=c1;FOO=a=b",
     });
     expect(env.pod).toEqual({
       namespace: "kube-system",

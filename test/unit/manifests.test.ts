@@ -254,7 +254,7 @@ describe("the DaemonSet", () => {
     for (const c of [...initContainers, ...containers]) expect(c.image).toBe("ratchet:latest");
   });
 
-  test("the agent mounts the host paths it shares with the plugin, netns with host-to-container propagation", () => {
+  test("the agent mounts the host paths it shares with the plugin, netns with HostToContainer", () => {
     const m = mounts(agent);
     expect([...m.keys()].sort()).toEqual([
       "/etc/cni/net.d",
@@ -409,7 +409,7 @@ describe("the install script, run in a temp dir", () => {
     expect(readdirSync(binDir).sort()).toEqual(["ratchet", "ratchet-child"]);
   });
 
-  test("an IPv6 API server and etcd Service get brackets; a plain ratchet-child file is replaced by the link", () => {
+  test("an IPv6 API server and etcd Service get brackets; a ratchet-child file becomes the link", () => {
     using dir = tempDir("ratchet-k8s-install-");
     const sb = sandbox(dir.path);
     const binDir = sb.env.CNI_BIN_DIR as string;

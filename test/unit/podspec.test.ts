@@ -13,7 +13,7 @@ import {
   type PodMeta,
 } from "../../src/child/podspec.ts";
 import { REPO } from "../support/env.ts";
-import { podMeta, readPodYaml } from "../support/pods.ts";
+import { EXAMPLE_LINKS, podMeta, readPodYaml } from "../support/pods.ts";
 
 const OPTS = { defaultPrefix: 24 };
 
@@ -45,25 +45,14 @@ describe("the original example pair (pod_specs/example.yaml)", () => {
   test("primary-pod: in1 192.168.2.100/24 to pair-pod in2 192.168.2.101/24, primary", () => {
     expect(podLinks(primary, OPTS)).toEqual({
       eligible: true,
-      links: [
-        {
-          local: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
-          peer: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
-          primary: true,
-          source: "labels",
-        },
-      ],
+      links: [EXAMPLE_LINKS["primary-pod"]],
     });
   });
 
   test("pair-pod: the mirror, not primary, same link key, and the two agree", () => {
     const a = podLinks(primary, OPTS).links[0] as LinkSpec;
     const b = podLinks(pair, OPTS).links[0] as LinkSpec;
-    expect(b).toEqual({
-      local: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
-      peer: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
-      source: "labels",
-    });
+    expect(b).toEqual(EXAMPLE_LINKS["pair-pod"]);
     expect(linkKey(a)).toBe("default/pair-pod/in2:default/primary-pod/in1");
     expect(linkKey(b)).toBe(linkKey(a));
     expect(linkDifferences(a, b)).toEqual([]);
@@ -306,7 +295,8 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     [
       "interface name too long",
       L({ "ratchet.local_ifname": "abcdefghijklmnop" }),
-      'label ratchet.local_ifname "abcdefghijklmnop" is not a valid interface name: it is 16 bytes long, the limit is 15',
+      'label ratchet.local_ifname "abcdefghijklmnop" is not a ' +
+        "valid interface name: it is 16 bytes long, the limit is 15",
     ],
     [
       "interface name '..'",
@@ -346,7 +336,8 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     [
       "annotation unknown field",
       A({ peer_ips: "10.0.0.1/24" }),
-      'annotation ratchet/links[0].peer_ips "10.0.0.1/24" is not a known field (known: peer, peer_namespace, local_ifname, peer_ifname, local_ip, peer_ip, local_mac, peer_mac, mtu, primary)',
+      'annotation ratchet/links[0].peer_ips "10.0.0.1/24" is not a known field (known: peer, ' +
+        "peer_namespace, local_ifname, peer_ifname, local_ip, peer_ip, local_mac, peer_mac, mtu, primary)",
     ],
     ["annotation wrong type", A({ mtu: "1400" }), 'annotation ratchet/links[0].mtu "1400" must be a number'],
     ["peer not DNS-1123", A({ peer: "-b" }), 'annotation ratchet/links[0].peer "-b" is not a valid pod name'],
@@ -359,12 +350,14 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     [
       "interface name with ':'",
       A({ local_ifname: "eth1:0" }),
-      "annotation ratchet/links[0].local_ifname \"eth1:0\" is not a valid interface name: it may not contain '/', ':', NUL or whitespace",
+      'annotation ratchet/links[0].local_ifname "eth1:0" is not a ' +
+        "valid interface name: it may not contain '/', ':', NUL or whitespace",
     ],
     [
       "interface name with a control character",
       A({ peer_ifname: "eth\u0007" }),
-      'annotation ratchet/links[0].peer_ifname "eth\\u0007" is not a valid interface name: it may not contain control characters',
+      'annotation ratchet/links[0].peer_ifname "eth\\u0007" is not ' +
+        "a valid interface name: it may not contain control characters",
     ],
     [
       "IP without prefix",
@@ -429,12 +422,14 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     [
       "duplicate local interface",
       A({ peer: "pod-c" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1" }]),
-      'annotation ratchet/links[1].local_ifname "eth1" is also used by annotation ratchet/links[0]: interface names must be unique in a pod',
+      'annotation ratchet/links[1].local_ifname "eth1" is also used by ' +
+        "annotation ratchet/links[0]: interface names must be unique in a pod",
     ],
     [
       "duplicate peer interface",
       A({ local_ifname: "eth2" }, [{ peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1" }]),
-      'annotation ratchet/links[1].peer_ifname "eth1" is also used on default/pod-b by annotation ratchet/links[0]: interface names must be unique in a pod',
+      'annotation ratchet/links[1].peer_ifname "eth1" is also used on default/pod-b ' +
+        "by annotation ratchet/links[0]: interface names must be unique in a pod",
     ],
     [
       "duplicate between labels and annotation",
@@ -450,7 +445,8 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
       A({ mtu: 1500, local_ip: "10.0.0.1/24" }, [
         { peer: "pod-b", local_ifname: "eth1", peer_ifname: "eth1", mtu: 1400, local_ip: "10.0.0.1/24" },
       ]),
-      'annotation ratchet/links[1] "default/pod-a/eth1:default/pod-b/eth1" declares the same link as annotation ratchet/links[0] with other values: MTU: 1400 vs 1500',
+      'annotation ratchet/links[1] "default/pod-a/eth1:default/pod-b/eth1" declares ' +
+        "the same link as annotation ratchet/links[0] with other values: MTU: 1400 vs 1500",
     ],
     [
       "annotation over 64 KiB",
@@ -503,7 +499,8 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
   test("the pod's own name and namespace are checked", () => {
     const err = failure(() => podLinks(pod({ ratchet: "true" }, {}, "pod-a", "Bad_NS"), OPTS));
     expect(err.message).toBe(
-      'pod "Bad_NS/pod-a": namespace "Bad_NS" is not a valid namespace: it is not a DNS-1123 label (lower-case letters, digits and \'-\')',
+      'pod "Bad_NS/pod-a": namespace "Bad_NS" is not a valid namespace: ' +
+        "it is not a DNS-1123 label (lower-case letters, digits and '-')",
     );
   });
 

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { appendInterfaces, formatResult, parseResult } from "../../src/cni/result.ts";
 import { CniError } from "../../src/cni/errors.ts";
+import { SPEC_VERSIONS } from "../../src/cni/versions.ts";
 
 const v100 = {
   cniVersion: "1.0.0",
@@ -67,6 +68,37 @@ describe("results across versions", () => {
       routes: [{ dst: "0.0.0.0/0" }],
       dns: {},
     });
+  });
+
+  test("0.2.0 is written as ip4/ip6: the first address of each family, its routes beside it", () => {
+    const r = parseResult(
+      {
+        ...v100,
+        ips: [...v100.ips, { interface: 1, address: "10.1.0.6/24" }],
+        routes: [...v100.routes, { dst: "fd01::/64", gw: "fd00::1" }],
+      },
+      "t",
+    );
+    const out = formatResult(r, "0.2.0");
+    expect(out).toEqual({
+      cniVersion: "0.2.0",
+      ip4: { ip: "10.1.0.5/24", gateway: "10.1.0.1", routes: [{ dst: "0.0.0.0/0", gw: "10.1.0.1" }] },
+      ip6: { ip: "fd00::5/64", routes: [{ dst: "fd01::/64", gw: "fd00::1" }] },
+      dns: v100.dns,
+    });
+    expect(formatResult(parseResult(out, "t"), "0.2.0")).toEqual(out);
+  });
+
+  test.each(SPEC_VERSIONS.map((s) => s.version))("%s reads back what it writes", (version) => {
+    const rich = {
+      ...v100,
+      cniVersion: "1.1.0",
+      interfaces: [...v100.interfaces, { name: "net1", mtu: 9000, socketPath: "/run/y.sock" }],
+      routes: [{ dst: "10.0.0.0/8", gw: "10.1.0.1", mtu: 1300, table: 100 }],
+    };
+    const once = formatResult(parseResult(rich, "t"), version);
+    expect(once.cniVersion).toBe(version);
+    expect(formatResult(parseResult(once, "t"), version)).toEqual(once);
   });
 
   test("an out-of-range interface index is refused", () => {
