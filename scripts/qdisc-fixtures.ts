@@ -10,7 +10,7 @@
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Impairment, tbfSizes } from "../src/netlink/tc.ts";
+import { type Impairment, type NetemImpairment, tbfSizes } from "../src/netlink/tc.ts";
 
 const OUT = join(import.meta.dir, "..", "test", "fixtures", "qdisc");
 const MTU = 1500; // the capture veth's, which tbf's burst depends on
@@ -32,95 +32,88 @@ const tbf = (kbit: number): Case => ({
   note: "burst is ratchet's choice for the rate and a 1500-byte MTU; limit comes from tc's `latency 25ms`",
 });
 
+/**
+ * The tc arguments that ask for what ratchet sends for a netem declaration: the declared
+ * fields, and explicit zeros for loss, corrupt, reorder and rate (plus a 0% loss correlation,
+ * which makes tc send TCA_NETEM_CORR), because a change of an existing netem keeps whatever
+ * an absent attribute set before. Times in us: tc truncates ms * 1e6 to whole ns.
+ */
+function netemArgs(d: NetemImpairment): string[] {
+  const us = (ms: number) => `${Math.round(ms * 1000)}us`;
+  const args = ["netem"];
+  if (d.delayMs !== undefined || d.jitterMs !== undefined)
+    args.push("delay", us(d.delayMs ?? 0), ...(d.jitterMs === undefined ? [] : [us(d.jitterMs)]));
+  args.push("loss", `${d.lossPercent ?? 0}%`, "0%");
+  if (d.duplicatePercent !== undefined) args.push("duplicate", `${d.duplicatePercent}%`);
+  args.push("corrupt", `${d.corruptPercent ?? 0}%`, "reorder", `${d.reorderPercent ?? 0}%`);
+  args.push("rate", `${d.rateKbit ?? 0}kbit`);
+  return args;
+}
+
+const NETEM_NOTE =
+  "ratchet always sends TCA_NETEM_CORR, REORDER, CORRUPT and RATE (0 when not declared) so a " +
+  "change in place leaves nothing of the previous settings: hence the explicit zeros";
+const netem = (name: string, declared: NetemImpairment, note?: string): Case => ({
+  name,
+  args: netemArgs(declared),
+  declared,
+  note: note ? `${NETEM_NOTE}; ${note}` : NETEM_NOTE,
+});
+
 const CASES: Case[] = [
-  { name: "netem-empty", args: ["netem"], declared: { kind: "netem" } },
-  { name: "netem-delay", args: ["netem", "delay", "10ms"], declared: { kind: "netem", delayMs: 10 } },
-  {
-    name: "netem-delay-jitter-loss",
-    args: ["netem", "delay", "10ms", "2ms", "loss", "1%"],
-    declared: { kind: "netem", delayMs: 10, jitterMs: 2, lossPercent: 1 },
-  },
-  { name: "netem-loss", args: ["netem", "loss", "0.5%"], declared: { kind: "netem", lossPercent: 0.5 } },
-  {
-    name: "netem-duplicate",
-    args: ["netem", "duplicate", "2.5%"],
-    declared: { kind: "netem", duplicatePercent: 2.5 },
-  },
-  {
-    name: "netem-corrupt",
-    args: ["netem", "corrupt", "0.1%"],
-    declared: { kind: "netem", corruptPercent: 0.1 },
-  },
-  {
-    name: "netem-reorder",
-    args: ["netem", "delay", "5ms", "reorder", "25%"],
-    declared: { kind: "netem", delayMs: 5, reorderPercent: 25 },
-  },
-  { name: "netem-rate", args: ["netem", "rate", "1000kbit"], declared: { kind: "netem", rateKbit: 1000 } },
-  { name: "netem-rate-min", args: ["netem", "rate", "8kbit"], declared: { kind: "netem", rateKbit: 8 } },
-  {
-    name: "netem-rate-64bit",
-    args: ["netem", "rate", "40gbit"],
-    declared: { kind: "netem", rateKbit: 40_000_000 },
-    note: "5e9 bytes/s does not fit 32 bits: TCA_NETEM_RATE64, and ~0 in tc_netem_rate",
-  },
-  {
-    name: "netem-all",
-    args: [
-      ...["netem", "delay", "20ms", "5ms", "loss", "3%", "duplicate", "1%"],
-      ...["corrupt", "0.2%", "reorder", "10%", "rate", "50mbit"],
-    ],
-    declared: {
-      kind: "netem",
-      delayMs: 20,
-      jitterMs: 5,
-      lossPercent: 3,
-      duplicatePercent: 1,
-      corruptPercent: 0.2,
-      reorderPercent: 10,
-      rateKbit: 50_000,
-    },
-  },
-  {
-    name: "netem-max",
-    args: [
-      ...["netem", "delay", "60s", "60s", "loss", "100%", "duplicate", "100%"],
-      ...["corrupt", "100%", "reorder", "100%", "rate", "100gbit"],
-    ],
-    declared: {
+  netem("netem-empty", { kind: "netem" }),
+  netem("netem-delay", { kind: "netem", delayMs: 10 }),
+  netem("netem-delay-jitter-loss", { kind: "netem", delayMs: 10, jitterMs: 2, lossPercent: 1 }),
+  netem("netem-jitter-only", { kind: "netem", jitterMs: 3 }, "a jitter alone goes with a delay of 0"),
+  netem("netem-loss", { kind: "netem", lossPercent: 0.5 }),
+  netem("netem-duplicate", { kind: "netem", duplicatePercent: 2.5 }),
+  netem("netem-corrupt", { kind: "netem", corruptPercent: 0.1 }),
+  netem("netem-reorder", { kind: "netem", delayMs: 5, reorderPercent: 25 }, "reorder needs a delay"),
+  netem("netem-rate", { kind: "netem", rateKbit: 1000 }),
+  netem("netem-rate-min", { kind: "netem", rateKbit: 8 }),
+  netem(
+    "netem-rate-64bit",
+    { kind: "netem", rateKbit: 40_000_000 },
+    "5e9 bytes/s does not fit 32 bits: TCA_NETEM_RATE64, and ~0 in tc_netem_rate",
+  ),
+  netem("netem-all", {
+    kind: "netem",
+    delayMs: 20,
+    jitterMs: 5,
+    lossPercent: 3,
+    duplicatePercent: 1,
+    corruptPercent: 0.2,
+    reorderPercent: 10,
+    rateKbit: 50_000,
+  }),
+  netem(
+    "netem-max",
+    {
       kind: "netem",
       delayMs: 60_000,
-      jitterMs: 60_000,
+      jitterMs: 2147.483,
       lossPercent: 100,
       duplicatePercent: 100,
       corruptPercent: 100,
       reorderPercent: 100,
       rateKbit: 100_000_000,
     },
-  },
-  {
-    name: "netem-fractions",
-    args: [
-      ...["netem", "delay", "1us", "12345us", "loss", "0.0001%", "duplicate", "33.333333%"],
-      ...["corrupt", "99.9999999%", "reorder", "0.0000001%"],
-    ],
-    declared: {
-      kind: "netem",
-      delayMs: 0.001,
-      jitterMs: 12.345,
-      lossPercent: 0.0001,
-      duplicatePercent: 33.333333,
-      corruptPercent: 99.9999999,
-      reorderPercent: 0.0000001,
-    },
-    note: "times given to tc in us: tc truncates ms * 1e6 to whole ns (10.001ms would become 10000999 ns)",
-  },
-  {
-    name: "netem-zeros",
-    args: ["netem", "delay", "0ms", "loss", "0%", "corrupt", "0%"],
-    declared: { kind: "netem", delayMs: 0, lossPercent: 0, corruptPercent: 0 },
-    note: "explicit zeros are sent (LATENCY64 0, CORRUPT 0); the kernel's dump reads back as no impairment",
-  },
+    "the kernel clamps jitter to 2^31 - 1 ns, so 2147.483 ms is the largest that reads back",
+  ),
+  netem("netem-fractions", {
+    kind: "netem",
+    delayMs: 0.001,
+    jitterMs: 12.345,
+    lossPercent: 0.0001,
+    duplicatePercent: 33.333333,
+    corruptPercent: 99.9999999,
+    reorderPercent: 0.0000001,
+  }),
+  netem(
+    "netem-zeros",
+    { kind: "netem", delayMs: 0, lossPercent: 0, corruptPercent: 0 },
+    "explicit zeros; the kernel's dump reads back as no impairment",
+  ),
   tbf(8),
   tbf(1000),
   tbf(2000),

@@ -26,6 +26,7 @@ export const TCA_TBF_PARMS = 1;
 export const TCA_TBF_RTAB = 2;
 export const TCA_TBF_RATE64 = 4;
 export const TCA_TBF_BURST = 6;
+export const TCA_NETEM_CORR = 1;
 export const TCA_NETEM_REORDER = 3;
 export const TCA_NETEM_CORRUPT = 4;
 export const TCA_NETEM_RATE = 6;
@@ -103,6 +104,8 @@ export type Impairment = TbfImpairment | NetemImpairment;
 /** The accepted ranges, as a user declares them. */
 export const IMPAIRMENT_LIMITS = {
   delayMs: { min: 0, max: 60_000 },
+  /** The kernel clamps netem's jitter to 2^31 - 1 ns; larger values would not read back. */
+  jitterMs: { min: 0, max: 2147.483 },
   percent: { min: 0, max: 100 },
   rateKbit: { min: 8, max: 100_000_000 },
 } as const;
@@ -147,7 +150,7 @@ export function impairmentProblem(imp: Impairment): string | undefined {
   for (const f of TIME_FIELDS) {
     const v = n[f];
     if (v === undefined) continue;
-    const p = rangeProblem(`netem ${f}`, v, 0, IMPAIRMENT_LIMITS.delayMs.max, " ms");
+    const p = rangeProblem(`netem ${f}`, v, 0, IMPAIRMENT_LIMITS[f].max, " ms");
     if (p) return p;
     if (Math.abs(v * 1000 - Math.round(v * 1000)) > 1e-6)
       return `netem ${f} ${v}: finer than 1 microsecond (0.001 ms)`;
@@ -266,19 +269,22 @@ function netemOptions(imp: NetemImpairment): Attr {
   v.setUint32(12, reorder === 0 ? 0 : 1, LITTLE_ENDIAN); // gap 1: any packet may be reordered
   v.setUint32(16, percentToU32(imp.duplicatePercent ?? 0), LITTLE_ENDIAN);
   const options = new Attr(TCA_OPTIONS, new Bytes(qopt));
-  if (imp.delayMs !== undefined) options.add(attrU64(TCA_NETEM_LATENCY64, nsOf(imp.delayMs)));
+  // A jitter needs a delay to vary (tc cannot say one without the other): 0 when not given.
+  if (imp.delayMs !== undefined || imp.jitterMs !== undefined)
+    options.add(attrU64(TCA_NETEM_LATENCY64, nsOf(imp.delayMs ?? 0)));
   if (imp.jitterMs !== undefined) options.add(attrU64(TCA_NETEM_JITTER64, nsOf(imp.jitterMs)));
-  if (imp.reorderPercent !== undefined) options.add(TCA_NETEM_REORDER, pair(reorder));
-  if (imp.corruptPercent !== undefined)
-    options.add(TCA_NETEM_CORRUPT, pair(percentToU32(imp.corruptPercent)));
-  if (imp.rateKbit !== undefined) {
-    const rate64 = bytesPerSecond(imp.rateKbit);
-    if (rate64 > U32_MAX) options.add(attrU64(TCA_NETEM_RATE64, BigInt(rate64)));
-    // struct tc_netem_rate: rate, packet_overhead, cell_size, cell_overhead
-    const rate = new Uint8Array(16);
-    viewOf(rate).setUint32(0, Math.min(rate64, U32_MAX), LITTLE_ENDIAN);
-    options.add(TCA_NETEM_RATE, new Bytes(rate));
-  }
+  // A change of an existing netem keeps every option whose attribute is absent (correlations,
+  // reorder, corrupt, rate), so they are always sent, as 0 when not declared: the kernel then
+  // holds exactly the declaration, whatever it held before.
+  options.add(TCA_NETEM_CORR, new Bytes(new Uint8Array(12))); // struct tc_netem_corr: delay, loss, dup
+  options.add(TCA_NETEM_REORDER, pair(reorder));
+  options.add(TCA_NETEM_CORRUPT, pair(percentToU32(imp.corruptPercent ?? 0)));
+  const rate64 = bytesPerSecond(imp.rateKbit ?? 0);
+  if (rate64 > U32_MAX) options.add(attrU64(TCA_NETEM_RATE64, BigInt(rate64)));
+  // struct tc_netem_rate: rate (0 = no limit), packet_overhead, cell_size, cell_overhead
+  const rate = new Uint8Array(16);
+  viewOf(rate).setUint32(0, Math.min(rate64, U32_MAX), LITTLE_ENDIAN);
+  options.add(TCA_NETEM_RATE, new Bytes(rate));
   return options;
 }
 

@@ -149,6 +149,11 @@ describe("impairmentProblem", () => {
       /netem delayMs 60001: must be a number 0\.\.60000 ms/,
     ],
     ["negative delay", { kind: "netem", delayMs: -1 }, /delayMs -1/],
+    [
+      "jitter the kernel would clamp",
+      { kind: "netem", jitterMs: 2147.484 },
+      /jitterMs 2147.484: .* 0\.\.2147.483 ms/,
+    ],
     ["NaN jitter", { kind: "netem", jitterMs: Number.NaN }, /jitterMs null: must be a number/],
     ["sub-microsecond delay", { kind: "netem", delayMs: 0.0005 }, /delayMs 0.0005: finer than 1 microsecond/],
     [
