@@ -6,7 +6,7 @@
 # "RATCHET-VM: PASS" or "RATCHET-VM: FAIL" on its console and powers off.
 # Exit 0 only when the VM printed PASS; 77 when skipped on request (RATCHET_SKIP_VM=1);
 # anything else (qemu or the kernel not running, a failed check, a timeout) is a failure.
-#   ./scripts/kernel-vm.sh        (as root; RATCHET_VM_TIMEOUT, default 120 s)
+#   ./scripts/kernel-vm.sh        (as root; RATCHET_VM_TIMEOUT, default 90 s)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -93,7 +93,7 @@ chmod +x "$root/init"
 say "initramfs $(du -m "$work/initrd.cpio" | cut -f1) MiB; booting $(basename "$vmlinuz") under TCG"
 
 start=$SECONDS
-timeout --kill-after=5 "${RATCHET_VM_TIMEOUT:-120}" qemu-system-x86_64 \
+timeout --kill-after=5 "${RATCHET_VM_TIMEOUT:-90}" qemu-system-x86_64 \
   -accel tcg -cpu max -m 1024 -smp 1 -nographic -no-reboot -nic none \
   -kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
@@ -101,6 +101,6 @@ timeout --kill-after=5 "${RATCHET_VM_TIMEOUT:-120}" qemu-system-x86_64 \
 rc=$?
 tr -d '\r' <"$work/console.log" | sed 's/\x1b[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | grep -v '^\s*$' | sed 's/^/  vm| /' >&2
 say "qemu exited with $rc after $((SECONDS - start)) s"
-[ "$rc" = 124 ] || [ "$rc" = 137 ] && fail "the VM did not finish within ${RATCHET_VM_TIMEOUT:-120} s"
+[ "$rc" = 124 ] || [ "$rc" = 137 ] && fail "the VM did not finish within ${RATCHET_VM_TIMEOUT:-90} s"
 tr -d '\r' <"$work/console.log" | grep -qx 'RATCHET-VM: PASS' || fail "the VM did not print its PASS line"
 echo "kernel-vm: PASS (netem through src/netlink on $(basename "$vmlinuz"))" >&2
