@@ -69,10 +69,11 @@ ensure_vm_deps() {
 # boot/vmlinuz-* and lib/modules/*/.
 vm_kernel() {
   local cache="$1" pkg dir tmp
-  pkg="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')"
+  kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+  pkg="$(kernel_pkg)"
   if [ -z "$pkg" ]; then
     apt-get update -qq >&2 || return 1
-    pkg="$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')"
+    pkg="$(kernel_pkg)"
   fi
   [ -n "$pkg" ] || { echo "no package provides linux-image-cloud-amd64" >&2; return 1; }
   dir="$cache/$pkg"

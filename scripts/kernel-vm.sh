@@ -14,7 +14,7 @@ say() { printf '== kernel-vm: %s\n' "$*" >&2; }
 fail() { printf 'kernel-vm: FAIL: %s\n' "$*" >&2; exit 1; }
 
 if [ "${RATCHET_SKIP_VM:-}" = 1 ]; then
-  echo "kernel-vm: SKIPPED on request (RATCHET_SKIP_VM=1): netem was not proven on a real kernel in this run" >&2
+  echo "kernel-vm: SKIPPED on request (RATCHET_SKIP_VM=1): netem was not proven in this run" >&2
   exit 77
 fi
 [ "$(id -u)" = 0 ] || fail "run as root (it installs packages)"
@@ -70,7 +70,8 @@ add_module() {
   loaded[$rel]=1
 }
 for m in veth sch_tbf sch_netem; do
-  rel="$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n) } n == m { print $1; exit }' "$moddir/modules.dep")"
+  rel="$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n) }
+    n == m { print $1; exit }' "$moddir/modules.dep")"
   [ -n "$rel" ] || fail "module $m not found in $moddir"
   add_module "$rel" || fail "cannot copy module $m"
 done
@@ -99,7 +100,9 @@ timeout --kill-after=5 "${RATCHET_VM_TIMEOUT:-90}" qemu-system-x86_64 \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
   </dev/null >"$work/console.log" 2>&1
 rc=$?
-tr -d '\r' <"$work/console.log" | sed 's/\x1b[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | grep -v '^\s*$' | sed 's/^/  vm| /' >&2
+# The console, without the firmware's terminal escapes and blank lines.
+tr -d '\r' <"$work/console.log" | sed 's/\x1b[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | grep -v '^\s*$' |
+  sed 's/^/  vm| /' >&2
 say "qemu exited with $rc after $((SECONDS - start)) s"
 [ "$rc" = 124 ] || [ "$rc" = 137 ] && fail "the VM did not finish within ${RATCHET_VM_TIMEOUT:-90} s"
 tr -d '\r' <"$work/console.log" | grep -qx 'RATCHET-VM: PASS' || fail "the VM did not print its PASS line"

@@ -134,7 +134,10 @@ export function listLinks(ns?: string): Link[] {
   );
 }
 
-/** One link by name or ifindex, with its counters; LinkNotFoundError when absent. `ip -d -s link show dev NAME` */
+/**
+ * One link by name or ifindex, with its counters; LinkNotFoundError when absent.
+ * `ip -d -s link show dev NAME`
+ */
 export function getLink(nameOrIndex: string | number, ns?: string): Link {
   if (typeof nameOrIndex === "string") checkName(nameOrIndex);
   return withSocket(

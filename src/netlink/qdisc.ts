@@ -15,9 +15,11 @@ import {
   qdiscAttrs,
 } from "./tc.ts";
 
-function describeLink(link: string | number): string {
-  if (typeof link === "string") checkName(link);
-  return typeof link === "number" ? `link with index ${link}` : JSON.stringify(link);
+/** How messages name the link; a name is checked first (it must be a valid interface name). */
+function checkedLink(link: string | number): string {
+  if (typeof link === "number") return `link with index ${link}`;
+  checkName(link);
+  return JSON.stringify(link);
 }
 
 /** The ifindex of a link named or given by index; ENODEV (LinkNotFoundError) when absent. */
@@ -39,7 +41,7 @@ function isUnknownKind(err: unknown): err is ErrnoError {
  * `tc qdisc replace dev LINK root tbf ...|netem ...`
  */
 export function setRootQdisc(link: string | number, impairment: Impairment, ns?: string): void {
-  const what = `set ${impairment.kind} on ${describeLink(link)} ${inNetns(ns)}`;
+  const what = `set ${impairment.kind} on ${checkedLink(link)} ${inNetns(ns)}`;
   const problem = impairmentProblem(impairment);
   if (problem) throw new NetlinkError(`failed to ${what}: ${problem}`, { errno: Errno.EINVAL });
   withSocket(
@@ -68,7 +70,7 @@ export function setRootQdisc(link: string | number, impairment: Impairment, ns?:
 export function deleteRootQdisc(link: string | number, ns?: string): boolean {
   return withSocket(
     ns,
-    `delete the root qdisc of ${describeLink(link)} ${inNetns(ns)}`,
+    `delete the root qdisc of ${checkedLink(link)} ${inNetns(ns)}`,
     (sock) => {
       const index = indexOf(sock, link);
       try {
@@ -100,7 +102,7 @@ function dumpRoots(sock: NetlinkSocket, ifindex = 0): Qdisc[] {
 export function getRootQdisc(link: string | number, ns?: string): Qdisc | undefined {
   return withSocket(
     ns,
-    `get the root qdisc of ${describeLink(link)} ${inNetns(ns)}`,
+    `get the root qdisc of ${checkedLink(link)} ${inNetns(ns)}`,
     (sock) => dumpRoots(sock, indexOf(sock, link))[0],
     true,
   );

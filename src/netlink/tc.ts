@@ -165,7 +165,10 @@ export function impairmentProblem(imp: Impairment): string | undefined {
     if (!Number.isInteger(n.rateKbit)) return `netem rateKbit ${n.rateKbit}: must be a whole number`;
   }
   if (percentToU32(n.reorderPercent ?? 0) !== 0 && !(nsOf(n.delayMs ?? 0) > 0n))
-    return `netem reorderPercent ${n.reorderPercent}: needs a delayMs above 0 (reordered packets are the ones sent without the delay)`;
+    return (
+      `netem reorderPercent ${n.reorderPercent}: needs a delayMs above 0 ` +
+      "(reordered packets are the ones sent without the delay)"
+    );
   return undefined;
 }
 

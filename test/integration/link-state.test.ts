@@ -96,7 +96,7 @@ describe("state and counters", () => {
     await waitFor("operstate up", () => getLink("eth1", a.path).operstate === "up");
   });
 
-  test("IFLA_STATS64 counters agree with iproute2 and count a ping; listLinks has them for every link", async () => {
+  test("IFLA_STATS64 counters agree with iproute2 and count a ping; listLinks has them all", async () => {
     await using a = await makeNetns("la");
     await using b = await makeNetns("lb");
     // No IPv6: its router and neighbour solicitations would add packets at random moments.

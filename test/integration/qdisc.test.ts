@@ -145,7 +145,7 @@ describe("tbf", () => {
 });
 
 describe("netem", () => {
-  test("asked of a kernel without sch_netem: QdiscKindUnsupported, as tc is refused; nothing changes", async () => {
+  test("a kernel without sch_netem: QdiscKindUnsupported, as tc is refused; nothing changes", async () => {
     await using p = await pair();
     const { a } = p;
     setRootQdisc("eth1", { kind: "tbf", rateKbit: 1000 }, a.path);
@@ -207,7 +207,8 @@ describe("errors", () => {
     expect(bad).toBeInstanceOf(NetlinkError);
     expect((bad as NetlinkError).code).toBe("EINVAL");
     expect((bad as Error).message).toBe(
-      `failed to set netem on "eth1" in netns "${p.a.path}": netem delayMs 60001: must be a number 0..60000 ms`,
+      `failed to set netem on "eth1" in netns "${p.a.path}": ` +
+        "netem delayMs 60001: must be a number 0..60000 ms",
     );
     expect((await tcShow(p.a, "eth1")).map((q) => q.kind)).toEqual(["noqueue"]);
   });

@@ -89,7 +89,8 @@ describe.each(FIXTURES.map((f) => [f.name, f] as const))("%s", (_name, fx) => {
   });
 
   if (fx.compare === "bytes") {
-    test(`our request is tc's, byte for byte (${fx.command.replace(/^tc qdisc replace dev q0 root /, "")})`, () => {
+    const args = fx.command.replace(/^tc qdisc replace dev q0 root /, "");
+    test(`our request is tc's, byte for byte (${args})`, () => {
       const ours = new Message(
         RTM_NEWQDISC,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
