@@ -88,14 +88,14 @@ const rows: Row[] = [
   {
     benchmark: "root qdisc change in place (tbf)",
     ratchet: ms(num(q, "netlinkChangeMs")),
-    reference: `${ms(num(q, "tcChangeMs"))} tc qdisc replace`,
+    reference: `${ms(num(q, "tcChangeMs"))} nsenter tc replace`,
     ratio: ratio(num(q, "netlinkChangeMs"), num(q, "tcChangeMs")),
     "diff / note": `tc ${ratio(num(q, "tcChangeMs"), num(q, "netlinkChangeMs"))} slower`,
   },
   {
     benchmark: "root qdisc read back",
     ratchet: ms(num(q, "netlinkGetMs")),
-    reference: `${ms(num(q, "tcGetMs"))} tc -j qdisc show`,
+    reference: `${ms(num(q, "tcGetMs"))} nsenter tc show`,
     ratio: ratio(num(q, "netlinkGetMs"), num(q, "tcGetMs")),
     "diff / note": `tc ${ratio(num(q, "tcGetMs"), num(q, "netlinkGetMs"))} slower`,
   },
