@@ -52,6 +52,7 @@ bench passthrough 40
 bench agent 30 400
 bench netlink 100
 bench link 60
+bench qdisc 200
 
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
 t0=$SECONDS

@@ -46,3 +46,46 @@ start_etcd() {
   echo "etcd did not become healthy; see $work/etcd.log" >&2
   return 1
 }
+
+# ensure_vm_deps: what scripts/kernel-vm.sh needs to boot a test kernel: qemu (TCG, so no
+# KVM is needed), a static busybox for the initramfs, and cpio to pack it.
+ensure_vm_deps() {
+  local need=()
+  command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+  dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+  command -v cpio >/dev/null || need+=(cpio)
+  command -v depmod >/dev/null || need+=(kmod)   # modules.dep of the unpacked test kernel
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "== apt-get install ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || {
+      echo "could not install ${need[*]}" >&2; return 1; }
+  fi
+}
+
+# vm_kernel CACHE: Debian's cloud kernel (the package linux-image-cloud-amd64 depends on),
+# unpacked once under CACHE without being installed, so no bootloader or initramfs hook runs
+# on this machine; depmod then writes its modules.dep there. Prints the directory holding its
+# boot/vmlinuz-* and lib/modules/*/.
+vm_kernel() {
+  local cache="$1" pkg dir tmp
+  kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+  pkg="$(kernel_pkg)"
+  if [ -z "$pkg" ]; then
+    apt-get update -qq >&2 || return 1
+    pkg="$(kernel_pkg)"
+  fi
+  [ -n "$pkg" ] || { echo "no package provides linux-image-cloud-amd64" >&2; return 1; }
+  dir="$cache/$pkg"
+  if [ ! -e "$dir/.unpacked" ]; then
+    echo "== unpack $pkg into $dir" >&2
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >&2) &&
+      rm -rf "$dir" && mkdir -p "$dir" && dpkg -x "$tmp"/"$pkg"_*.deb "$dir" &&
+      depmod -b "$dir" "$(basename "$(ls -d "$dir"/lib/modules/*/)")" && touch "$dir/.unpacked"
+    local rc=$?
+    rm -rf "$tmp"
+    [ "$rc" = 0 ] || { echo "could not download and unpack $pkg" >&2; return 1; }
+  fi
+  echo "$dir"
+}

@@ -32,6 +32,7 @@ const a = load("agent");
 const n = load("netlink");
 const l = load("link");
 const L = load("load");
+const q = load("qdisc");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
 const rows: Row[] = [
@@ -83,6 +84,20 @@ const rows: Row[] = [
     reference: `${ms(num(n, "iprouteDeleteMs"))} iproute2`,
     ratio: ratio(num(n, "netlinkDeleteMs"), num(n, "iprouteDeleteMs")),
     "diff / note": "kernel-bound",
+  },
+  {
+    benchmark: "root qdisc change in place (tbf)",
+    ratchet: ms(num(q, "netlinkChangeMs")),
+    reference: `${ms(num(q, "tcChangeMs"))} nsenter tc replace`,
+    ratio: ratio(num(q, "netlinkChangeMs"), num(q, "tcChangeMs")),
+    "diff / note": `tc ${ratio(num(q, "tcChangeMs"), num(q, "netlinkChangeMs"))} slower`,
+  },
+  {
+    benchmark: "root qdisc read back",
+    ratchet: ms(num(q, "netlinkGetMs")),
+    reference: `${ms(num(q, "tcGetMs"))} nsenter tc show`,
+    ratio: ratio(num(q, "netlinkGetMs"), num(q, "tcGetMs")),
+    "diff / note": `tc ${ratio(num(q, "tcGetMs"), num(q, "netlinkGetMs"))} slower`,
   },
   {
     benchmark: "parent peak RSS (passthrough)",

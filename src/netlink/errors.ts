@@ -32,6 +32,7 @@ export const Errno = {
   EINVAL: 22,
   ENOTTY: 25,
   EMSGSIZE: 90,
+  EOPNOTSUPP: 95,
   EPROTO: 71,
   ETIMEDOUT: 110,
 } as const;
@@ -98,6 +99,30 @@ export class LinkNotFoundError extends NetlinkError {
 /** The netns path does not exist or is not a network namespace. DEL treats it as done. */
 export class NetnsNotFoundError extends NetlinkError {
   override name = "NetnsNotFoundError";
+}
+
+/**
+ * The kernel has no qdisc of this kind: its module (sch_<kind>) is neither built in nor
+ * loaded, and the kernel could not load it. Told by the kernel's answer, not its version.
+ */
+export class QdiscKindUnsupported extends NetlinkError {
+  override name = "QdiscKindUnsupported";
+  /** The module that provides the kind, e.g. "sch_netem". */
+  readonly module: string;
+  constructor(
+    readonly kind: string,
+    what: string,
+    cause: ErrnoError,
+  ) {
+    const module = `sch_${kind}`;
+    super(
+      `failed to ${what}: this kernel has no ${kind} qdisc (${module} is not loaded and could not be ` +
+        `loaded; run \`modprobe ${module}\` on the node, or use a kernel built with it): ` +
+        `${errnoText(cause.errno)}${cause.extack ? `: ${cause.extack}` : ""}`,
+      { cause, errno: cause.errno },
+    );
+    this.module = module;
+  }
 }
 
 /** How messages name a namespace: the path, or the current one when none is given. */

@@ -1,7 +1,15 @@
 // The netlink layer's public surface. Everything is synchronous; every verb takes an optional
 // netns path (/var/run/netns/x, /proc/<pid>/ns/net; undefined = the current netns) and
-// throws NetlinkError (cniCode 101) subclasses: LinkNotFoundError, NetnsNotFoundError.
-export { ErrnoError, LinkNotFoundError, NetlinkError, NetnsNotFoundError, errnoName } from "./errors.ts";
+// throws NetlinkError (cniCode 101) subclasses: LinkNotFoundError, NetnsNotFoundError,
+// QdiscKindUnsupported.
+export {
+  ErrnoError,
+  LinkNotFoundError,
+  NetlinkError,
+  NetnsNotFoundError,
+  QdiscKindUnsupported,
+  errnoName,
+} from "./errors.ts";
 export {
   addVethPair,
   addVxlan,
@@ -10,13 +18,15 @@ export {
   listLinks,
   moveLink,
   renameLink,
-  setAlias,
+  setLink,
   setLinkUp,
   setMac,
   setMtu,
   VXLAN_PORT,
   type Link,
   type LinkBase,
+  type LinkChanges,
+  type LinkStats,
   type OperState,
   type OtherLink,
   type VethEnd,
@@ -26,3 +36,17 @@ export {
 } from "./link.ts";
 export { addAddress, firstIpv4Address, listAddresses, type Address } from "./addr.ts";
 export { withNetns } from "./netns.ts";
+export { deleteRootQdisc, getRootQdisc, listRootQdiscs, setRootQdisc } from "./qdisc.ts";
+export {
+  IMPAIRMENT_LIMITS,
+  NETEM_LIMIT,
+  TBF_BURST_MS,
+  TBF_LATENCY_MS,
+  impairmentProblem,
+  sameImpairment,
+  tbfSizes,
+  type Impairment,
+  type NetemImpairment,
+  type Qdisc,
+  type TbfImpairment,
+} from "./tc.ts";

@@ -1,28 +1,23 @@
 // Link verbs: list, get, create (veth, vxlan), change, move, delete. Each verb opens one
-// socket in the namespace it acts on and closes it before returning.
+// socket in the namespace it acts on and closes it before returning. Decoding is link-info.ts.
 import { interfaceNameProblem } from "../cni/names.ts";
 import { Errno, ErrnoError, LinkNotFoundError, NetlinkError, errnoText, inNetns } from "./errors.ts";
-import { formatIp, formatMac, parseIp, parseMac } from "./ip.ts";
+import { parseIp, parseMac } from "./ip.ts";
+import { type Link, decodeLink } from "./link-info.ts";
 import {
   AF_UNSPEC,
   Attr,
-  Attrs,
   Bytes,
   IFF_UP,
-  IFINFOMSG_LEN,
   IFLA_ADDRESS,
   IFLA_EXT_MASK,
   IFLA_IFALIAS,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
-  IFLA_LINK,
-  IFLA_LINK_NETNSID,
   IFLA_LINKINFO,
-  IFLA_MASTER,
   IFLA_MTU,
   IFLA_NET_NS_FD,
-  IFLA_OPERSTATE,
   IFLA_VXLAN_GROUP,
   IFLA_VXLAN_GROUP6,
   IFLA_VXLAN_ID,
@@ -34,7 +29,6 @@ import {
   IfInfoMsg,
   NLM_F_CREATE,
   NLM_F_EXCL,
-  type NlMsg,
   RTEXT_FILTER_SKIP_STATS,
   RTM_DELLINK,
   RTM_GETLINK,
@@ -49,91 +43,16 @@ import {
 import { type NetnsFd, openNetns, socketIn } from "./netns.ts";
 import type { NetlinkSocket } from "./socket.ts";
 
-/** IF_OPER_* from linux/if.h, by value. */
-const OPERSTATES = ["unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"] as const;
-export type OperState = (typeof OPERSTATES)[number];
-
-export interface LinkBase {
-  index: number;
-  name: string;
-  mtu: number;
-  /** "aa:bb:cc:dd:ee:ff"; "" for links without one. */
-  mac: string;
-  /** IFF_UP: administratively up. */
-  up: boolean;
-  /** RFC 2863 state: "up" once the link can carry traffic (e.g. both veth ends up). */
-  operstate: OperState;
-  /** ifi_flags (IFF_*). */
-  flags: number;
-  masterIndex: number | undefined;
-  /** IFLA_LINK_NETNSID: set when the peer / lower device lives in another netns. */
-  linkNetnsId: number | undefined;
-  /** IFLA_IFALIAS ("" when unset): ratchet marks the interfaces it builds with it. */
-  alias: string;
-}
-export interface VethLink extends LinkBase {
-  kind: "veth";
-  /** The peer's ifindex (in the peer's netns), from IFLA_LINK. */
-  peerIndex: number | undefined;
-}
-export interface VxlanLink extends LinkBase {
-  kind: "vxlan";
-  vni: number;
-  /** The remote VTEP (IFLA_VXLAN_GROUP/GROUP6). */
-  remote: string | undefined;
-  local: string | undefined;
-  port: number;
-  /** IFLA_VXLAN_LINK: the underlay's ifindex, in the netns the vxlan was created in. */
-  underlayIndex: number | undefined;
-  learning: boolean;
-}
-export interface OtherLink extends LinkBase {
-  kind: "other";
-  /** IFLA_INFO_KIND as the kernel reports it ("dummy", "bridge", ...; "" for e.g. lo). */
-  infoKind: string;
-}
-/** A link, tagged by `kind`. */
-export type Link = VethLink | VxlanLink | OtherLink;
-
-/** Decodes an RTM_NEWLINK message (a GETLINK answer or a dump entry). */
-export function decodeLink(m: NlMsg): Link {
-  const hdr = IfInfoMsg.parse(m.payload);
-  const attrs = Attrs.parse(m.payload.subarray(IFINFOMSG_LEN));
-  const info = attrs.nested(IFLA_LINKINFO);
-  const infoKind = info?.str(IFLA_INFO_KIND) ?? "";
-  const mac = attrs.get(IFLA_ADDRESS);
-  const base: LinkBase = {
-    index: hdr.index,
-    name: attrs.str(IFLA_IFNAME) ?? "",
-    mtu: attrs.u32(IFLA_MTU) ?? 0,
-    mac: mac === undefined ? "" : formatMac(mac),
-    up: (hdr.flags & IFF_UP) !== 0,
-    operstate: OPERSTATES[attrs.u8(IFLA_OPERSTATE) ?? 0] ?? "unknown",
-    flags: hdr.flags,
-    masterIndex: attrs.u32(IFLA_MASTER),
-    linkNetnsId: attrs.u32(IFLA_LINK_NETNSID),
-    alias: attrs.str(IFLA_IFALIAS) ?? "",
-  };
-  if (infoKind === "veth") return { ...base, kind: "veth", peerIndex: attrs.u32(IFLA_LINK) };
-  if (infoKind === "vxlan") {
-    const data = info?.nested(IFLA_INFO_DATA);
-    const addr = (t4: number, t6: number): string | undefined => {
-      const b = data?.get(t4) ?? data?.get(t6);
-      return b === undefined ? undefined : formatIp(b);
-    };
-    return {
-      ...base,
-      kind: "vxlan",
-      vni: data?.u32(IFLA_VXLAN_ID) ?? 0,
-      remote: addr(IFLA_VXLAN_GROUP, IFLA_VXLAN_GROUP6),
-      local: addr(IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6),
-      port: data?.be16(IFLA_VXLAN_PORT) ?? 0,
-      underlayIndex: data?.u32(IFLA_VXLAN_LINK),
-      learning: (data?.u8(IFLA_VXLAN_LEARNING) ?? 0) !== 0,
-    };
-  }
-  return { ...base, kind: "other", infoKind };
-}
+export {
+  decodeLink,
+  type Link,
+  type LinkBase,
+  type LinkStats,
+  type OperState,
+  type OtherLink,
+  type VethLink,
+  type VxlanLink,
+} from "./link-info.ts";
 
 // --- shared plumbing ------------------------------------------------------------------------
 
@@ -189,10 +108,14 @@ function macBytes(mac: string): Uint8Array {
 
 const SKIP_STATS = attrU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
 
-/** RTM_GETLINK on an open socket, by name or index. Throws ErrnoError (ENODEV when absent). */
-export function queryLink(sock: NetlinkSocket, nameOrIndex: string | number): Link {
+/**
+ * RTM_GETLINK on an open socket, by name or index; with `stats`, IFLA_STATS64 too (the kernel
+ * skips statistics otherwise). Throws ErrnoError (ENODEV when absent).
+ */
+export function queryLink(sock: NetlinkSocket, nameOrIndex: string | number, stats = false): Link {
   const byIndex = typeof nameOrIndex === "number";
-  const attrs = byIndex ? [SKIP_STATS] : [attrString(IFLA_IFNAME, nameOrIndex), SKIP_STATS];
+  const attrs = byIndex ? [] : [attrString(IFLA_IFNAME, nameOrIndex)];
+  if (!stats) attrs.push(SKIP_STATS);
   return decodeLink(sock.get(RTM_GETLINK, new IfInfoMsg(AF_UNSPEC, byIndex ? nameOrIndex : 0), attrs));
 }
 
@@ -204,31 +127,34 @@ function describeLink(nameOrIndex: string | number): string {
 
 // --- verbs ----------------------------------------------------------------------------------
 
-/** All links of a netns. `ip -d link show` */
+/** All links of a netns with their counters, in one dump. `ip -d -s link show` */
 export function listLinks(ns?: string): Link[] {
   return withSocket(ns, `list links ${inNetns(ns)}`, (sock) =>
-    sock.dump(RTM_GETLINK, new IfInfoMsg(), [SKIP_STATS]).map(decodeLink),
+    sock.dump(RTM_GETLINK, new IfInfoMsg(), []).map(decodeLink),
   );
 }
 
-/** One link by name or ifindex; LinkNotFoundError when absent. `ip -d link show dev NAME` */
+/**
+ * One link by name or ifindex, with its counters; LinkNotFoundError when absent.
+ * `ip -d -s link show dev NAME`
+ */
 export function getLink(nameOrIndex: string | number, ns?: string): Link {
   if (typeof nameOrIndex === "string") checkName(nameOrIndex);
   return withSocket(
     ns,
     `get ${describeLink(nameOrIndex)} ${inNetns(ns)}`,
-    (sock) => queryLink(sock, nameOrIndex),
+    (sock) => queryLink(sock, nameOrIndex, true),
     true,
   );
 }
 
-/** One end of a veth pair: its final name, netns (current when absent), MTU and MAC. */
+/** One end of a veth pair: its final name, netns (current when absent), MTU, MAC, alias. */
 export interface VethEnd {
   name: string;
   ns?: string;
   mtu?: number;
   mac?: string;
-  /** IFLA_IFALIAS to set right after creation (the kernel ignores it in RTM_NEWLINK). */
+  /** IFLA_IFALIAS, set right after creation (the kernel ignores it in RTM_NEWLINK). */
   alias?: string;
 }
 
@@ -267,6 +193,7 @@ export function addVethPair(spec: { a: VethEnd; b: VethEnd }): void {
   for (const end of [a, b]) {
     checkName(end.name, "veth name");
     if (end.mtu !== undefined) checkMtu(end.mtu);
+    if (end.alias !== undefined) checkAlias(end.alias);
   }
   try {
     using fdA = a.ns === undefined ? undefined : openNetns(a.ns);
@@ -295,21 +222,22 @@ export function addVethPair(spec: { a: VethEnd; b: VethEnd }): void {
     }
     throw err;
   }
+  finishOrDelete(a.name, a.ns, () => {
+    setLink(b.name, { up: true, alias: b.alias }, b.ns);
+    if (a.alias !== undefined) setLink(a.name, { alias: a.alias }, a.ns);
+  });
+}
+
+// Runs the steps that complete a new link; if one fails, deletes the link (a veth takes its
+// peer along) so that no half-made link is left behind, and reports the step's error.
+function finishOrDelete(name: string, ns: string | undefined, steps: () => void): void {
   try {
-    // One request for the peer: up, and its alias.
-    changeLink(
-      b.name,
-      b.ns,
-      `set ${JSON.stringify(b.name)} up ${inNetns(b.ns)}`,
-      new IfInfoMsg(AF_UNSPEC, 0, IFF_UP, IFF_UP),
-      b.alias === undefined ? [] : [attrString(IFLA_IFALIAS, b.alias)],
-    );
-    if (a.alias !== undefined) setAlias(a.name, a.alias, a.ns);
+    steps();
   } catch (err) {
     try {
-      deleteLink(a.name, a.ns); // takes the peer along: no half-made pair is left behind
+      deleteLink(name, ns);
     } catch {
-      // the pair went away some other way; the first error is the one to report
+      // the link went away some other way; the first error is the one to report
     }
     throw err;
   }
@@ -336,7 +264,7 @@ export interface VxlanSpec {
   mac?: string;
   /** Learn remote MACs from received packets; on by default. */
   learning?: boolean;
-  /** IFLA_IFALIAS, set right after creation. */
+  /** IFLA_IFALIAS, set right after creation (the kernel ignores it in RTM_NEWLINK). */
   alias?: string;
   /** Create it up (the default), or down for the caller to finish and bring up. */
   up?: boolean;
@@ -363,6 +291,7 @@ export function addVxlan(spec: VxlanSpec): void {
   const port = spec.port ?? VXLAN_PORT;
   if (!Number.isInteger(port) || port < 1 || port > 0xffff) throw invalid("port must be 1..65535");
   if (spec.mtu !== undefined) checkMtu(spec.mtu);
+  if (spec.alias !== undefined) checkAlias(spec.alias);
   let remote: ReturnType<typeof parseIp>;
   let local: ReturnType<typeof parseIp> | undefined;
   try {
@@ -403,18 +332,8 @@ export function addVxlan(spec: VxlanSpec): void {
       linkInfo,
     ]);
   });
-  if (spec.alias !== undefined) {
-    try {
-      setAlias(spec.name, spec.alias, spec.ns);
-    } catch (err) {
-      try {
-        deleteLink(spec.name, spec.ns); // never leave an unmarked device behind
-      } catch {
-        // gone some other way; the first error is the one to report
-      }
-      throw err;
-    }
-  }
+  const alias = spec.alias;
+  if (alias !== undefined) finishOrDelete(spec.name, spec.ns, () => setLink(spec.name, { alias }, spec.ns));
 }
 
 // A change to an existing link found by name (the kernel looks up IFLA_IFNAME when index is 0).
@@ -434,43 +353,66 @@ function changeLink(
   );
 }
 
-/** Sets a link administratively up or down. `ip link set NAME up|down` */
-export function setLinkUp(ifname: string, up: boolean, ns?: string): void {
-  changeLink(
-    ifname,
-    ns,
-    `set ${JSON.stringify(ifname)} ${up ? "up" : "down"} ${inNetns(ns)}`,
-    new IfInfoMsg(AF_UNSPEC, 0, up ? IFF_UP : 0, IFF_UP),
-    [],
-  );
+/** Changes to an existing link that one RTM_SETLINK carries together. */
+export interface LinkChanges {
+  /** Administratively up or down. */
+  up?: boolean;
+  mtu?: number;
+  mac?: string;
+  /** IFLA_IFALIAS; "" removes it. */
+  alias?: string;
 }
 
-/** `ip link set NAME alias TEXT` (at most 255 bytes). */
-export function setAlias(ifname: string, alias: string, ns?: string): void {
-  if (Buffer.byteLength(alias) > 255) {
-    throw new NetlinkError(`failed to set alias on ${JSON.stringify(ifname)}: longer than 255 bytes`, {
-      errno: Errno.EINVAL,
-    });
+/** At most IFALIASZ - 1 bytes, no NUL (the kernel would cut it there). */
+function checkAlias(alias: string): void {
+  const bytes = new TextEncoder().encode(alias).byteLength;
+  const problem = bytes > 255 ? `is ${bytes} bytes, at most 255` : alias.includes("\0") ? "contains NUL" : "";
+  if (problem)
+    throw new NetlinkError(`invalid alias ${JSON.stringify(alias)}: ${problem}`, { errno: Errno.EINVAL });
+}
+
+/**
+ * Applies several changes to a link in one request (fields left out stay as they are).
+ * `ip link set NAME [up|down] [mtu M] [address X] [alias A]`
+ */
+export function setLink(ifname: string, changes: LinkChanges, ns?: string): void {
+  const { up, mtu, mac, alias } = changes;
+  const attrs: Attr[] = [];
+  const said: string[] = [];
+  if (up !== undefined) said.push(up ? "up" : "down");
+  if (mtu !== undefined) {
+    checkMtu(mtu);
+    attrs.push(attrU32(IFLA_MTU, mtu));
+    said.push(`MTU ${mtu}`);
   }
-  changeLink(ifname, ns, `set alias on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [
-    attrString(IFLA_IFALIAS, alias),
-  ]);
+  if (mac !== undefined) {
+    attrs.push(new Attr(IFLA_ADDRESS, new Bytes(macBytes(mac))));
+    said.push(`MAC ${mac}`);
+  }
+  if (alias !== undefined) {
+    checkAlias(alias);
+    // Without a NUL, as iproute2 sends it: an empty payload clears the alias.
+    attrs.push(new Attr(IFLA_IFALIAS, new Bytes(new TextEncoder().encode(alias))));
+    said.push(`alias ${JSON.stringify(alias)}`);
+  }
+  const hdr = new IfInfoMsg(AF_UNSPEC, 0, up ? IFF_UP : 0, up === undefined ? 0 : IFF_UP);
+  const what = `set ${said.join(", ") || "nothing"} on ${JSON.stringify(ifname)} ${inNetns(ns)}`;
+  changeLink(ifname, ns, what, hdr, attrs);
+}
+
+/** Sets a link administratively up or down. `ip link set NAME up|down` */
+export function setLinkUp(ifname: string, up: boolean, ns?: string): void {
+  setLink(ifname, { up }, ns);
 }
 
 /** `ip link set NAME mtu MTU` */
 export function setMtu(ifname: string, mtu: number, ns?: string): void {
-  checkMtu(mtu);
-  changeLink(ifname, ns, `set MTU ${mtu} on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [
-    attrU32(IFLA_MTU, mtu),
-  ]);
+  setLink(ifname, { mtu }, ns);
 }
 
 /** `ip link set NAME address MAC` */
 export function setMac(ifname: string, mac: string, ns?: string): void {
-  const bytes = macBytes(mac);
-  changeLink(ifname, ns, `set MAC ${mac} on ${JSON.stringify(ifname)} ${inNetns(ns)}`, new IfInfoMsg(), [
-    new Attr(IFLA_ADDRESS, new Bytes(bytes)),
-  ]);
+  setLink(ifname, { mac }, ns);
 }
 
 /** Renames a link (most kinds must be down). `ip link set NAME name NEWNAME` */

@@ -1,6 +1,7 @@
 // The byte layer of rtnetlink: message headers, ifinfomsg / ifaddrmsg, and attribute trees.
 // Numbers come from the kernel headers (linux/netlink.h, rtnetlink.h, if_link.h, if_addr.h,
 // veth.h) under their kernel names. Native byte order unless a field says big-endian.
+// Traffic control (tcmsg, linux/pkt_sched.h) lives in tc.ts.
 
 // --- linux/netlink.h ---------------------------------------------------------------------
 export const NETLINK_ROUTE = 0;
@@ -12,6 +13,7 @@ export const NLM_F_MULTI = 0x02;
 export const NLM_F_ACK = 0x04;
 export const NLM_F_DUMP_INTR = 0x10;
 export const NLM_F_ROOT = 0x100;
+export const NLM_F_REPLACE = 0x100;
 export const NLM_F_MATCH = 0x200;
 export const NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH;
 export const NLM_F_EXCL = 0x200;
@@ -34,6 +36,9 @@ export const RTM_SETLINK = 19;
 export const RTM_NEWADDR = 20;
 export const RTM_DELADDR = 21;
 export const RTM_GETADDR = 22;
+export const RTM_NEWQDISC = 36;
+export const RTM_DELQDISC = 37;
+export const RTM_GETQDISC = 38;
 export const RTEXT_FILTER_SKIP_STATS = 1 << 3;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
@@ -47,9 +52,11 @@ export const IFLA_LINK = 5;
 export const IFLA_MASTER = 10;
 export const IFLA_OPERSTATE = 16;
 export const IFLA_IFALIAS = 20;
+export const IFLA_STATS64 = 23;
 export const IFLA_LINKINFO = 18;
 export const IFLA_NET_NS_FD = 28;
 export const IFLA_EXT_MASK = 29;
+export const IFLA_CARRIER = 33;
 export const IFLA_LINK_NETNSID = 37;
 export const IFLA_INFO_KIND = 1;
 export const IFLA_INFO_DATA = 2;
@@ -84,7 +91,7 @@ export function align(n: number): number {
   return (n + 3) & ~3;
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+export const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** The names of message types, for error messages. */
 export const MESSAGE_NAMES: Record<number, string> = {
@@ -95,6 +102,9 @@ export const MESSAGE_NAMES: Record<number, string> = {
   [RTM_NEWADDR]: "RTM_NEWADDR",
   [RTM_DELADDR]: "RTM_DELADDR",
   [RTM_GETADDR]: "RTM_GETADDR",
+  [RTM_NEWQDISC]: "RTM_NEWQDISC",
+  [RTM_DELQDISC]: "RTM_DELQDISC",
+  [RTM_GETQDISC]: "RTM_GETQDISC",
 };
 
 /** Something that knows its (unpadded) length and writes itself at an offset. */
@@ -254,6 +264,11 @@ export function attrU32(type: number, value: number): Attr {
   viewOf(b).setUint32(0, value >>> 0, LITTLE_ENDIAN);
   return new Attr(type, new Bytes(b));
 }
+export function attrU64(type: number, value: bigint): Attr {
+  const b = new Uint8Array(8);
+  viewOf(b).setBigUint64(0, value, LITTLE_ENDIAN);
+  return new Attr(type, new Bytes(b));
+}
 /** A NUL-terminated string. */
 export function attrString(type: number, value: string): Attr {
   const utf8 = new TextEncoder().encode(value);
@@ -306,7 +321,7 @@ export interface NlMsg {
   payload: Uint8Array;
 }
 
-function viewOf(b: Uint8Array): DataView {
+export function viewOf(b: Uint8Array): DataView {
   return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }
 
@@ -373,6 +388,12 @@ export class Attrs {
     if (d === undefined) return undefined;
     if (d.byteLength < 4) throw new RangeError(`attribute ${type}: expected 4 bytes, got ${d.byteLength}`);
     return viewOf(d).getUint32(0, LITTLE_ENDIAN);
+  }
+  u64(type: number): bigint | undefined {
+    const d = this.get(type);
+    if (d === undefined) return undefined;
+    if (d.byteLength < 8) throw new RangeError(`attribute ${type}: expected 8 bytes, got ${d.byteLength}`);
+    return viewOf(d).getBigUint64(0, LITTLE_ENDIAN);
   }
   be16(type: number): number | undefined {
     const d = this.get(type);
