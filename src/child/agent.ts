@@ -5,6 +5,7 @@ import type { Etcd3 } from "etcd3";
 import * as v from "valibot";
 import type { NetConf } from "../cni/config.ts";
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
+import { followNode } from "../links/follow.ts";
 import { Linker, nodeSettings } from "../links/linker.ts";
 import { NodeState } from "../links/node-state.ts";
 import type { Logger } from "../log.ts";
@@ -14,6 +15,7 @@ import { stats, storeError } from "../store/etcd-ops.ts";
 import { describeEtcdError, openEtcd } from "../store/etcd.ts";
 import { LinkStore } from "../store/link-store.ts";
 import { BadRecords } from "../store/records.ts";
+import type { Follower } from "../store/watch.ts";
 import { hello } from "../version.ts";
 import { PodDirectory } from "./pods.ts";
 
@@ -48,6 +50,7 @@ export class NodeAgent {
   private readonly state: NodeState;
   private readonly bad: BadRecords;
   private deferred: DeferredDel[] = [];
+  private readonly followers = new Set<Follower>();
   private retryTimer: Timer | undefined;
 
   constructor(
@@ -135,42 +138,14 @@ export class NodeAgent {
         { node },
       );
     }
-    const { keys } = linker.store;
-    const prefix = keys.tunnelEndsPrefix(node);
     try {
-      const fixed = await linker.reconcile();
+      const f = await followNode(etcd, linker, this.log);
+      this.followers.add(f.follower);
       this.log.info("reconciled this node's links with etcd", {
         node,
-        tunnelEnds: fixed,
+        tunnelEnds: f.ends,
         containers: this.state.size,
       });
-      const watcher = await etcd.watch().prefix(prefix).create();
-      // Handlers never throw out of the watch: a bad value is reported and skipped.
-      watcher.on("put", (kv) => {
-        try {
-          const nl = linker.store.tunnelEndOf(kv, node);
-          // Our own ADD wrote this entry and builds that end itself (racing it here would make
-          // one of the two fail). An entry from the other node means it (re)built its side
-          // just now: rebuild ours even if it matches, for a fresh neighbour table.
-          if (!nl || nl.builtBy === node) return;
-          linker.ensureTunnelEnd(nl, true);
-        } catch (err) {
-          this.log.error("could not build a tunnel end", {
-            key: kv.key.toString(),
-            error: (err as Error).message,
-          });
-        }
-      });
-      watcher.on("delete", (kv) => {
-        const link = keys.linkAfter(prefix, kv.key.toString());
-        if (!link) return;
-        linker
-          .dropTunnelEnd(link)
-          .catch((err: unknown) =>
-            this.log.warn("could not remove a tunnel end", { link, error: (err as Error).message }),
-          );
-      });
-      watcher.on("error", (err) => this.log.warn("etcd watch error", { error: err.message }));
     } catch (err) {
       throw storeError(err);
     }
@@ -358,6 +333,7 @@ export class NodeAgent {
 
   close(): void {
     clearInterval(this.retryTimer);
+    for (const f of this.followers) f.close();
     for (const s of this.stores.values()) s.etcd.close();
     this.stores.clear();
     this.pods.close();

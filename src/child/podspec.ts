@@ -29,8 +29,10 @@ export interface PodMeta {
 
 export const SELECT_LABEL = "ratchet";
 export const LINKS_ANNOTATION = "ratchet/links";
-export const MAX_ANNOTATION_BYTES = 64 * 1024;
-export const MAX_LINKS = 128;
+/** What the Kubernetes API allows for all of a pod's annotations together. */
+export const MAX_ANNOTATION_BYTES = 256 * 1024;
+/** Links per pod: big routers of network labs, well within what etcd and the kernel take. */
+export const MAX_LINKS = 4096;
 /** Addresses on one end of one link. */
 export const MAX_IPS_PER_END = 16;
 

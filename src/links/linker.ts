@@ -1,293 +1,122 @@
-// Links pods: registers endpoints in etcd, builds veth pairs (same node) and VXLAN ends
-// (across nodes), completes links whose peer comes later, and undoes them on DEL.
-//
-// Who builds a link: the pod whose registration sees the peer already registered. Each
-// registration is one etcd transaction that writes the endpoint and reads the peers, and
-// etcd orders transactions, so of two pods starting together exactly one sees the other:
-// never both (no EEXIST), never neither (no lost link).
-//
-// What it trusts: netns paths only from this node's own CNI calls (NodeState); values from
-// etcd only after the store's schema checks; interfaces only when they carry the link's mark.
-import { hostname } from "node:os";
-import type { NetConf } from "../cni/config.ts";
-import type { CniEnv } from "../cni/env.ts";
+// Links pods (see attach.ts for ADD): the tunnel ends other nodes ask this node to build,
+// reconcile at start, DEL, CHECK and GC. Every kernel change goes through the builder in
+// batches, and the node-local state is saved once per operation.
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
-import { show } from "../cni/names.ts";
-import type { AttachedInterface } from "../cni/result.ts";
-import type { Logger } from "../log.ts";
-import { firstIpv4Address, type getLink, LinkNotFoundError, listAddresses } from "../netlink/index.ts";
-import type { LinkStore } from "../store/link-store.ts";
-import type { EndpointRecord, TunnelEnd } from "../store/records.ts";
-import { buildTunnelEnd, buildVeth, type Place, presence, removeEnd } from "./builder.ts";
-import type { NodeState } from "./node-state.ts";
-import { type Build, linkOf, plan } from "./planner.ts";
-import { type LinkSpec, podId, sides } from "./spec.ts";
+import { podId as podIdOf } from "../links/spec.ts";
+import { NetnsNotFoundError } from "../netlink/index.ts";
+import { type TunnelChunk, tunnelEnds } from "../store/records.ts";
+import { LinkerBase, podOf, type Call } from "./attach.ts";
+import {
+  buildTunnelEnds,
+  inspect,
+  type NetnsView,
+  type Place,
+  presenceIn,
+  removeEnds,
+  type TunnelJob,
+} from "./builder.ts";
+import { linkOf } from "./planner.ts";
+import { podId, sides } from "./spec.ts";
 
-/** The node-level settings a linker works with (one per etcd + prefix + node). */
-export interface NodeSettings {
-  prefix: string;
-  parentInterface: string | undefined;
-  parentAddress: string;
-  hostNetns: string | undefined;
-}
+export { findVtep, nodeSettings, type NodeSettings } from "./attach.ts";
 
-export function nodeSettings(conf: NetConf): NodeSettings {
-  return {
-    prefix: conf.etcd_prefix,
-    parentInterface: conf.parent_interface,
-    parentAddress: conf.parent_address,
-    hostNetns: conf.host_netns,
-  };
-}
+/** The two pods of a link key. */
+const podsOf = (key: string) => key.split(":").map((e) => e.split("/").slice(0, 2).join("/"));
 
-/**
- * This node's VTEP: parent_address, else the first IPv4 address of parent_interface; none
- * when neither is set (links on one node work, links across nodes cannot be built).
- */
-export function findVtep(settings: NodeSettings): string | undefined {
-  const { parentAddress, parentInterface, hostNetns } = settings;
-  if (parentAddress) return parentAddress;
-  if (!parentInterface) return undefined;
-  const addr = firstIpv4Address(parentInterface, hostNetns);
-  if (!addr) {
-    throw new CniError(
-      Code.Netlink,
-      `parent_interface ${show(parentInterface)} has no IPv4 address to use as this node's VTEP ` +
-        "(set parent_address)",
-    );
-  }
-  return addr;
-}
-
-type Call = Omit<CniEnv, "args">;
-
-function podOf(env: Call): string {
-  if (!env.pod) throw new CniError(Code.Internal, "a link call without K8S_POD_NAMESPACE and K8S_POD_NAME");
-  return podId({ namespace: env.pod.namespace, pod: env.pod.name });
-}
-
-export class Linker {
-  private identity: { node: string; vtep: string | undefined } | undefined;
-
-  constructor(
-    readonly store: LinkStore,
-    readonly settings: NodeSettings,
-    readonly state: NodeState,
-    private readonly log: Logger,
-  ) {}
-
-  /** This node: its VTEP address when it has one, else its name (NODE_NAME, or the host name). */
-  get node(): string {
-    return this.whoAmI().node;
-  }
-
-  get vtep(): string | undefined {
-    return this.whoAmI().vtep;
-  }
-
-  private whoAmI(): { node: string; vtep: string | undefined } {
-    if (!this.identity) {
-      const vtep = findVtep(this.settings);
-      this.identity = { node: vtep ?? (process.env.NODE_NAME || hostname()).toLowerCase(), vtep };
-    }
-    return this.identity;
-  }
-
-  /** Where pod `id`'s container `containerId` lives on this node, from our own CNI calls. */
-  private place(id: string, containerId: string): Place | undefined {
-    const c = this.state.get(containerId);
-    return c && c.pod === id ? { pod: id, netns: c.netns } : undefined;
-  }
-
-  // ---- ADD ---------------------------------------------------------------------------
-
-  async attach(env: Call, declared: LinkSpec[]): Promise<AttachedInterface[]> {
-    const id = podOf(env);
-    const { node, vtep } = this.whoAmI();
-    const me: Place = { pod: id, netns: env.netns };
-    const endpoint: EndpointRecord = {
-      namespace: env.pod?.namespace as string,
-      pod: env.pod?.name as string,
-      containerId: env.containerId,
-      ifname: env.ifname,
-      node,
-      ...(vtep ? { vtep } : {}),
-      createdAt: new Date().toISOString(),
-    };
-    // This container is ours from now on: a peer's ADD running meanwhile may build into it.
-    this.state.set(env.containerId, { pod: id, netns: env.netns, ifname: env.ifname, links: {} });
-    // Round trip 1: register and read.
-    let reg: Awaited<ReturnType<LinkStore["register"]>>;
-    try {
-      reg = await this.store.register(endpoint, declared);
-    } catch (err) {
-      this.state.delete(env.containerId);
-      throw err;
-    }
-    let p: ReturnType<typeof plan>;
-    try {
-      p = plan({ id, cniIfname: env.ifname, node, vtep, declared, ...reg });
-    } catch (err) {
-      await this.store
-        .unregister(endpoint, reg.rev, declared)
-        .catch((e: unknown) =>
-          this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }),
-        );
-      throw err;
-    }
-    for (const w of p.waits) {
-      const fields = { link: w.link, pod: id, peer: w.peer, why: w.why };
-      if (w.state === "waiting") this.log.info("link waits", fields);
-      else this.log.warn(w.state === "refused" ? "link refused" : "link in conflict: it waits", fields);
-    }
-    // A veth needs the peer's netns, which only this node's own calls can tell.
-    const builds: Build[] = p.builds.filter((b) => {
-      if (b.kind === "vxlan" || this.place(podId(b.peer), b.peer.containerId)) return true;
-      this.log.warn("link waits: its peer is registered on this node but this agent never attached it", {
-        link: b.link.key,
-        pod: id,
-        peer: podId(b.peer),
-      });
-      return false;
-    });
-    this.state.set(env.containerId, {
-      pod: id,
-      netns: env.netns,
-      ifname: env.ifname,
-      // Keep what a peer's ADD built into this container meanwhile.
-      links: { ...this.state.get(env.containerId)?.links, ...Object.fromEntries(p.ifnames) },
-    });
-
-    // Round trip 2: record what we build (skipped when there is nothing to record).
-    const stillPeers = new Set(declared.map((l) => podId(l.peer)));
-    const { committed, revision } = await this.store.commit(
-      endpoint,
-      reg.rev,
-      builds,
-      reg.vniNext,
-      p.stale,
-      stillPeers,
-    );
-
-    // Now the kernel: our ends (and, on one node, both ends of the veth). All or nothing.
-    const out: AttachedInterface[] = [];
-    const done: Array<{ link: string; ifname: string }> = [];
-    try {
-      for (const c of committed) {
-        const { mine, theirs } = sides(c.record, id);
-        const peerId = podId(c.peer);
-        let built: { name: string; mac: string; sandbox: string };
-        if (c.record.kind === "veth") {
-          const peer = this.place(peerId, c.peer.containerId) as Place;
-          built = buildVeth(c.record.key, c.record.mtu, mine, me, theirs, peer);
-          const pc = this.state.get(c.peer.containerId);
-          if (pc)
-            this.state.set(c.peer.containerId, {
-              ...pc,
-              links: { ...pc.links, [c.record.key]: theirs.ifname },
-            });
-        } else {
-          built = buildTunnelEnd(
-            c.record.key,
-            mine,
-            me,
-            this.tunnel(c.record.vni as number, c.peer.vtep as string, c.record.mtu),
-            true,
-          );
-        }
-        done.push({ link: c.record.key, ifname: mine.ifname });
-        this.log.info("link built", {
-          link: c.record.key,
-          kind: c.record.kind,
-          vni: c.record.vni,
-          pod: id,
-          peer: peerId,
-        });
-        out.push({ iface: built, ips: mine.ips });
-      }
-    } catch (err) {
-      for (const d of done) removeEnd(d.link, d.ifname, me, this.log);
-      this.state.delete(env.containerId);
-      await this.store.abandon(committed, revision).catch((e: unknown) =>
-        this.log.warn("could not take back the records of a failed ADD", {
-          pod: id,
-          error: (e as Error).message,
-        }),
-      );
-      await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
-      throw err;
-    }
-    return out;
-  }
-
-  private tunnel(vni: number, remote: string, mtu: number | undefined) {
-    return { vni, remote, mtu, underlay: this.settings.parentInterface, hostNetns: this.settings.hostNetns };
-  }
-
-  // ---- the other node built a tunnel to one of our pods -------------------------------
+export class Linker extends LinkerBase {
+  // ---- the other node built tunnels to our pods --------------------------------------
 
   /**
-   * Makes the local end of a VXLAN link match its node entry. Acts only for a container this
-   * agent attached (its netns from our own calls), never on the pod's CNI_IFNAME, and only on
-   * interfaces that are absent or carry the link's mark.
+   * Makes the local ends of tunnel chunks match them. Acts only for containers this agent
+   * attached (their netns from our own calls), never on a pod's CNI_IFNAME, and only on
+   * interfaces that are absent or carry the link's mark. `fresh`: rebuild ends that are
+   * right already (the other side was just rebuilt). Returns how many ends are in place.
    */
-  ensureTunnelEnd(nl: TunnelEnd, fresh = false): void {
-    const id = podId(nl.end);
-    const c = this.state.get(nl.containerId);
-    if (!c || c.pod !== id) return; // not a container of ours (gone, or never here)
-    if (nl.end.ifname === c.ifname) {
-      this.log.error("tunnel end refused: it names the pod's CNI_IFNAME", { link: nl.key, pod: id });
-      return;
-    }
-    const taken = Object.entries(c.links).find(([k, ifname]) => ifname === nl.end.ifname && k !== nl.key);
-    if (taken) {
-      this.log.error("tunnel end refused: the pod uses that name for another link", {
-        link: nl.key,
-        other: taken[0],
-      });
-      return;
-    }
-    buildTunnelEnd(
-      nl.key,
-      nl.end,
-      { pod: id, netns: c.netns },
-      this.tunnel(nl.vni, nl.remote, nl.mtu),
-      fresh,
-    );
-    if (c.links[nl.key] !== nl.end.ifname)
-      this.state.set(nl.containerId, { ...c, links: { ...c.links, [nl.key]: nl.end.ifname } });
-    this.log.info("tunnel end built for a peer on another node", { link: nl.key, vni: nl.vni, pod: id });
-  }
-
-  /** A node entry went away: if the link is gone, remove our marked end of it. */
-  async dropTunnelEnd(key: string): Promise<void> {
-    const pods = key.split(":").map((e) => e.split("/").slice(0, 2).join("/"));
-    const local = [...this.state.entries()].filter(([, c]) => pods.includes(c.pod) && c.links[key]);
-    if (local.length === 0) return;
-    if (await this.store.linkRecord(key)) return;
-    for (const [, c] of local) {
-      if (removeEnd(key, c.links[key] as string, { pod: c.pod, netns: c.netns }, this.log)) {
-        this.log.info("removed the end of a link that is gone", { link: key, pod: c.pod });
-      }
-    }
-  }
-
-  /** At start: every tunnel end of this node built. */
-  async reconcile(): Promise<number> {
-    const { tunnelEnds } = await this.store.nodeIndex(this.node);
-    let fixed = 0;
-    for (const nl of tunnelEnds) {
-      try {
-        this.ensureTunnelEnd(nl);
-        fixed++;
-      } catch (err) {
-        this.log.warn("could not build a tunnel end at start", {
-          link: nl.key,
-          error: (err as Error).message,
+  ensureTunnels(chunks: TunnelChunk[], fresh: boolean): number {
+    const jobs: Array<TunnelJob & { containerId: string }> = [];
+    for (const t of chunks) {
+      const c = this.state.get(t.containerId);
+      if (!c || c.pod !== t.pod) continue; // not a container of ours (gone, or never here)
+      const at: Place = { pod: t.pod, netns: c.netns };
+      for (const e of tunnelEnds(t)) {
+        if (e.end.ifname === c.ifname) {
+          this.log.error("tunnel end refused: it names the pod's CNI_IFNAME", { link: e.key, pod: t.pod });
+          continue;
+        }
+        const taken = Object.entries(c.links).find(([k, ifname]) => ifname === e.end.ifname && k !== e.key);
+        if (taken) {
+          this.log.error("tunnel end refused: the pod uses that name for another link", {
+            link: e.key,
+            other: taken[0],
+          });
+          continue;
+        }
+        jobs.push({
+          link: e.key,
+          end: e.end,
+          at,
+          tunnel: this.tunnel(e.vni, e.remote, e.mtu),
+          fresh,
+          containerId: t.containerId,
         });
       }
     }
-    return fixed;
+    const results = buildTunnelEnds(jobs);
+    let built = 0;
+    results.forEach((r, i) => {
+      const j = jobs[i] as (typeof jobs)[number];
+      if (r instanceof Error) {
+        this.log.error("could not build a tunnel end", { link: j.link, pod: j.at.pod, error: r.message });
+        return;
+      }
+      built++;
+      this.state.addLinks(j.containerId, { [j.link]: j.end.ifname });
+    });
+    this.state.flush();
+    if (built > 0)
+      this.log.info("tunnel ends in place for peers on another node", {
+        ends: built,
+        fresh,
+        first: jobs.slice(0, 8).map((j) => j.link),
+      });
+    return built;
+  }
+
+  /**
+   * A tunnel entry went away: the ends of its links (`prev`: the entry as it was; without
+   * it, every link of the pair) whose link is no longer recorded as built are removed.
+   */
+  async dropTunnels(pair: { a: string; b: string }, prev: TunnelChunk | undefined): Promise<void> {
+    const local = [...this.state.entries()].filter(([, c]) => c.pod === pair.a || c.pod === pair.b);
+    const candidates = local.flatMap(([containerId, c]) =>
+      Object.entries(c.links)
+        .filter(([k]) =>
+          prev ? prev.ends.some((e) => e.key === k) : podsOf(k).sort().join(" ") === `${pair.a} ${pair.b}`,
+        )
+        .map(([link, ifname]) => ({ containerId, at: { pod: c.pod, netns: c.netns }, link, ifname })),
+    );
+    if (candidates.length === 0) return;
+    const recorded = await this.store.recordedLinks(pair.a, pair.b);
+    const gone = candidates.filter((x) => !recorded.has(x.link));
+    for (const [containerId, list] of groupBy(gone, (x) => x.containerId)) {
+      const at = (list[0] as (typeof list)[number]).at;
+      const r = removeEnds(at, list, this.log);
+      for (const f of r.failures) this.log.warn("could not remove a tunnel end", { pod: at.pod, error: f });
+      this.state.dropLinks(
+        containerId,
+        r.removed.map((x) => x.link),
+      );
+      if (r.removed.length > 0)
+        this.log.info("removed the ends of links that are gone", { pod: at.pod, ends: r.removed.length });
+    }
+    this.state.flush();
+  }
+
+  /** At start (and after a watch was lost): every tunnel end of this node in place. */
+  async reconcile(): Promise<{ revision: string; ends: number; entries: number }> {
+    const { tunnels, revision } = await this.store.nodeIndex(this.node);
+    const ends = this.ensureTunnels(tunnels, false);
+    return { revision, ends, entries: tunnels.length };
   }
 
   // ---- DEL -------------------------------------------------------------------------------
@@ -302,18 +131,8 @@ export class Linker {
     const id = podOf(env);
     const local = this.place(id, env.containerId) ? this.state.get(env.containerId) : undefined;
     const at: Place = { pod: id, netns: env.netns || local?.netns || "" };
-    const links = new Map<string, { ifname: string; peer: string }>();
-    for (const [k, ifname] of Object.entries(local?.links ?? {})) {
-      links.set(k, {
-        ifname,
-        peer:
-          k
-            .split(":")
-            .map((e) => e.split("/").slice(0, 2).join("/"))
-            .find((p) => p !== id) ?? id,
-      });
-    }
-    let own: Awaited<ReturnType<LinkStore["own"]>> | undefined;
+    const links = new Map<string, string>(Object.entries(local?.links ?? {}));
+    let own: Awaited<ReturnType<Linker["store"]["own"]>> | undefined;
     let unreachable: unknown;
     try {
       own = await this.store.own(id);
@@ -323,33 +142,32 @@ export class Linker {
     }
     const ours = own?.endpoint !== undefined && own.endpoint.containerId === env.containerId;
     if (own) {
-      const byLink = new Map<string, typeof own.decls>();
-      for (const d of own.decls) byLink.set(d.link, [...(byLink.get(d.link) ?? []), d]);
-      for (const [k, decls] of byLink) {
-        const { mine, theirs } = sides(linkOf(k, decls), id);
-        if (!links.has(k)) links.set(k, { ifname: mine.ifname, peer: podId(theirs) });
+      for (const [k, decls] of groupBy(own.decls, (d) => d.link)) {
+        if (!links.has(k)) links.set(k, sides(linkOf(k, decls), id).mine.ifname);
       }
     }
     // Local first: our ends go now, whatever happens to the records.
-    const failures: string[] = [];
     if (at.netns && (local || ours)) {
-      for (const [k, l] of links) {
-        try {
-          if (removeEnd(k, l.ifname, at, this.log))
-            this.log.info("removed link end", { link: k, pod: id, ifname: l.ifname });
-        } catch (err) {
-          failures.push(`${l.ifname} (link ${k}): ${(err as Error).message}`);
-        }
+      const r = removeEnds(
+        at,
+        [...links].map(([link, ifname]) => ({ link, ifname })),
+        this.log,
+      );
+      if (r.removed.length > 0) this.log.info("removed link ends", { pod: id, ends: r.removed.length });
+      if (r.failures.length > 0) {
+        throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${r.failures.join("; ")}`);
       }
-    }
-    if (failures.length > 0) {
-      throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${failures.join("; ")}`);
     }
     if (unreachable) throw unreachable;
     if (ours && own?.endpoint) {
-      await this.store.removeRecords(own.endpoint, own.rev, new Map([...links].map(([k, l]) => [k, l.peer])));
+      const peers = new Set(own.peers);
+      for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
+      await this.store.removeRecords(own.endpoint, own.rev, peers);
     }
-    if (local) this.state.delete(env.containerId);
+    if (local) {
+      this.state.delete(env.containerId);
+      this.state.flush();
+    }
     if (ours || local) return true;
     return undefined; // not this container's endpoint: whether ratchet had it is for the caller
   }
@@ -365,15 +183,19 @@ export class Linker {
         `CHECK: pod ${id} container ${env.containerId} is not registered with ratchet`,
       );
     }
-    const byLink = new Map<string, typeof own.decls>();
-    for (const d of own.decls) byLink.set(d.link, [...(byLink.get(d.link) ?? []), d]);
-    const links = [...byLink].map(([k, decls]) => linkOf(k, decls));
-    const peers = await this.store.endpoints([...new Set(links.map((l) => podId(sides(l, id).theirs)))]);
+    const links = [...groupBy(own.decls, (d) => d.link)].map(([k, decls]) => linkOf(k, decls));
+    const peers = await this.store.endpoints([...new Set(links.map((l) => podIdOf(sides(l, id).theirs)))]);
+    let view: NetnsView | undefined;
+    try {
+      view = inspect(env.netns);
+    } catch (err) {
+      if (!(err instanceof NetnsNotFoundError)) throw err;
+    }
     const problems: string[] = [];
     for (const link of links) {
       const { mine, theirs } = sides(link, id);
       if (!peers.has(podId(theirs))) continue; // the peer is not there yet: nothing to check
-      const p = presence(link.key, mine.ifname, env.netns);
+      const p = view ? presenceIn(view, link.key, mine.ifname) : { state: "absent" as const };
       if (p.state === "absent") {
         problems.push(`${mine.ifname} (link ${link.key}) is missing`);
         continue;
@@ -386,14 +208,8 @@ export class Linker {
       if (!l.up) problems.push(`${mine.ifname} is down`);
       if (link.mtu !== undefined && l.mtu !== link.mtu)
         problems.push(`${mine.ifname} has MTU ${l.mtu}, expected ${link.mtu}`);
-      try {
-        const have = listAddresses(mine.ifname, env.netns).map((a) => `${a.address}/${a.prefixLength}`);
-        for (const ip of mine.ips)
-          if (!have.includes(ip)) problems.push(`${mine.ifname} lacks address ${ip}`);
-      } catch (err) {
-        if (!(err instanceof LinkNotFoundError)) throw err;
-        problems.push(`${mine.ifname} (link ${link.key}) is missing`);
-      }
+      const have = (view?.addrs.get(l.index) ?? []).map((a) => `${a.address}/${a.prefixLength}`);
+      for (const ip of mine.ips) if (!have.includes(ip)) problems.push(`${mine.ifname} lacks address ${ip}`);
     }
     if (problems.length > 0)
       throw new CniError(Code.CheckFailed, `CHECK of pod ${id}: ${problems.join("; ")}`);
@@ -425,10 +241,15 @@ export class Linker {
   get pendingWork(): boolean {
     return this.state.size > 0;
   }
+}
 
-  /** The kernel's view of one end, for `ratchet links` and metrics. */
-  observe(link: string, ifname: string, netns: string): ReturnType<typeof getLink> | undefined {
-    const p = presence(link, ifname, netns);
-    return p.state === "ours" ? p.link : undefined;
+function groupBy<T>(items: T[], key: (x: T) => string): Map<string, T[]> {
+  const out = new Map<string, T[]>();
+  for (const x of items) {
+    const k = key(x);
+    const list = out.get(k);
+    if (list) list.push(x);
+    else out.set(k, [x]);
   }
+  return out;
 }

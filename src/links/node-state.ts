@@ -1,7 +1,8 @@
 // What this node knows from its own CNI calls and nothing else: for each container ratchet
 // attached here, its pod, netns, CNI_IFNAME and link interfaces. Netns paths come only from
 // here, never from etcd (which any node can write). Kept in memory and in a node-local file
-// (written to a temp file, fsynced, renamed), so an agent restart keeps it.
+// (written to a temp file, fsynced, renamed), so an agent restart keeps it. Changes are
+// saved by flush(), once per operation however many links it touched.
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import * as v from "valibot";
 import type { Logger } from "../log.ts";
@@ -18,6 +19,7 @@ const FileSchema = v.object({ version: v.literal(1), containers: v.record(v.stri
 
 export class NodeState {
   private readonly containers = new Map<string, LocalContainer>();
+  private dirty = false;
 
   constructor(
     private readonly file: string | undefined,
@@ -51,11 +53,33 @@ export class NodeState {
 
   set(containerId: string, c: LocalContainer): void {
     this.containers.set(containerId, c);
-    this.save();
+    this.dirty = true;
+  }
+
+  /** Records that `containerId` has these link interfaces (link key -> ifname) too. */
+  addLinks(containerId: string, links: Record<string, string>): void {
+    const c = this.containers.get(containerId);
+    if (c) this.set(containerId, { ...c, links: { ...c.links, ...links } });
+  }
+
+  /** Forgets link interfaces of `containerId`. */
+  dropLinks(containerId: string, keys: Iterable<string>): void {
+    const c = this.containers.get(containerId);
+    if (!c) return;
+    const links = { ...c.links };
+    for (const k of keys) delete links[k];
+    this.set(containerId, { ...c, links });
   }
 
   delete(containerId: string): void {
-    if (this.containers.delete(containerId)) this.save();
+    if (this.containers.delete(containerId)) this.dirty = true;
+  }
+
+  /** Saves the changes made since the last flush (one write, whatever their number). */
+  flush(): void {
+    if (!this.dirty) return;
+    this.dirty = false;
+    this.save();
   }
 
   get size(): number {

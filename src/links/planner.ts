@@ -7,7 +7,7 @@
 // the link; a declaration alone is inert and can never make the other pod's ADD fail.
 import { CniError, Code } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
-import type { EndpointRecord, LinkKind, LinkRecord } from "../store/records.ts";
+import type { EndpointRecord, LinkKind } from "../store/records.ts";
 import { type Link, type LinkSpec, linkDifferences, linkKey, podId, sides, toLink } from "./spec.ts";
 
 /** A link as one pod declared it. */
@@ -28,22 +28,18 @@ export interface PlanInput {
   vtep: string | undefined;
   /** The links the pod declares now (labels, annotation). */
   declared: LinkSpec[];
-  /** Declarations by other pods read from the store (filed under this pod, or fetched). */
+  /** Declarations by other pods of links to this one, read from the store. */
   others: Declaration[];
-  /** Earlier declarations of this pod found in the store. */
-  previous: Declaration[];
+  /** The pods this pod declared links to before (its declarations in the store). */
+  previousPeers: Iterable<string>;
   /** Registered peers' endpoints, by "ns/pod". */
   peers: Map<string, EndpointRecord>;
-  /** Link records, by link key, with their mod revision ("0": none). */
-  records: Map<string, { record: LinkRecord | undefined; rev: string }>;
 }
 
 export interface Build {
   link: Link;
   peer: EndpointRecord;
   kind: LinkKind;
-  prev: LinkRecord | undefined;
-  prevRev: string;
 }
 
 export interface Plan {
@@ -53,8 +49,8 @@ export interface Plan {
    * touch the peer's own interface) or in conflict (declared differently across namespaces).
    */
   waits: Array<{ link: string; peer: string; state: "waiting" | "refused" | "conflict"; why: string }>;
-  /** This pod's earlier declarations it no longer makes. */
-  stale: Array<{ link: string; peer: string }>;
+  /** Pods this pod declared links to before and declares none to now. */
+  stale: string[];
   /** Every link of the pod and its interface name on this pod (for DEL when etcd is away). */
   ifnames: Map<string, string>;
 }
@@ -183,18 +179,10 @@ export function plan(input: PlanInput): Plan {
       });
       continue;
     }
-    const rec = input.records.get(k);
-    builds.push({
-      link,
-      peer,
-      kind,
-      prev: rec?.record,
-      prevRev: rec?.rev ?? "0",
-    });
+    builds.push({ link, peer, kind });
   }
 
-  const stale = input.previous
-    .filter((d) => d.declarer === id && !mine.has(d.link))
-    .map((d) => ({ link: d.link, peer: podId(sides(toLink(d.link, d.spec), id).theirs) }));
+  const declaredPeers = new Set(input.declared.map((s) => podId(s.peer)));
+  const stale = [...new Set(input.previousPeers)].filter((p) => !declaredPeers.has(p));
   return { builds, waits, stale, ifnames };
 }

@@ -7,6 +7,7 @@ import {
   IFINFOMSG_LEN,
   IFLA_ADDRESS,
   IFLA_CARRIER,
+  IFLA_GROUP,
   IFLA_IFALIAS,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
@@ -65,6 +66,8 @@ export interface LinkBase {
   /** IFLA_IFALIAS: a free-form label ("" when none); ratchet's ownership mark. */
   alias: string;
   masterIndex: number | undefined;
+  /** IFLA_GROUP: the device group (0 unless someone set one). */
+  group: number;
   /** IFLA_LINK_NETNSID: set when the peer / lower device lives in another netns. */
   linkNetnsId: number | undefined;
   /** IFLA_STATS64; undefined when the request asked the kernel to skip statistics. */
@@ -129,6 +132,7 @@ export function decodeLink(m: NlMsg): Link {
     flags: hdr.flags,
     alias: attrs.str(IFLA_IFALIAS) ?? "",
     masterIndex: attrs.u32(IFLA_MASTER),
+    group: attrs.u32(IFLA_GROUP) ?? 0,
     linkNetnsId: attrs.u32(IFLA_LINK_NETNSID),
     stats: decodeStats(attrs.get(IFLA_STATS64)),
   };

@@ -271,7 +271,8 @@ export interface VxlanSpec {
 }
 
 export const VXLAN_PORT = 4789;
-const VXLAN_OVERHEAD = { 4: 50, 6: 70 } as const;
+/** Bytes a VXLAN header costs over an IPv4 / IPv6 underlay. */
+export const VXLAN_OVERHEAD = { 4: 50, 6: 70 } as const;
 
 /**
  * Creates a VXLAN device in the host netns (its UDP socket and underlay stay there) and

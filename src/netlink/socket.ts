@@ -19,6 +19,7 @@ import {
   type Piece,
   type Attr,
   SOL_NETLINK,
+  align,
   parseError,
   parseMessages,
 } from "./nl.ts";
@@ -27,6 +28,12 @@ import {
 export const DEFAULT_TIMEOUT_MS = 10_000;
 /** How many times a dump the kernel marked inconsistent (NLM_F_DUMP_INTR) is redone. */
 export const DUMP_RETRIES = 10;
+/**
+ * Requests per sendmsg in changeAll. The kernel queues one ack per request on our socket
+ * while it works through them, and drops acks that overflow the receive buffer: 64 small
+ * acks (a skb of ~1 KiB each) fit the default 208 KiB with room to spare.
+ */
+export const BATCH_REQUESTS = 64;
 
 // Dumps arrive in datagrams of at most 32 KiB (the kernel's cap); 64 KiB leaves room for an
 // error that echoes a large request. One buffer serves every socket: all I/O is synchronous
@@ -83,6 +90,70 @@ export class NetlinkSocket implements Disposable {
     this.exchange(new Message(type, NLM_F_REQUEST | NLM_F_ACK | flags, header, attrs), false);
   }
 
+  /**
+   * Several changes, each with NLM_F_ACK: sent BATCH_REQUESTS per sendmsg, their acks read
+   * together. The kernel acts on each message in order and answers each; one failing does
+   * not stop the next. Returns, per message, undefined (done) or its ErrnoError. A request
+   * that depends on an earlier one (an address on a link just created) must be sent only
+   * once that one is known to be done, in a later call.
+   */
+  changeAll(msgs: Message[]): Array<ErrnoError | undefined> {
+    if (this.closed) throw new Error("netlink socket is closed");
+    const out: Array<ErrnoError | undefined> = new Array(msgs.length).fill(undefined);
+    for (let start = 0; start < msgs.length; start += BATCH_REQUESTS) {
+      const chunk = msgs.slice(start, start + BATCH_REQUESTS);
+      const bySeq = new Map<number, number>();
+      let size = 0;
+      for (const m of chunk) size += align(m.length);
+      const buf = new Uint8Array(size);
+      const view = new DataView(buf.buffer);
+      let o = 0;
+      chunk.forEach((m, i) => {
+        m.seq = nextSeq = (nextSeq + 1) >>> 0;
+        bySeq.set(m.seq, start + i);
+        m.write(view, o);
+        o += align(m.length);
+      });
+      libc.sendto(this.fd, buf, 0, KERNEL);
+      while (bySeq.size > 0) {
+        for (const m of this.receive(`${chunk.length} requests`)) {
+          const at = bySeq.get(m.seq);
+          if (at === undefined || m.type !== NLMSG_ERROR) continue;
+          bySeq.delete(m.seq);
+          const e = parseError(m);
+          const type = msgs[at]?.type ?? 0;
+          if (e.error !== 0)
+            out[at] = new ErrnoError(-e.error, MESSAGE_NAMES[type] ?? `type ${type}`, e.message);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** One datagram's messages that come from the kernel and are meant for this socket. */
+  private receive(op: string): NlMsg[] {
+    for (;;) {
+      let n: number;
+      try {
+        n = libc.recvfrom(this.fd, RECV_BUF, libc.MSG_TRUNC, SENDER);
+      } catch (err) {
+        if (err instanceof ErrnoError && err.errno === Errno.EAGAIN)
+          throw new ErrnoError(Errno.ETIMEDOUT, op, "", "got no answer in time");
+        throw err;
+      }
+      if (n > RECV_BUF.byteLength)
+        throw new ErrnoError(
+          Errno.EMSGSIZE,
+          op,
+          "",
+          `answer of ${n} bytes does not fit the ${RECV_BUF.byteLength}-byte buffer`,
+        );
+      // Only the kernel (port id 0) may answer; anything else is not ours to read.
+      if (new DataView(SENDER.buffer).getUint32(4, true) !== 0) continue;
+      return parseMessages(RECV_BUF.slice(0, n)).filter((m) => m.pid === this.portId);
+    }
+  }
+
   /** A single GET: the kernel's answer (one message) followed by the ack. */
   get(type: number, header: Piece, attrs: Attr[]): NlMsg {
     const first = this.exchange(new Message(type, NLM_F_REQUEST | NLM_F_ACK, header, attrs), false).msgs[0];
@@ -123,25 +194,8 @@ export class NetlinkSocket implements Disposable {
     const out: NlMsg[] = [];
     let interrupted = false;
     for (;;) {
-      let n: number;
-      try {
-        n = libc.recvfrom(this.fd, RECV_BUF, libc.MSG_TRUNC, SENDER);
-      } catch (err) {
-        if (err instanceof ErrnoError && err.errno === Errno.EAGAIN)
-          throw new ErrnoError(Errno.ETIMEDOUT, op, "", "got no answer in time");
-        throw err;
-      }
-      if (n > RECV_BUF.byteLength)
-        throw new ErrnoError(
-          Errno.EMSGSIZE,
-          op,
-          "",
-          `answer of ${n} bytes does not fit the ${RECV_BUF.byteLength}-byte buffer`,
-        );
-      // Only the kernel (port id 0) may answer; anything else is not ours to read.
-      if (new DataView(SENDER.buffer).getUint32(4, true) !== 0) continue;
-      for (const m of parseMessages(RECV_BUF.slice(0, n))) {
-        if (m.seq !== msg.seq || m.pid !== this.portId) continue; // a late answer to an earlier request
+      for (const m of this.receive(op)) {
+        if (m.seq !== msg.seq) continue; // a late answer to an earlier request
         if (m.flags & NLM_F_DUMP_INTR) interrupted = true;
         if (m.type === NLMSG_NOOP) continue;
         if (m.type === NLMSG_ERROR) {

@@ -1,443 +1,442 @@
-// ratchet's state in etcd: every key, value check and transaction of linking lives here, and
-// each operation returns named results. The rules (who builds, consent) are the planner's.
+// ratchet's state in etcd: every key, value check and transaction of linking lives in
+// src/store, and each operation returns named results. The rules (who builds, consent) are
+// the planner's. This file: decoding what is read, and the writes of an ADD.
+//
+// Scale: a pod's links are stored in chunks per pair of pods (keys.ts), and every
+// transaction stays within etcd's defaults (128 operations, 1.5 MiB): an operation on many
+// links is cut into units that must commit together, packed into as few transactions as fit,
+// run in an order that leaves a crash between two of them recoverable:
+//  - register: the endpoint and the first peers' declarations, then the other peers'; each
+//    peer's declarations, index entry and reads go in one transaction. A crash leaves a
+//    registered pod with part of its declarations: the ADD failed, and the runtime's retry
+//    rewrites them all, or its DEL removes them all (by prefix).
+//  - commit: one unit per pair chunk (its record, VNI block and tunnel entries). A crash
+//    leaves some chunks recorded whose links were not built: the failed ADD's retry rebuilds
+//    them (comparing the revisions it reads), its DEL removes them with the pair.
+//  - removeRecords (link-removal.ts): the pairs first, the endpoint last, so a retried DEL
+//    still finds the pod and finishes.
 import type { Etcd3 } from "etcd3";
 import { CniError, Code } from "../cni/errors.ts";
 import type { Build, Declaration } from "../links/planner.ts";
-import { type LinkSpec, linkKey, podId, sides } from "../links/spec.ts";
+import { type LinkSpec, podId } from "../links/spec.ts";
+import { pairChunksOf, pairIfnames, toDeclChunks } from "./codec.ts";
 import {
   cmp,
   type Compare,
-  type KeyValue,
   keyOf,
   type Op,
   op,
+  PAGE,
+  pack,
   Query,
-  read,
+  rest,
   type Slot,
+  sizeOf,
   txn,
 } from "./etcd-ops.ts";
-import { FIRST_VNI, Keys, MAX_VNI } from "./keys.ts";
-import {
-  type BadRecords,
-  DeclSchema,
-  decodeValue,
-  EndpointSchema,
-  type EndpointRecord,
-  type LinkRecord,
-  LinkRecordSchema,
-  type TunnelEnd,
-  TunnelEndSchema,
-} from "./records.ts";
+import { Keys, VNI_BLOCKS, vniOf } from "./keys.ts";
+import type { PairState } from "./decode.ts";
+import { LinkReads } from "./link-reads.ts";
+import { removeRecords } from "./link-removal.ts";
+import type { BadRecords, EndpointRecord, PairChunk, TunnelChunk } from "./records.ts";
 
 const MAX_COMMIT_ATTEMPTS = 8;
 
 /** What one registration saw, besides writing the pod's endpoint and declarations. */
 export interface Registration {
+  /** The revision of the endpoint's write: later writes compare it (a newer ADD wins). */
   rev: string;
-  /** Declarations by other pods that may count for this one (the planner decides). */
+  /** Declarations by other pods of links to this one (the planner decides which count). */
   others: Declaration[];
-  /** This pod's own earlier declarations. */
-  previous: Declaration[];
+  /** The pods this pod had declared links to. */
+  previousPeers: Set<string>;
   peers: Map<string, EndpointRecord>;
-  records: Map<string, { record: LinkRecord | undefined; rev: string }>;
-  vniNext: KeyValue | undefined;
+  /** The built-link chunks of this pod with each peer read, by peer. */
+  pairs: Map<string, PairState>;
+  /** The VNI block to try first. */
+  vniNext: number;
 }
 
+/** One pair chunk recorded by a commit: the links it holds (with their VNIs) and its peer. */
 export interface Committed {
-  record: LinkRecord;
   peer: EndpointRecord;
+  kind: "veth" | "vxlan";
+  chunk: number;
+  /** The block this commit took (undefined: none, or the chunk's earlier one). */
+  newBlock: number | undefined;
+  links: Array<{ build: Build; vni?: number }>;
 }
 
 const sameNamespace = (x: string, y: string) => x.split("/")[0] === y.split("/")[0];
 
-/** etcd refuses a transaction that touches one key twice. */
-function unique(ops: Op[]): Op[] {
-  const seen = new Set<string>();
-  return ops.filter((o) => {
-    const r = o.request_delete_range ?? o.request_put;
-    const k = `${r?.key?.toString()}:${o.request_delete_range?.range_end?.toString() ?? ""}`;
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
-}
-
-export class LinkStore {
-  readonly keys: Keys;
-  constructor(
-    readonly etcd: Etcd3,
-    prefix: string,
-    private readonly bad: BadRecords,
-  ) {
-    this.keys = new Keys(prefix);
-  }
-
-  endpointOf(kv: KeyValue | undefined, id?: string): EndpointRecord | undefined {
-    if (!kv) return undefined;
-    const ep = decodeValue(EndpointSchema, keyOf(kv), kv.value, this.bad);
-    if (ep && id !== undefined && podId(ep) !== id) {
-      this.bad.note(keyOf(kv), `names pod ${podId(ep)}, not ${id}`);
-      return undefined;
-    }
-    return ep;
-  }
-  recordOf(kv: KeyValue | undefined, link?: string): LinkRecord | undefined {
-    if (!kv) return undefined;
-    const rec = decodeValue(LinkRecordSchema, keyOf(kv), kv.value, this.bad);
-    if (rec && link !== undefined && rec.key !== link) {
-      this.bad.note(keyOf(kv), `is the record of ${rec.key}`);
-      return undefined;
-    }
-    return rec;
-  }
-  tunnelEndOf(kv: KeyValue, node: string): TunnelEnd | undefined {
-    const key = keyOf(kv);
-    const nl = decodeValue(TunnelEndSchema, key, kv.value, this.bad);
-    if (nl && this.keys.linkAfter(this.keys.tunnelEndsPrefix(node), key) !== nl.key) {
-      this.bad.note(key, `is the entry of ${nl.key}`);
-      return undefined;
-    }
-    return nl;
-  }
-  /** The declarations in `kvs` (decl keys), each checked against its key. */
-  declarationsOf(kvs: KeyValue[]): Declaration[] {
-    const out: Declaration[] = [];
-    for (const kv of kvs) {
-      const key = keyOf(kv);
-      const parsed = this.keys.parseDecl(key);
-      const spec = decodeValue(DeclSchema, key, kv.value, this.bad);
-      if (!parsed || !spec) continue;
-      if (linkKey(spec) !== parsed.link) {
-        this.bad.note(key, "declares another link than its key names");
-        continue;
-      }
-      out.push({ declarer: parsed.declarer, link: parsed.link, spec });
-    }
-    return out;
+export class LinkStore extends LinkReads {
+  constructor(etcd: Etcd3, prefix: string, bad: BadRecords) {
+    super(etcd, new Keys(prefix), bad);
   }
 
   /**
-   * Round trip 1 of an ADD: writes the pod's endpoint and declarations and reads, in the same
-   * transaction (reads first: they see the state before the writes), everything the planner
-   * needs: declarations touching the pod, registered peers, link records, the VNI hint.
-   * A declaration into another namespace is written under the declaring pod only.
+   * Round trip 1 of an ADD (more for a pod with many peers): writes the pod's endpoint, its
+   * declarations (per peer, in chunks) and its index entry under each peer of its namespace;
+   * reads in the same transactions (reads first: they see the state before the writes) what
+   * the planner needs. A declaration into another namespace stays under the declaring pod.
    */
   async register(endpoint: EndpointRecord, declared: LinkSpec[]): Promise<Registration> {
     const keys = this.keys;
     const id = podId(endpoint);
-    const mine = new Map(declared.map((s) => [linkKey(s), s]));
-    const knownPeers = [...new Set(declared.map((l) => podId(l.peer)))];
-    const q = new Query();
-    const declSlot = q.prefix(keys.declPrefix(id));
-    const peersSlot = q.prefix(keys.peersPrefix(id));
-    const peerSlots = knownPeers.map((p) => ({ p, slot: q.get(keys.endpoint(p)) }));
-    const recordSlots = [...mine.keys()].map((k) => ({ k, slot: q.get(keys.link(k)) }));
-    // Across namespaces the peer's declaration stays under the peer: fetch it for our links.
-    const crossSlots = [...mine].flatMap(([k, spec]) => {
-      const p = podId(spec.peer);
-      return sameNamespace(p, id) ? [] : [q.get(keys.decl(p, k, p))];
+    const byPeer = new Map<string, LinkSpec[]>();
+    for (const s of declared) {
+      const list = byPeer.get(podId(s.peer));
+      if (list) list.push(s);
+      else byPeer.set(podId(s.peer), [s]);
+    }
+    const units = [...byPeer].map(([peer, specs]) => {
+      const chunks = toDeclChunks(specs);
+      const writes = chunks.map((c, n) => op.put(keys.decl(id, peer, n), c));
+      writes.push(op.delFrom(keys.decl(id, peer, chunks.length), keys.declPairPrefix(id, peer)));
+      if (sameNamespace(peer, id)) writes.push(op.put(keys.peer(peer, id), endpoint));
+      return { peer, writes };
     });
-    const vniSlot = q.get(keys.vniNext);
-    const writes: Op[] = [
-      op.put(keys.endpoint(id), endpoint),
-      op.put(keys.nodeEndpoint(endpoint.node, id), ""),
-    ];
-    for (const [k, spec] of mine) {
-      const p = podId(spec.peer);
-      writes.push(op.put(keys.decl(id, k, id), spec));
-      if (sameNamespace(p, id)) writes.push(op.put(keys.decl(p, k, id), spec));
-    }
-    for (const p of knownPeers) if (sameNamespace(p, id)) writes.push(op.put(keys.peer(p, id), endpoint));
-    const r = await txn(this.etcd, { reads: q, writes });
+    const first = [op.put(keys.endpoint(id), endpoint), op.put(keys.nodeEndpoint(endpoint.node, id), "")];
+    const groups = pack(units, (u) => ({ ...sizeOf([], u.writes), ops: u.writes.length + 3 }), {
+      ...sizeOf([], first),
+      ops: first.length + 3,
+    });
+    if (groups.length === 0) groups.push([]);
 
-    const filed = this.declarationsOf(r.all(declSlot));
-    const peers = new Map<string, EndpointRecord>();
-    for (const kv of r.all(peersSlot)) {
-      const declarer = keys.idAfter(keys.peersPrefix(id), keyOf(kv));
-      const ep = declarer ? this.endpointOf(kv, declarer) : undefined;
-      if (ep && sameNamespace(declarer as string, id)) peers.set(podId(ep), ep);
-    }
-    for (const { p, slot } of peerSlots) {
-      const ep = this.endpointOf(r.one(slot), p);
-      if (ep) peers.set(p, ep);
-    }
-    const records = new Map<string, { record: LinkRecord | undefined; rev: string }>();
-    for (const { k, slot } of recordSlots) {
-      const kv = r.one(slot);
-      records.set(k, { record: this.recordOf(kv, k), rev: kv?.mod_revision ?? "0" });
-    }
-    const cross = this.declarationsOf(crossSlots.flatMap((s) => r.all(s)));
-    return {
-      rev: r.revision,
-      others: [...filed.filter((d) => d.declarer !== id), ...cross],
-      previous: filed.filter((d) => d.declarer === id),
-      peers,
-      records,
-      vniNext: r.one(vniSlot),
+    const reg: Registration = {
+      rev: "0",
+      others: [],
+      previousPeers: new Set(),
+      peers: new Map(),
+      pairs: new Map(),
+      vniNext: 0,
     };
+    const declarers: string[] = [];
+    for (const [n, group] of groups.entries()) {
+      const q = new Query();
+      const head =
+        n === 0
+          ? {
+              mine: q.prefix(keys.declPrefix(id), { keysOnly: true, limit: PAGE }),
+              peers: q.prefix(keys.peersPrefix(id), { limit: PAGE }),
+              vni: q.get(keys.vniNext),
+            }
+          : undefined;
+      const reads = group.map((u) => ({
+        peer: u.peer,
+        ep: q.get(keys.endpoint(u.peer)),
+        ...this.pairSlots(q, id, u.peer),
+      }));
+      const r = await txn(this.etcd, {
+        reads: q,
+        writes: [...(n === 0 ? first : []), ...group.flatMap((u) => u.writes)],
+      });
+      if (head) {
+        reg.rev = r.revision;
+        for (const kv of await rest(this.etcd, r, head.mine)) {
+          const d = keys.parseDecl(keyOf(kv));
+          if (d && d.id === id) reg.previousPeers.add(d.peer);
+        }
+        for (const kv of await rest(this.etcd, r, head.peers)) {
+          const declarer = keys.idAfter(keys.peersPrefix(id), keyOf(kv));
+          const ep = declarer ? this.endpointOf(kv, declarer) : undefined;
+          if (!ep || !declarer || !sameNamespace(declarer, id)) continue;
+          reg.peers.set(declarer, ep);
+          if (!byPeer.has(declarer)) declarers.push(declarer);
+        }
+        const hint = Number(r.one(head.vni)?.value.toString());
+        reg.vniNext = Number.isInteger(hint) && hint >= 0 && hint < VNI_BLOCKS ? hint : 0;
+      }
+      for (const s of reads) {
+        const ep = this.endpointOf(r.one(s.ep), s.peer);
+        if (ep) reg.peers.set(s.peer, ep);
+        await this.readPair(r, id, s, reg);
+      }
+    }
+    // Pods that declare links to this one without this one declaring any to them (same
+    // namespace): their declarations and the pair's chunks, read only.
+    for (const part of pack(declarers, () => ({ compares: 0, ops: 2, bytes: 0 }), {
+      compares: 0,
+      ops: 0,
+      bytes: 0,
+    })) {
+      const q = new Query();
+      const reads = part.map((peer) => ({ peer, ...this.pairSlots(q, id, peer) }));
+      const r = await txn(this.etcd, { reads: q });
+      for (const s of reads) await this.readPair(r, id, s, reg);
+    }
+    return reg;
+  }
+
+  private pairSlots(q: Query, id: string, peer: string): { decls: Slot; chunks: Slot } {
+    return {
+      decls: q.prefix(this.keys.declPairPrefix(peer, id), { limit: PAGE }),
+      chunks: q.prefix(this.keys.pairPrefix(id, peer), { limit: PAGE }),
+    };
+  }
+
+  private async readPair(
+    r: Awaited<ReturnType<typeof txn>>,
+    id: string,
+    s: { peer: string; decls: Slot; chunks: Slot },
+    reg: Registration,
+  ): Promise<void> {
+    reg.others.push(...this.declarationsOf(await rest(this.etcd, r, s.decls), s.peer, id));
+    reg.pairs.set(s.peer, this.pairStateOf(id, s.peer, await rest(this.etcd, r, s.chunks)));
   }
 
   /** Undoes a registration this call made (its declarations too), if nothing newer replaced it. */
   async unregister(endpoint: EndpointRecord, rev: string, declared: LinkSpec[]): Promise<void> {
     const keys = this.keys;
     const id = podId(endpoint);
-    const ops: Op[] = [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(endpoint.node, id))];
-    for (const spec of declared) {
-      const k = linkKey(spec);
-      const p = podId(spec.peer);
-      ops.push(op.del(keys.decl(id, k, id)), op.del(keys.decl(p, k, id)), op.del(keys.peer(p, id)));
+    const guard = [cmp.modRev(keys.endpoint(id), rev)];
+    const peers = [...new Set(declared.map((s) => podId(s.peer)))];
+    const units = peers.map((p) => [op.delPrefix(keys.declPairPrefix(id, p)), op.del(keys.peer(p, id))]);
+    units.push([op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(endpoint.node, id))]);
+    for (const part of pack(units, (u) => sizeOf([], u), sizeOf(guard, []))) {
+      const r = await txn(this.etcd, { compare: guard, writes: part.flat() });
+      if (!r.succeeded) return; // a newer ADD registered the pod: its records
     }
-    await txn(this.etcd, { compare: [cmp.modRev(keys.endpoint(id), rev)], writes: unique(ops) });
   }
 
   /**
-   * Round trip 2 of an ADD: records the links this pod builds (VNIs allocated atomically) and
-   * drops its stale declarations; retried when etcd moved meanwhile (a VNI taken, a link
-   * recorded by someone else). Fails with 11 when a newer ADD of the pod took over.
+   * Round trip 2 of an ADD: records the links this pod builds, one unit per pair chunk (VNI
+   * blocks allocated atomically), and drops the declarations of peers it no longer declares
+   * links to. A unit is retried when etcd moved meanwhile (a VNI block taken); a pair whose
+   * chunks another ADD recorded meanwhile for these very containers is that ADD's to build
+   * (left out). Fails with 11 when a newer ADD of the pod took over.
    */
   async commit(
     endpoint: EndpointRecord,
-    myRev: string,
+    reg: Registration,
     builds: Build[],
-    vniNext: KeyValue | undefined,
-    stale: Array<{ link: string; peer: string }>,
-    stillPeers: Set<string>,
+    stale: string[],
   ): Promise<{ committed: Committed[]; revision: string }> {
     const keys = this.keys;
     const id = podId(endpoint);
-    let next = vniNext;
-    let current = builds;
-    let floor = FIRST_VNI; // VNIs below this were found taken: never tried again in this call
-    for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
-      const compare: Compare[] = [cmp.modRev(keys.endpoint(id), myRev)];
-      const ops: Op[] = [];
-      for (const s of stale) {
-        ops.push(op.del(keys.decl(id, s.link, id)), op.del(keys.decl(s.peer, s.link, id)));
-        if (!stillPeers.has(s.peer)) ops.push(op.del(keys.peer(s.peer, id)));
-      }
-      let vni = Math.max(next ? Number(next.value.toString()) || FIRST_VNI : FIRST_VNI, floor);
-      const firstTried = vni;
-      let allocated = false;
-      const committed: Committed[] = [];
-      for (const b of current) {
-        compare.push(cmp.modRev(keys.link(b.link.key), b.prevRev));
-        const record: LinkRecord = {
-          ...b.link,
-          kind: b.kind,
-          ends: {
-            [id]: { node: endpoint.node, containerId: endpoint.containerId },
-            [podId(b.peer)]: { node: b.peer.node, containerId: b.peer.containerId },
-          },
-        };
-        if (b.kind === "vxlan") {
-          if (b.prev?.vni !== undefined) {
-            record.vni = b.prev.vni;
-          } else {
-            if (vni > MAX_VNI) vni = FIRST_VNI;
-            compare.push(cmp.absent(keys.vni(vni)));
-            ops.push(op.put(keys.vni(vni), b.link.key));
-            record.vni = vni++;
-            allocated = true;
-          }
-          const { mine, theirs } = sides(b.link, id);
-          const entry = (end: typeof mine, containerId: string, remote: string): TunnelEnd => ({
-            key: b.link.key,
-            end,
-            containerId,
-            vni: record.vni as number,
-            remote,
-            builtBy: endpoint.node,
-            ...(b.link.mtu ? { mtu: b.link.mtu } : {}),
-          });
-          ops.push(
-            op.put(
-              keys.tunnelEnd(b.peer.node, b.link.key),
-              entry(theirs, b.peer.containerId, endpoint.vtep as string),
-            ),
-            op.put(
-              keys.tunnelEnd(endpoint.node, b.link.key),
-              entry(mine, endpoint.containerId, b.peer.vtep as string),
-            ),
-          );
-        } else if (b.prev?.kind === "vxlan" && b.prev.vni !== undefined) {
-          // The link was a tunnel and is now on one node: free its VNI and the old node entries.
-          ops.push(op.del(keys.vni(b.prev.vni)));
-          for (const e of Object.values(b.prev.ends)) ops.push(op.del(keys.tunnelEnd(e.node, b.link.key)));
-        }
-        ops.push(op.put(keys.link(b.link.key), record));
-        committed.push({ record, peer: b.peer });
-      }
-      if (allocated) {
-        compare.push(cmp.modRev(keys.vniNext, next?.mod_revision ?? "0"));
-        ops.push(op.put(keys.vniNext, String(vni)));
-      }
-      if (ops.length === 0) return { committed: [], revision: myRev };
-      const otherwise = new Query();
-      const nextSlot = otherwise.get(keys.vniNext);
-      const epSlot = otherwise.get(keys.endpoint(id));
-      const linkSlots = current.map((b) => otherwise.get(keys.link(b.link.key)));
-      const r = await txn(this.etcd, { compare, writes: unique(ops), otherwise });
-      if (r.succeeded) return { committed, revision: r.revision };
-      const epKv = r.one(epSlot);
-      const ep = this.endpointOf(epKv, id);
-      if (!ep || ep.containerId !== endpoint.containerId) {
-        throw new CniError(
-          Code.TryAgainLater,
-          `pod ${id} was registered again by another ADD while this one was linking`,
-        );
-      }
-      myRev = epKv?.mod_revision ?? myRev;
-      next = r.one(nextSlot);
-      if (allocated) floor = firstTried + 1;
-      current = current.map((b, n) => {
-        const kv = r.one(linkSlots[n] as Slot);
-        return { ...b, prev: this.recordOf(kv, b.link.key), prevRev: kv?.mod_revision ?? "0" };
+    let myRev = reg.rev;
+    let block = reg.vniNext;
+    const byPeer = new Map<string, Build[]>();
+    for (const b of builds) {
+      const list = byPeer.get(podId(b.peer));
+      if (list) list.push(b);
+      else byPeer.set(podId(b.peer), [b]);
+    }
+
+    interface Unit {
+      peer: string;
+      chunk: number;
+      /** undefined: delete the chunk (the pair has fewer chunks now). */
+      builds: Build[] | undefined;
+      prev: { chunk: PairChunk | undefined; rev: string };
+    }
+    const units: Unit[] = [];
+    for (const [peer, list] of byPeer) {
+      const prev = reg.pairs.get(peer) ?? new Map();
+      const chunks = pairChunksOf(list.map((b) => b.link));
+      const byKey = new Map(list.map((b) => [b.link.key, b]));
+      chunks.forEach((links, c) => {
+        const bs = links.map((l) => byKey.get(l.key) as Build);
+        units.push({ peer, chunk: c, builds: bs, prev: prev.get(c) ?? { chunk: undefined, rev: "0" } });
       });
+      for (const [c, p] of prev)
+        if (c >= chunks.length) units.push({ peer, chunk: c, builds: undefined, prev: p });
     }
-    throw new CniError(
-      Code.TryAgainLater,
-      `could not record the links of pod ${id}: etcd kept changing under us`,
-    );
-  }
+    const staleOps = stale.flatMap((p) => [
+      op.delPrefix(keys.declPairPrefix(id, p)),
+      op.del(keys.peer(p, id)),
+    ]);
+    if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev };
 
-  /**
-   * A failed ADD takes back the link records it wrote (where nobody wrote them since), so no
-   * later ADD reads them as built.
-   */
-  async abandon(committed: Committed[], revision: string): Promise<void> {
-    const keys = this.keys;
-    for (const c of committed) {
-      const ops: Op[] = [op.del(keys.link(c.record.key))];
-      if (c.record.vni !== undefined) ops.push(op.del(keys.vni(c.record.vni)));
-      for (const e of Object.values(c.record.ends)) ops.push(op.del(keys.tunnelEnd(e.node, c.record.key)));
-      await txn(this.etcd, { compare: [cmp.modRev(keys.link(c.record.key), revision)], writes: unique(ops) });
-    }
-  }
-
-  /** The pod's endpoint (with its revision) and the declarations filed under it. */
-  async own(
-    id: string,
-  ): Promise<{ endpoint: EndpointRecord | undefined; rev: string; decls: Declaration[] }> {
-    const q = new Query();
-    const epSlot = q.get(this.keys.endpoint(id));
-    const declSlot = q.prefix(this.keys.declPrefix(id));
-    const r = await read(this.etcd, q);
-    const kv = r.one(epSlot);
-    return {
-      endpoint: this.endpointOf(kv, id),
-      rev: kv?.mod_revision ?? "0",
-      decls: this.declarationsOf(r.all(declSlot)),
-    };
-  }
-
-  async endpoints(ids: string[]): Promise<Map<string, EndpointRecord>> {
-    const q = new Query();
-    const slots = ids.map((id) => ({ id, slot: q.get(this.keys.endpoint(id)) }));
-    const r = ids.length > 0 ? await read(this.etcd, q) : undefined;
-    const out = new Map<string, EndpointRecord>();
-    for (const { id, slot } of slots) {
-      const ep = this.endpointOf(r?.one(slot), id);
-      if (ep) out.set(id, ep);
-    }
-    return out;
-  }
-
-  async linkRecord(link: string): Promise<LinkRecord | undefined> {
-    const q = new Query();
-    const slot = q.get(this.keys.link(link));
-    return this.recordOf((await read(this.etcd, q)).one(slot), link);
-  }
-
-  /** Everything, for `ratchet links`: every endpoint, declaration and link record. */
-  async snapshot(): Promise<{
-    endpoints: Map<string, EndpointRecord>;
-    decls: Declaration[];
-    records: Map<string, LinkRecord>;
-  }> {
-    const q = new Query();
-    const epSlot = q.prefix(this.keys.endpointsPrefix);
-    const declSlot = q.prefix(this.keys.allDeclsPrefix);
-    const recSlot = q.prefix(this.keys.linksPrefix);
-    const r = await read(this.etcd, q);
-    const endpoints = new Map<string, EndpointRecord>();
-    for (const kv of r.all(epSlot)) {
-      const id = this.keys.idAfter(this.keys.endpointsPrefix, keyOf(kv));
-      const ep = id ? this.endpointOf(kv, id) : undefined;
-      if (ep) endpoints.set(podId(ep), ep);
-    }
-    const records = new Map<string, LinkRecord>();
-    for (const kv of r.all(recSlot)) {
-      const k = this.keys.linkAfter(this.keys.linksPrefix, keyOf(kv));
-      const rec = k ? this.recordOf(kv, k) : undefined;
-      if (rec) records.set(rec.key, rec);
-    }
-    return { endpoints, decls: this.declarationsOf(r.all(declSlot)), records };
-  }
-
-  /** This node's endpoint index and tunnel-end entries. */
-  async nodeIndex(node: string): Promise<{ ids: string[]; tunnelEnds: TunnelEnd[] }> {
-    const q = new Query();
-    const epSlot = q.prefix(this.keys.nodeEndpointsPrefix(node));
-    const nlSlot = q.prefix(this.keys.tunnelEndsPrefix(node));
-    const r = await read(this.etcd, q);
-    const ids = r
-      .all(epSlot)
-      .map((kv) => this.keys.idAfter(this.keys.nodeEndpointsPrefix(node), keyOf(kv)))
-      .filter((id): id is string => id !== undefined);
-    const tunnelEnds = r.all(nlSlot).flatMap((kv) => this.tunnelEndOf(kv, node) ?? []);
-    return { ids, tunnelEnds };
-  }
-
-  /**
-   * Removes a deregistered pod's records. Per link: while the peer is registered, the
-   * declarations stay (the link comes back with this pod); otherwise everything of the link
-   * goes. The peers' endpoints are compared in the same transaction, so two pods deleted at
-   * once cannot both keep a link for the other (the second one retries and cleans up).
-   */
-  async removeRecords(endpoint: EndpointRecord, rev: string, links: Map<string, string>): Promise<void> {
-    const keys = this.keys;
-    const id = podId(endpoint);
-    const linkKeys = [...links.keys()];
-    const peerIds = [...new Set(links.values())];
-    for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
-      const q = new Query();
-      const peerSlots = new Map(peerIds.map((p) => [p, q.get(keys.endpoint(p))]));
-      const recSlots = new Map(linkKeys.map((k) => [k, q.get(keys.link(k))]));
-      const r = await read(this.etcd, q);
-      const peerRev = new Map(peerIds.map((p) => [p, r.one(peerSlots.get(p) as Slot)?.mod_revision ?? "0"]));
-      const compare: Compare[] = [
-        cmp.modRev(keys.endpoint(id), rev),
-        ...peerIds.map((p) => cmp.modRev(keys.endpoint(p), peerRev.get(p) as string)),
-      ];
-      const ops: Op[] = [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(endpoint.node, id))];
-      for (const p of peerIds) ops.push(op.del(keys.peer(p, id)));
-      for (const k of linkKeys) {
-        const peerId = links.get(k) as string;
-        const rec = this.recordOf(r.one(recSlots.get(k) as Slot), k);
-        ops.push(op.del(keys.tunnelEnd(endpoint.node, k)));
-        // Across namespaces only this pod reads its own declaration back: it goes now.
-        if (!sameNamespace(peerId, id)) ops.push(op.del(keys.decl(id, k, id)));
-        if (peerRev.get(peerId) !== "0") continue;
-        ops.push(
-          op.delPrefix(keys.declLinkPrefix(id, k)),
-          op.delPrefix(keys.declLinkPrefix(peerId, k)),
-          op.del(keys.link(k)),
-        );
-        if (rec?.vni !== undefined) ops.push(op.del(keys.vni(rec.vni)));
-        for (const e of Object.values(rec?.ends ?? {})) ops.push(op.del(keys.tunnelEnd(e.node, k)));
+    /** The writes of one unit, allocating from `block` when it needs a VNI block. */
+    const plan = (u: Unit): { compare: Compare[]; writes: Op[]; committed?: Committed } => {
+      const compare = [cmp.modRev(keys.pairChunk(id, u.peer, u.chunk), u.prev.rev)];
+      const writes: Op[] = [];
+      const old = u.prev.chunk;
+      // What the chunk had and keeps no more: its block, the entries of nodes it left.
+      const dropOld = (keepBlock: boolean, keepNodes: string[]) => {
+        if (old?.block !== undefined && !keepBlock) writes.push(op.del(keys.vni(old.block)));
+        if (old?.kind === "vxlan")
+          for (const node of new Set(Object.values(old.ends).map((e) => e.node)))
+            if (!keepNodes.includes(node)) writes.push(op.del(keys.tunnelChunk(node, id, u.peer, u.chunk)));
+      };
+      if (!u.builds) {
+        dropOld(false, []);
+        writes.push(op.del(keys.pairChunk(id, u.peer, u.chunk)));
+        return { compare, writes };
       }
-      const otherwise = new Query();
-      const nowSlot = otherwise.get(keys.endpoint(id));
-      const t = await txn(this.etcd, { compare, writes: unique(ops), otherwise });
-      if (t.succeeded) return;
-      const kv = t.one(nowSlot);
-      const now = this.endpointOf(kv, id);
-      if (!now || now.containerId !== endpoint.containerId) return; // a newer ADD: its records
-      rev = kv?.mod_revision ?? rev;
-    }
-    throw new CniError(
-      Code.TryAgainLater,
-      `could not remove the records of pod ${id}: etcd kept changing under us`,
+      const peer = (u.builds[0] as Build).peer;
+      const kind = (u.builds[0] as Build).kind;
+      let b: number | undefined;
+      let newBlock: number | undefined;
+      if (kind === "vxlan") {
+        if (old?.kind === "vxlan" && old.block !== undefined) b = old.block;
+        else {
+          b = newBlock = block;
+          block = (block + 1) % VNI_BLOCKS;
+          compare.push(cmp.absent(keys.vni(b)));
+          writes.push(op.put(keys.vni(b), keys.pairChunk(id, u.peer, u.chunk)));
+        }
+      }
+      dropOld(b !== undefined && b === old?.block, b !== undefined ? [endpoint.node, peer.node] : []);
+      const record: PairChunk = {
+        kind,
+        ...(b !== undefined ? { block: b } : {}),
+        ends: {
+          [id]: { node: endpoint.node, containerId: endpoint.containerId },
+          [u.peer]: { node: peer.node, containerId: peer.containerId },
+        },
+        links: u.builds.map((x) => pairIfnames(x.link)),
+      };
+      writes.push(op.put(keys.pairChunk(id, u.peer, u.chunk), record));
+      const links = u.builds.map((build, i) => ({ build, ...(b !== undefined ? { vni: vniOf(b, i) } : {}) }));
+      if (b !== undefined) writes.push(...this.tunnelWrites(endpoint, peer, u.chunk, links));
+      return { compare, writes, committed: { peer, kind, chunk: u.chunk, newBlock, links } };
+    };
+
+    const guard = () => [cmp.modRev(keys.endpoint(id), myRev)];
+    const committed: Committed[] = [];
+    let revision = myRev;
+    const taken = new Set<string>();
+    const groups = pack(
+      units,
+      (u) => {
+        const p = plan(u);
+        return sizeOf(p.compare, p.writes);
+      },
+      sizeOf([...guard(), ...staleOps.map(() => guard()[0] as Compare)], staleOps),
     );
+    block = reg.vniNext;
+    try {
+      for (const [n, group] of groups.entries()) {
+        for (let attempt = 0; ; attempt++) {
+          if (attempt >= MAX_COMMIT_ATTEMPTS) {
+            throw new CniError(
+              Code.TryAgainLater,
+              `could not record the links of pod ${id}: etcd kept changing under us`,
+            );
+          }
+          const live = group.filter((u) => !taken.has(u.peer));
+          const firstBlock = block;
+          const planned = live.map(plan);
+          const otherwise = new Query();
+          const epSlot = otherwise.get(keys.endpoint(id));
+          const nextSlot = otherwise.get(keys.vniNext);
+          const chunkSlots = live.map((u) => otherwise.get(keys.pairChunk(id, u.peer, u.chunk)));
+          const writes = [...(n === 0 ? staleOps : []), ...planned.flatMap((p) => p.writes)];
+          if (block !== firstBlock) writes.push(op.put(keys.vniNext, String(block)));
+          if (writes.length === 0) break;
+          const r = await txn(this.etcd, {
+            compare: [...guard(), ...planned.flatMap((p) => p.compare)],
+            writes,
+            otherwise,
+          });
+          if (r.succeeded) {
+            revision = r.revision;
+            for (const p of planned) if (p.committed) committed.push(p.committed);
+            break;
+          }
+          const epKv = r.one(epSlot);
+          const ep = this.endpointOf(epKv, id);
+          if (!ep || ep.containerId !== endpoint.containerId) {
+            throw new CniError(
+              Code.TryAgainLater,
+              `pod ${id} was registered again by another ADD while this one was linking`,
+            );
+          }
+          myRev = epKv?.mod_revision ?? myRev;
+          const hint = Number(r.one(nextSlot)?.value.toString());
+          // VNI blocks from firstBlock on may be taken: try after them (and after the hint).
+          block = Math.max(block, Number.isInteger(hint) ? hint : 0) % VNI_BLOCKS;
+          live.forEach((u, k) => {
+            const kv = r.one(chunkSlots[k] as Slot);
+            const rev = kv?.mod_revision ?? "0";
+            if (rev === u.prev.rev) return;
+            const now = this.pairChunkOf(kv, id, u.peer);
+            // Another ADD recorded this pair for these very containers before we recorded any
+            // of it: that ADD builds it (whoever records a pair's first chunk first, builds).
+            const ours = committed.some((c) => podId(c.peer) === u.peer);
+            if (now && u.builds && !ours && this.sameContainers(now, endpoint, (u.builds[0] as Build).peer)) {
+              taken.add(u.peer);
+              return;
+            }
+            u.prev = { chunk: now, rev };
+          });
+        }
+      }
+    } catch (err) {
+      await this.abandon(endpoint, committed, revision).catch(() => undefined);
+      throw err;
+    }
+    return { committed: committed.filter((c) => !taken.has(podId(c.peer))), revision };
+  }
+
+  private sameContainers(chunk: PairChunk, me: EndpointRecord, peer: EndpointRecord): boolean {
+    return (
+      chunk.ends[podId(me)]?.containerId === me.containerId &&
+      chunk.ends[podId(peer)]?.containerId === peer.containerId
+    );
+  }
+
+  /** The tunnel entries of one VXLAN pair chunk: the peer's node builds its ends, ours is for restarts. */
+  private tunnelWrites(
+    me: EndpointRecord,
+    peer: EndpointRecord,
+    chunk: number,
+    links: Array<{ build: Build; vni?: number }>,
+  ): Op[] {
+    const id = podId(me);
+    const peerId = podId(peer);
+    const entry = (pod: string, containerId: string, remote: string): TunnelChunk => ({
+      pod,
+      containerId,
+      remote,
+      builtBy: me.node,
+      ends: links.map(({ build, vni }) => {
+        const end = podId(build.link.a) === pod ? build.link.a : build.link.b;
+        return {
+          key: build.link.key,
+          end: { ifname: end.ifname, ips: end.ips, ...(end.mac !== undefined ? { mac: end.mac } : {}) },
+          vni: vni as number,
+          ...(build.link.mtu !== undefined ? { mtu: build.link.mtu } : {}),
+        };
+      }),
+    });
+    return [
+      op.put(
+        this.keys.tunnelChunk(peer.node, id, peerId, chunk),
+        entry(peerId, peer.containerId, me.vtep as string),
+      ),
+      op.put(
+        this.keys.tunnelChunk(me.node, id, peerId, chunk),
+        entry(id, me.containerId, peer.vtep as string),
+      ),
+    ];
+  }
+
+  /**
+   * A failed ADD takes back the pair chunks it recorded (where nobody wrote them since), so no
+   * later ADD reads them as built: the chunk, the VNI block it took and its tunnel entries.
+   */
+  async abandon(me: EndpointRecord, committed: Committed[], revision: string): Promise<void> {
+    const keys = this.keys;
+    const id = podId(me);
+    const units = committed.map((c) => {
+      const peer = podId(c.peer);
+      const compare = [cmp.modRev(keys.pairChunk(id, peer, c.chunk), revision)];
+      const writes: Op[] = [op.del(keys.pairChunk(id, peer, c.chunk))];
+      if (c.newBlock !== undefined) writes.push(op.del(keys.vni(c.newBlock)));
+      if (c.kind === "vxlan")
+        for (const node of new Set([c.peer.node, me.node]))
+          writes.push(op.del(keys.tunnelChunk(node, id, peer, c.chunk)));
+      return { compare, writes };
+    });
+    // Each chunk on its own: one that someone rewrote since stays theirs.
+    for (const u of units) await txn(this.etcd, u);
+  }
+
+  /** A deregistered pod's records (link-removal.ts). */
+  removeRecords(endpoint: EndpointRecord, rev: string, peers: Iterable<string>): Promise<void> {
+    return removeRecords(this, endpoint, rev, peers);
   }
 }

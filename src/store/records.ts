@@ -12,8 +12,8 @@ import {
   podNameProblem,
   containerIdProblem,
 } from "../cni/names.ts";
-import { type EndSpec, endId, type LinkSpec, linkKey } from "../links/spec.ts";
-import { MAX_VNI } from "./keys.ts";
+import { type EndSpec, endId, type LinkSpec } from "../links/spec.ts";
+import { DECL_CHUNK, LINK_CHUNK, MAX_VNI, VNI_BLOCKS } from "./keys.ts";
 
 const named = (problem: (s: string) => string | undefined) =>
   v.pipe(
@@ -85,41 +85,102 @@ export type EndpointRecord = v.InferOutput<typeof EndpointSchema>;
 const LinkKind = v.picklist(["veth", "vxlan"]);
 export type LinkKind = v.InferOutput<typeof LinkKind>;
 
-/** A link that was built: kind, VNI, and for each end ("ns/pod") its node and container. */
-export const LinkRecordSchema = v.pipe(
-  v.object({
-    key: v.string(),
-    a: EndSpecSchema,
-    b: EndSpecSchema,
-    mtu: v.optional(Mtu),
-    kind: LinkKind,
-    vni: v.optional(Vni),
-    ends: v.record(v.string(), v.object({ node: NodeId, containerId: ContainerId })),
-  }),
-  v.check((r) => linkKey({ local: r.a, peer: r.b }) === r.key, "its ends do not make its key"),
-  v.check((r) => r.kind === "veth" || r.vni !== undefined, "a vxlan link needs a vni"),
-);
-export type LinkRecord = v.InferOutput<typeof LinkRecordSchema>;
+/** "ns/pod", both parts valid names. */
+const PodRef = named((s) => {
+  const [ns, pod, ...rest] = s.split("/");
+  if (rest.length > 0 || ns === undefined || pod === undefined) return "is not namespace/pod";
+  return namespaceProblem(ns) ?? podNameProblem(pod);
+});
 
-/** Tells a node's agent to build (or rebuild) its end of a VXLAN link. */
-export const TunnelEndSchema = v.pipe(
+/** One end of a link inside a chunk whose key names the pods: interface, addresses, MAC. */
+const ChunkEndSchema = v.object({
+  ifname: Ifname,
+  ips: v.pipe(v.array(Cidr), v.maxLength(64)),
+  mac: v.optional(Mac),
+});
+export type ChunkEnd = v.InferOutput<typeof ChunkEndSchema>;
+
+/** Up to DECL_CHUNK of one pod's declarations of links to one peer (the key names both). */
+export const DeclChunkSchema = v.object({
+  links: v.pipe(
+    v.array(
+      v.object({
+        local: ChunkEndSchema,
+        peer: ChunkEndSchema,
+        mtu: v.optional(Mtu),
+        primary: v.optional(v.boolean()),
+        source: v.picklist(["labels", "annotation"]),
+      }),
+    ),
+    v.minLength(1),
+    v.maxLength(DECL_CHUNK),
+  ),
+});
+export type DeclChunk = v.InferOutput<typeof DeclChunkSchema>;
+
+/**
+ * Up to LINK_CHUNK built links between two pods a < b (the key names them): the kind, for
+ * VXLAN the VNI block (link i has VNI vniOf(block, i)), and for each pod ("ns/pod") the node
+ * and container the links were built for. `links` holds [a's interface, b's interface].
+ */
+export const PairChunkSchema = v.pipe(
   v.object({
-    key: v.string(),
-    /** The end on this node. */
-    end: EndSpecSchema,
+    kind: LinkKind,
+    block: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(VNI_BLOCKS - 1))),
+    ends: v.record(PodRef, v.object({ node: NodeId, containerId: ContainerId })),
+    links: v.pipe(v.array(v.tuple([Ifname, Ifname])), v.minLength(1), v.maxLength(LINK_CHUNK)),
+  }),
+  v.check((r) => r.kind === "veth" || r.block !== undefined, "a vxlan chunk needs a VNI block"),
+);
+export type PairChunk = v.InferOutput<typeof PairChunkSchema>;
+
+/** Tells a node's agent to build (or rebuild) its ends of one VXLAN pair chunk. */
+export const TunnelChunkSchema = v.pipe(
+  v.object({
+    /** The pod on this node ("ns/pod") and its container. */
+    pod: PodRef,
     containerId: ContainerId,
-    vni: Vni,
     /** The other node's VTEP. */
     remote: IpAddress,
-    mtu: v.optional(Mtu),
-    /** The node whose ADD wrote this entry (and already built its own end). */
+    /** The node whose ADD wrote this entry (and already built its own ends). */
     builtBy: NodeId,
+    ends: v.pipe(
+      v.array(v.object({ key: v.string(), end: ChunkEndSchema, vni: Vni, mtu: v.optional(Mtu) })),
+      v.minLength(1),
+      v.maxLength(LINK_CHUNK),
+    ),
   }),
-  v.check((n) => n.key.split(":").includes(endId(n.end)), "its end is not an end of its link"),
+  v.check(
+    (t) => t.ends.every((e) => e.key.split(":").includes(`${t.pod}/${e.end.ifname}`)),
+    "an end is not an end of its link on this pod",
+  ),
 );
-export type TunnelEnd = v.InferOutput<typeof TunnelEndSchema>;
+export type TunnelChunk = v.InferOutput<typeof TunnelChunkSchema>;
 
-export const DeclSchema = LinkSpecSchema;
+/** One tunnel end of a TunnelChunk, with what its node needs to build it. */
+export interface TunnelEnd {
+  key: string;
+  end: EndSpec;
+  containerId: string;
+  vni: number;
+  remote: string;
+  mtu?: number;
+  builtBy: string;
+}
+
+/** The ends of a tunnel chunk, each with its pod. */
+export function tunnelEnds(t: TunnelChunk): TunnelEnd[] {
+  const [namespace, pod] = t.pod.split("/") as [string, string];
+  return t.ends.map((e) => ({
+    key: e.key,
+    end: { namespace, pod, ...e.end },
+    containerId: t.containerId,
+    vni: e.vni,
+    remote: t.remote,
+    builtBy: t.builtBy,
+    ...(e.mtu !== undefined ? { mtu: e.mtu } : {}),
+  }));
+}
 
 // Compile-time check that the schemas and the spec types stay the same shape.
 const _end: EndSpec = {} as v.InferOutput<typeof EndSpecSchema>;

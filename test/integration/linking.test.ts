@@ -480,7 +480,8 @@ describe("issue 6.3: one pod, three links to peers on both nodes", () => {
     const ch = await expectEnd(c, satC, "h0", { kind: "vxlan", ips: ["10.61.3.2/30", "fd61:3::2/64"] });
     expectTunnel(hc, n1, ch, n2);
     expect(hb.vni).not.toBe(hc.vni as number);
-    expect([hb.vni, hc.vni].sort()).toEqual([11, 12]);
+    // Each pair of pods takes a block of 64 VNIs: the first of blocks 0 and 1.
+    expect([hb.vni, hc.vni].sort()).toEqual([11, 75]);
     expect((await c.ifaceNames(hub)).sort()).toEqual(["a0", "b0", "c0"]);
 
     for (const [sat, n] of [

@@ -37,9 +37,8 @@ function input(over: Partial<PlanInput>): PlanInput {
     vtep: "10.1.0.1",
     declared: [],
     others: [],
-    previous: [],
+    previousPeers: [],
     peers: new Map(),
-    records: new Map(),
     ...over,
   };
 }
@@ -160,9 +159,9 @@ describe("consent and conflicts", () => {
     expect(() => plan(input({ declared: twice }))).toThrow(/and so does link/);
   });
 
-  test("earlier declarations this pod no longer makes are stale", () => {
-    const old = spec("ns/a", "ns/b", "x0", "x1");
-    const p = plan(input({ previous: [decl("ns/a", old)] }));
-    expect(p.stale).toEqual([{ link: linkKey(old), peer: "ns/b" }]);
+  test("peers this pod declared links to before and declares none to now are stale", () => {
+    const kept = spec("ns/a", "ns/c", "x0", "x1");
+    const p = plan(input({ declared: [kept], previousPeers: ["ns/b", "ns/c"] }));
+    expect(p.stale).toEqual(["ns/b"]);
   });
 });

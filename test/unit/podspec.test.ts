@@ -6,6 +6,8 @@ import { parseCidr, parseIpAddress, show } from "../../src/cni/names.ts";
 import {
   linkDifferences,
   linkKey,
+  MAX_ANNOTATION_BYTES,
+  MAX_LINKS,
   podLinks,
   reverseLink,
   sameLink,
@@ -449,16 +451,20 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
         "the same link as annotation ratchet/links[0] with other values: MTU: 1400 vs 1500",
     ],
     [
-      "annotation over 64 KiB",
-      pod({ ratchet: "true" }, { "ratchet/links": `[${" ".repeat(64 * 1024)}]` }),
+      "annotation over 256 KiB",
+      pod({ ratchet: "true" }, { "ratchet/links": `[${" ".repeat(MAX_ANNOTATION_BYTES)}]` }),
       'annotation ratchet/links "[      ',
     ],
     [
-      "more than 128 links",
+      "more than 4096 links",
       annotated(
-        Array.from({ length: 129 }, (_, i) => ({ peer: `p${i}`, local_ifname: `e${i}`, peer_ifname: "e0" })),
+        Array.from({ length: MAX_LINKS + 1 }, (_, i) => ({
+          peer: `p${i}`,
+          local_ifname: `e${i}`,
+          peer_ifname: "e0",
+        })),
       ),
-      'annotation ratchet/links "[129 links]" lists 129 links, the limit is 128',
+      'annotation ratchet/links "[4097 links]" lists 4097 links, the limit is 4096',
     ],
   ];
 
@@ -471,13 +477,13 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
 
   test("the over-size message gives the size and the limit", () => {
     const err = failure(() =>
-      podLinks(pod({ ratchet: "true" }, { "ratchet/links": `[${" ".repeat(64 * 1024)}]` }), OPTS),
+      podLinks(pod({ ratchet: "true" }, { "ratchet/links": `[${" ".repeat(MAX_ANNOTATION_BYTES)}]` }), OPTS),
     );
-    expect(err.message).toEndWith("is 65538 bytes long, the limit is 65536");
+    expect(err.message).toEndWith("is 262146 bytes long, the limit is 262144");
   });
 
-  test("labels and annotation together over 128 links", () => {
-    const items = Array.from({ length: 128 }, (_, i) => ({
+  test("labels and annotation together over 4096 links", () => {
+    const items = Array.from({ length: MAX_LINKS }, (_, i) => ({
       peer: `p${i}`,
       local_ifname: `e${i}`,
       peer_ifname: "e0",
@@ -493,7 +499,7 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
       ),
     );
     expect(err.code).toBe(103);
-    expect(err.message).toContain("makes 129 links, the limit is 128");
+    expect(err.message).toContain("makes 4097 links, the limit is 4096");
   });
 
   test("the pod's own name and namespace are checked", () => {
@@ -510,13 +516,14 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     expect(err.message).not.toContain("\n");
   });
 
-  test("128 links is fine", () => {
-    const items = Array.from({ length: 128 }, (_, i) => ({
-      peer: `p${i}`,
+  test("4096 links to one peer fit the annotation and are read", () => {
+    const items = Array.from({ length: MAX_LINKS }, (_, i) => ({
+      peer: "pod-b",
       local_ifname: `e${i}`,
-      peer_ifname: "e0",
+      peer_ifname: `f${i}`,
     }));
-    expect(podLinks(annotated(items), OPTS).links).toHaveLength(128);
+    expect(JSON.stringify(items).length).toBeLessThan(MAX_ANNOTATION_BYTES);
+    expect(podLinks(annotated(items), OPTS).links).toHaveLength(MAX_LINKS);
   });
 });
 
