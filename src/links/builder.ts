@@ -33,9 +33,21 @@ import {
 } from "../netlink/index.ts";
 import type { EndSpec } from "./spec.ts";
 
+const digest = (link: string) => createHash("sha256").update(link).digest();
+
 /** The mark of every interface ratchet builds for `link` (at most 255 bytes: a digest). */
 export function markOf(link: string): string {
-  return `ratchet:v1:${createHash("sha256").update(link).digest("hex").slice(0, 32)}`;
+  return `ratchet:v1:${digest(link).toString("hex").slice(0, 32)}`;
+}
+
+/**
+ * The device group every end of `link` is created in (IFLA_GROUP, from the same digest;
+ * never 0, the default). The alias can only be set once the interface exists; the group
+ * comes with the RTM_NEWLINK itself, so an end whose creation was cut short (the agent
+ * killed in between) is still known as ratchet's: it has the group and no alias yet.
+ */
+export function groupOf(link: string): number {
+  return (digest(link).readUInt32BE(0) & 0x7fffffff) | 1;
 }
 
 /** Where one end lives: its pod (for messages) and netns (from this node's own CNI calls). */
@@ -51,8 +63,12 @@ export type Presence =
 
 function classify(link: string, l: KernelLink | undefined): Presence {
   if (!l) return { state: "absent" };
-  return l.alias === markOf(link) ? { state: "ours", link: l } : { state: "foreign", link: l };
+  const ours = l.alias === markOf(link) || (l.alias === "" && l.group === groupOf(link));
+  return ours ? { state: "ours", link: l } : { state: "foreign", link: l };
 }
+
+/** Ours and finished: marked (an end cut short has only its group). */
+const marked = (link: string, l: KernelLink) => l.alias === markOf(link);
 
 /** What holds `ifname` in `netns` now, and whether it is ratchet's for `link`. */
 export function presence(link: string, ifname: string, netns: string): Presence {
@@ -183,6 +199,8 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
     if (pm.state === "ours" && pt.state === "ours") {
       const [a, b] = [pm.link, pt.link];
       const right =
+        marked(j.link, a) &&
+        marked(j.link, b) &&
         a.kind === "veth" &&
         b.kind === "veth" &&
         a.peerIndex === b.index &&
@@ -208,6 +226,7 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
       index: v.alloc.take(),
       mac: e.mac ?? randomMac(),
       alias: mark,
+      group: groupOf(j.link),
       ips: e.ips,
       ...(j.mtu !== undefined ? { mtu: j.mtu } : {}),
     });
@@ -277,6 +296,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
       if (p.state === "foreign") throw notOurs(j.link, j.end.ifname, j.at, p.link);
       const right =
         p.state === "ours" &&
+        marked(j.link, p.link) &&
         p.link.kind === "vxlan" &&
         p.link.vni === j.tunnel.vni &&
         p.link.remote === j.tunnel.remote;
@@ -322,6 +342,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
           index: views.get(j.at.netns).alloc.take(),
           mac: j.end.mac ?? randomMac(),
           alias: markOf(j.link),
+          group: groupOf(j.link),
           ips: j.end.ips,
           ...(j.tunnel.mtu !== undefined ? { mtu: j.tunnel.mtu } : {}),
         },

@@ -162,7 +162,8 @@ export class Linker extends LinkerBase {
     if (ours && own?.endpoint) {
       const peers = new Set(own.peers);
       for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
-      await this.store.removeRecords(own.endpoint, own.rev, peers);
+      const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podIdOf(d.spec.peer)));
+      await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo);
     }
     if (local) {
       this.state.delete(env.containerId);

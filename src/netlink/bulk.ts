@@ -166,6 +166,8 @@ export interface NewEnd {
   mac: string;
   /** IFLA_IFALIAS; the kernel ignores it in RTM_NEWLINK, so it is set right after. */
   alias: string;
+  /** IFLA_GROUP, set by the RTM_NEWLINK itself (0: the default group). */
+  group?: number;
   mtu?: number;
   /** CIDRs. */
   ips: string[];
@@ -187,6 +189,7 @@ function endAttrs(end: NewEnd, nsFd: NetnsFd | undefined): Attr[] {
   if (nsFd) attrs.push(attrU32(IFLA_NET_NS_FD, nsFd.fd));
   if (end.mtu !== undefined) attrs.push(attrU32(IFLA_MTU, end.mtu));
   attrs.push(new Attr(IFLA_ADDRESS, new Bytes(parseMac(end.mac))));
+  if (end.group) attrs.push(attrU32(IFLA_GROUP, end.group));
   return attrs;
 }
 

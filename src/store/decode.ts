@@ -21,6 +21,12 @@ import {
 /** The chunks of a pair as read: by chunk number, the record (undefined when bad) and its revision. */
 export type PairState = Map<number, { chunk: PairChunk | undefined; rev: string }>;
 
+/**
+ * The value of peers/<pod>/<declarer> once the declarer is gone while its declarations to
+ * the pod stay (the pod is registered): so the pod's own DEL still finds and removes them.
+ */
+export const GONE = "gone";
+
 export class StoreBase {
   constructor(
     readonly etcd: Etcd3,
@@ -49,6 +55,15 @@ export class StoreBase {
       return undefined;
     }
     return ep;
+  }
+
+  /**
+   * An entry under peers/<pod>/<declarer>: the declarer's endpoint while it is registered,
+   * null once it is gone and its declarations stay (undefined: a bad value).
+   */
+  peerEntryOf(kv: KeyValue, declarer: string): EndpointRecord | null | undefined {
+    if (kv.value.toString() === GONE) return null;
+    return this.endpointOf(kv, declarer);
   }
 
   /** A pair chunk of pods x and y, checked against its key (its ends are exactly the pair). */

@@ -3,6 +3,7 @@
 // endpoint, so the runtime's retried DEL finds the pod and finishes.
 import { CniError, Code } from "../cni/errors.ts";
 import { podId } from "../links/spec.ts";
+import { GONE } from "./decode.ts";
 import { cmp, type Op, op, pack, sizeOf, txn } from "./etcd-ops.ts";
 import type { LinkReads } from "./link-reads.ts";
 import type { EndpointRecord } from "./records.ts";
@@ -35,6 +36,7 @@ export async function removeRecords(
   endpoint: EndpointRecord,
   rev: string,
   peers: Iterable<string>,
+  declaredTo: Set<string>,
 ): Promise<void> {
   const keys = store.keys;
   const id = podId(endpoint);
@@ -44,15 +46,16 @@ export async function removeRecords(
     const units = peerIds.map((p) => {
       const pair = pairs.get(p);
       const compare = [cmp.modRev(keys.endpoint(p), pair?.epRev ?? "0")];
-      const writes: Op[] = [
-        op.del(keys.peer(p, id)),
-        op.delPrefix(keys.tunnelPairPrefix(endpoint.node, id, p)),
-      ];
+      const writes: Op[] = [op.delPrefix(keys.tunnelPairPrefix(endpoint.node, id, p))];
       if (!sameNamespace(p, id)) writes.push(op.delPrefix(keys.declPairPrefix(id, p)));
+      // Our declarations to a registered peer stay: its index keeps pointing at them.
+      const keep = pair?.endpoint && sameNamespace(p, id) && declaredTo.has(p);
+      writes.push(keep ? op.put(keys.peer(p, id), GONE) : op.del(keys.peer(p, id)));
       if (!pair?.endpoint) {
         writes.push(
           op.delPrefix(keys.declPairPrefix(id, p)),
           op.delPrefix(keys.declPairPrefix(p, id)),
+          op.del(keys.peer(id, p)),
           op.delPrefix(keys.pairPrefix(id, p)),
         );
         for (const { chunk } of pair?.state.values() ?? []) {

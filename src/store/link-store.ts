@@ -139,9 +139,11 @@ export class LinkStore extends LinkReads {
         }
         for (const kv of await rest(this.etcd, r, head.peers)) {
           const declarer = keys.idAfter(keys.peersPrefix(id), keyOf(kv));
-          const ep = declarer ? this.endpointOf(kv, declarer) : undefined;
-          if (!ep || !declarer || !sameNamespace(declarer, id)) continue;
-          reg.peers.set(declarer, ep);
+          if (!declarer || !sameNamespace(declarer, id)) continue;
+          // Its declarations count whether it is registered (an endpoint) or gone (a marker).
+          const entry = this.peerEntryOf(kv, declarer);
+          if (entry === undefined) continue;
+          if (entry) reg.peers.set(declarer, entry);
           if (!byPeer.has(declarer)) declarers.push(declarer);
         }
         const hint = Number(r.one(head.vni)?.value.toString());
@@ -436,7 +438,12 @@ export class LinkStore extends LinkReads {
   }
 
   /** A deregistered pod's records (link-removal.ts). */
-  removeRecords(endpoint: EndpointRecord, rev: string, peers: Iterable<string>): Promise<void> {
-    return removeRecords(this, endpoint, rev, peers);
+  removeRecords(
+    endpoint: EndpointRecord,
+    rev: string,
+    peers: Iterable<string>,
+    declaredTo: Set<string>,
+  ): Promise<void> {
+    return removeRecords(this, endpoint, rev, peers, declaredTo);
   }
 }

@@ -156,7 +156,7 @@ test("table: aligned, one line per endpoint and per link", async () => {
 
 test("DOT: nodes as clusters, links as labelled edges; graphviz draws it; lost record: broken", async () => {
   const etcd = new Etcd3({ hosts: etcdEndpoint() });
-  await etcd.delete().key(`${prefix}/v1/links/default/pair-pod/in2:default/primary-pod/in1`);
+  await etcd.delete().key(`${prefix}/v1/links/default/pair-pod/default/primary-pod/0000`);
   etcd.close();
   const json = JSON.parse((await links("json")).stdout) as View;
   expect(json.links.find((l) => l.kind === "-" && l.a.pod === "default/pair-pod")?.state).toBe("broken");

@@ -156,24 +156,26 @@ describe("forged etcd values are data, never orders", () => {
     await ipIn(real.netns.name, ["link", "add", "keep0", "type", "veth", "peer", "name", "keep0p"]);
     const keep = await ifindex(real.netns.name, "keep0");
     const vtep = n.underlay;
+    // A tunnel entry (one chunk of the pair default/other, default/real) naming `ifname`.
     const entry = (ifname: string, containerId: string) => ({
-      key: `default/other/x0:default/real/${ifname}`,
-      end: { namespace: "default", pod: "real", ifname, ips: ["10.83.0.2/30"] },
+      pod: "default/real",
       containerId,
       netns: n.host.path,
-      vni: 77,
       remote: "10.250.250.2",
       builtBy: "10.250.250.2",
+      ends: [
+        { key: `default/other/x0:default/real/${ifname}`, end: { ifname, ips: ["10.83.0.2/30"] }, vni: 77 },
+      ],
     });
     const put = (e: ReturnType<typeof entry>) =>
-      c.etcdPut(`v1/nodes/${vtep}/links/${e.key}`, JSON.stringify(e));
+      c.etcdPut(`v1/nodes/${vtep}/links/default/other/default/real/0000`, JSON.stringify(e));
     await put(entry("keep0", real.containerId));
     expect(await logShows(n, "was not built by ratchet for this link")).toBe(true);
     await put(entry("eth0", real.containerId));
     expect(await logShows(n, "tunnel end refused: it names the pod's CNI_IFNAME")).toBe(true);
     // A container this node never attached, naming the host's underlay: ignored.
     await put(entry("ul0", "not-here"));
-    await c.etcdPut(`v1/nodes/${vtep}/links/default/a/b:default/real/nul0`, "null");
+    await c.etcdPut(`v1/nodes/${vtep}/links/default/a/default/real/0001`, "null");
     expect(await logShows(n, "ignoring a bad value in etcd")).toBe(true);
     // Entries deleted: the agent removes only ends it built (none of these).
     await c.deleteEtcdPrefix();
