@@ -78,23 +78,29 @@ async function main(): Promise<number> {
   }
   if (rest[0] === "links") {
     const { runLinks } = await import("./cli/links.ts");
-    return runLinks(
-      rest.slice(1),
-      (s) => process.stdout.write(s),
-      (s) => process.stderr.write(s),
-    );
+    return runLinks(rest.slice(1), writeOut, (s) => process.stderr.write(s));
   }
   const { runParent } = await import("./parent/main.ts");
   return runParent(rest, {
     env: process.env,
     readStdin: () => Bun.stdin.text(),
-    write: (s) => process.stdout.write(s),
+    write: writeOut,
   });
+}
+
+// What goes to stdout (a CNI result, `ratchet links`), written in full before the process
+// exits: a result of thousands of links is more than a pipe takes at once.
+let written: Promise<unknown> = Promise.resolve();
+function writeOut(s: string): void {
+  written = written.then(() => Bun.write(Bun.stdout, s));
 }
 
 if (import.meta.main) {
   main().then(
-    (code) => process.exit(code),
+    async (code) => {
+      await written;
+      process.exit(code);
+    },
     (err: unknown) => {
       process.stderr.write(
         `ratchet: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,

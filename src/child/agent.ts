@@ -139,12 +139,14 @@ export class NodeAgent {
       );
     }
     try {
+      const t0 = performance.now();
       const f = await followNode(etcd, linker, this.log);
       this.followers.add(f.follower);
       this.log.info("reconciled this node's links with etcd", {
         node,
         tunnelEnds: f.ends,
         containers: this.state.size,
+        ms: Math.round(performance.now() - t0),
       });
     } catch (err) {
       throw storeError(err);

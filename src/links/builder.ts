@@ -33,7 +33,7 @@ import {
 } from "../netlink/index.ts";
 import type { EndSpec } from "./spec.ts";
 
-const digest = (link: string) => createHash("sha256").update(link).digest();
+const digest = (text: string) => createHash("sha256").update(text).digest();
 
 /** The mark of every interface ratchet builds for `link` (at most 255 bytes: a digest). */
 export function markOf(link: string): string {
@@ -41,13 +41,14 @@ export function markOf(link: string): string {
 }
 
 /**
- * The device group every end of `link` is created in (IFLA_GROUP, from the same digest;
- * never 0, the default). The alias can only be set once the interface exists; the group
- * comes with the RTM_NEWLINK itself, so an end whose creation was cut short (the agent
- * killed in between) is still known as ratchet's: it has the group and no alias yet.
+ * The device group (IFLA_GROUP) ratchet creates every end in a pod's netns in: from a
+ * digest of the netns, never 0 (the default). It comes with the RTM_NEWLINK itself, where
+ * the alias can only follow once the interface exists, so an end whose creation was cut
+ * short (the agent killed in between) is still known as ratchet's: the group, no alias yet.
+ * And a pod's DEL removes all its ends with one kernel call: "delete group".
  */
-export function groupOf(link: string): number {
-  return (digest(link).readUInt32BE(0) & 0x7fffffff) | 1;
+export function groupOf(netns: string): number {
+  return (digest(netns).readUInt32BE(0) & 0x7fffffff) | 1;
 }
 
 /** Where one end lives: its pod (for messages) and netns (from this node's own CNI calls). */
@@ -61,9 +62,9 @@ export type Presence =
   | { state: "ours"; link: KernelLink }
   | { state: "foreign"; link: KernelLink };
 
-function classify(link: string, l: KernelLink | undefined): Presence {
+function classify(link: string, l: KernelLink | undefined, netns: string): Presence {
   if (!l) return { state: "absent" };
-  const ours = l.alias === markOf(link) || (l.alias === "" && l.group === groupOf(link));
+  const ours = l.alias === markOf(link) || (l.alias === "" && l.group === groupOf(netns));
   return ours ? { state: "ours", link: l } : { state: "foreign", link: l };
 }
 
@@ -73,7 +74,7 @@ const marked = (link: string, l: KernelLink) => l.alias === markOf(link);
 /** What holds `ifname` in `netns` now, and whether it is ratchet's for `link`. */
 export function presence(link: string, ifname: string, netns: string): Presence {
   try {
-    return classify(link, getLink(ifname, netns));
+    return classify(link, getLink(ifname, netns), netns);
   } catch (err) {
     if (err instanceof LinkNotFoundError || err instanceof NetnsNotFoundError) return { state: "absent" };
     throw err;
@@ -82,6 +83,7 @@ export function presence(link: string, ifname: string, netns: string): Presence 
 
 /** One netns as read at the start of a batch: its links by name, addresses by ifindex. */
 export interface NetnsView {
+  netns: string;
   links: Map<string, KernelLink>;
   all: KernelLink[];
   addrs: Map<number, Address[]>;
@@ -98,6 +100,7 @@ class Views {
       const sock = this.socks.socket(netns);
       const all = dumpLinks(sock);
       v = {
+        netns,
         all,
         links: new Map(all.map((l) => [l.name, l])),
         addrs: dumpAddresses(sock),
@@ -111,7 +114,7 @@ class Views {
 
 /** What holds `ifname` in a netns read by inspect(), and whether it is ratchet's for `link`. */
 export function presenceIn(view: NetnsView, link: string, ifname: string): Presence {
-  return classify(link, view.links.get(ifname));
+  return classify(link, view.links.get(ifname), view.netns);
 }
 
 /** Reads one netns: its links and addresses (CHECK, `ratchet links`). */
@@ -192,8 +195,8 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
   jobs.forEach((j, n) => {
     const vm = views.get(j.me.netns);
     const vp = views.get(j.peer.netns);
-    const pm = classify(j.link, vm.links.get(j.mine.ifname));
-    const pt = classify(j.link, vp.links.get(j.theirs.ifname));
+    const pm = classify(j.link, vm.links.get(j.mine.ifname), j.me.netns);
+    const pt = classify(j.link, vp.links.get(j.theirs.ifname), j.peer.netns);
     if (pm.state === "foreign") throw notOurs(j.link, j.mine.ifname, j.me, pm.link);
     if (pt.state === "foreign") throw notOurs(j.link, j.theirs.ifname, j.peer, pt.link);
     if (pm.state === "ours" && pt.state === "ours") {
@@ -226,7 +229,7 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
       index: v.alloc.take(),
       mac: e.mac ?? randomMac(),
       alias: mark,
-      group: groupOf(j.link),
+      group: groupOf(at.netns),
       ips: e.ips,
       ...(j.mtu !== undefined ? { mtu: j.mtu } : {}),
     });
@@ -292,7 +295,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
         );
       }
       const v = views.get(j.at.netns);
-      const p = classify(j.link, v.links.get(j.end.ifname));
+      const p = classify(j.link, v.links.get(j.end.ifname), j.at.netns);
       if (p.state === "foreign") throw notOurs(j.link, j.end.ifname, j.at, p.link);
       const right =
         p.state === "ours" &&
@@ -333,6 +336,10 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
   const byHost = new Map<string | undefined, number[]>();
   for (const n of create) add(byHost, (jobs[n] as TunnelJob).tunnel.hostNetns, n);
   for (const [hostNs, list] of byHost) {
+    // The ifindex asked for in a pod netns must be free in the host netns too (bulk.ts).
+    const hostLinks = dumpLinks(socks.socket(hostNs));
+    for (const netns of new Set(list.map((n) => (jobs[n] as TunnelJob).at.netns)))
+      views.get(netns).alloc.avoid(hostLinks);
     const specs = list.map((n) => {
       const j = jobs[n] as TunnelJob;
       return {
@@ -342,7 +349,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
           index: views.get(j.at.netns).alloc.take(),
           mac: j.end.mac ?? randomMac(),
           alias: markOf(j.link),
-          group: groupOf(j.link),
+          group: groupOf(j.at.netns),
           ips: j.end.ips,
           ...(j.tunnel.mtu !== undefined ? { mtu: j.tunnel.mtu } : {}),
         },
@@ -381,7 +388,7 @@ export function removeEnds(
   }
   const ours: Array<{ link: string; ifname: string; l: KernelLink }> = [];
   for (const e of ends) {
-    const p = classify(e.link, v.links.get(e.ifname));
+    const p = classify(e.link, v.links.get(e.ifname), at.netns);
     if (p.state === "foreign") {
       log?.warn("not removing an interface ratchet did not build for this link", {
         link: e.link,
@@ -395,6 +402,7 @@ export function removeEnds(
     socks.socket(at.netns),
     ours.map((o) => o.l.index),
     v.all,
+    groupOf(at.netns),
   );
   const removed: Array<{ link: string; ifname: string }> = [];
   const failures: string[] = [];

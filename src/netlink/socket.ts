@@ -91,17 +91,18 @@ export class NetlinkSocket implements Disposable {
   }
 
   /**
-   * Several changes, each with NLM_F_ACK: sent BATCH_REQUESTS per sendmsg, their acks read
-   * together. The kernel acts on each message in order and answers each; one failing does
-   * not stop the next. Returns, per message, undefined (done) or its ErrnoError. A request
+   * Several changes, each with NLM_F_ACK: sent `perSend` per sendmsg, their acks read
+   * together (answers other than acks, e.g. to a GET, are skipped: fewer per sendmsg then).
+   * The kernel acts on each message in order and answers each; one failing does not stop the
+   * next. Returns, per message, undefined (done) or its ErrnoError. A request
    * that depends on an earlier one (an address on a link just created) must be sent only
    * once that one is known to be done, in a later call.
    */
-  changeAll(msgs: Message[]): Array<ErrnoError | undefined> {
+  changeAll(msgs: Message[], perSend = BATCH_REQUESTS): Array<ErrnoError | undefined> {
     if (this.closed) throw new Error("netlink socket is closed");
     const out: Array<ErrnoError | undefined> = new Array(msgs.length).fill(undefined);
-    for (let start = 0; start < msgs.length; start += BATCH_REQUESTS) {
-      const chunk = msgs.slice(start, start + BATCH_REQUESTS);
+    for (let start = 0; start < msgs.length; start += perSend) {
+      const chunk = msgs.slice(start, start + perSend);
       const bySeq = new Map<number, number>();
       let size = 0;
       for (const m of chunk) size += align(m.length);
