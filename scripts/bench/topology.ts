@@ -204,13 +204,19 @@ async function acrossNodes(): Promise<Record<string, number>> {
 async function manyEnds(): Promise<Record<string, number>> {
   await using c = await makeCluster({ nodes: 2 });
   const [n1, n2] = [c.node(1), c.node(2)];
-  const pods = Math.max(2, Math.round(ENDS / PER_POD));
+  // Pods of PER_POD links on node 1: half in veth pairs with each other, half each with a
+  // VXLAN peer on node 2.
+  const onNode1 = Math.max(4, 2 * Math.round(ENDS / PER_POD / 2));
   const pairs: Array<[Pod, Pod]> = [];
-  // Half the pods of node 1 in veth pairs on node 1, half with a VXLAN peer on node 2.
-  for (let i = 0; i < pods; i += 2) {
-    const across = i >= pods / 2;
-    routerPods(c, `m${i}`, `m${i + 1}`, PER_POD, 64 + i, "m");
-    pairs.push([await n1.pod(`m${i}`), await (across ? n2 : n1).pod(`m${i + 1}`)]);
+  const local: Pod[] = [];
+  for (let i = 0; i < onNode1; i++) {
+    const veth = i < onNode1 / 2;
+    if (veth && i % 2 === 1) continue;
+    const peer = veth ? `m${i + 1}` : `x${i}`;
+    routerPods(c, `m${i}`, peer, PER_POD, 64 + i, "m");
+    const pair: [Pod, Pod] = [await n1.pod(`m${i}`), await (veth ? n1 : n2).pod(peer)];
+    pairs.push(pair);
+    local.push(...(veth ? pair : [pair[0]]));
   }
   for (const [a, b] of pairs) {
     await ok("ADD", a.add(CONF));
@@ -218,8 +224,8 @@ async function manyEnds(): Promise<Record<string, number>> {
   }
   // Node 1's agent builds its ends of the VXLAN links after the peers' ADDs: wait for them.
   const allUp = async () => {
-    for (const [a] of pairs) {
-      const out = (await run(["ip", "-n", a.netns.name, "-o", "link"])).stdout;
+    for (const p of local) {
+      const out = (await run(["ip", "-n", p.netns.name, "-o", "link"])).stdout;
       if ((out.match(/,UP/g) ?? []).length < PER_POD) return false;
     }
     return true;
@@ -230,8 +236,8 @@ async function manyEnds(): Promise<Record<string, number>> {
   // What a rebuild would change: ifindex, MAC, alias (state may move from UNKNOWN to UP).
   const indexes = async () => {
     const out: string[] = [];
-    for (const [a] of pairs) {
-      const ls = JSON.parse((await run(["ip", "-n", a.netns.name, "-j", "link"])).stdout) as Array<
+    for (const p of local) {
+      const ls = JSON.parse((await run(["ip", "-n", p.netns.name, "-j", "link"])).stdout) as Array<
         Record<string, unknown>
       >;
       out.push(...ls.map((l) => `${l.ifindex} ${l.ifname} ${l.address} ${l.ifalias}`));
@@ -274,7 +280,7 @@ async function manyEnds(): Promise<Record<string, number>> {
     await ok("DEL", b.del(CONF));
   }
   return {
-    ends: (pods / 2) * PER_POD * 2,
+    ends: onNode1 * PER_POD,
     agentRssMiB: rss,
     restartReconcileMs: reconcile.ms,
     reconciledTunnelEnds: reconcile.tunnelEnds,
