@@ -18,10 +18,10 @@ fi
 ensure_deps || exit 1
 
 work="$(mktemp -d /tmp/ratchet-bench.XXXXXX)"
-etcd_pid=""
+etcd_pids=()
 export RATCHET_TEST_PREFIX="rb$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
 cleanup() {
-  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  stop_etcd
   # Node agents the load test started log (stdout) into $work: stop any still running.
   for fd1 in /proc/[0-9]*/fd/1; do
     case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac
