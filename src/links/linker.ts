@@ -34,20 +34,26 @@ export class Linker extends LinkerBase {
    */
   ensureTunnels(chunks: TunnelChunk[], fresh: boolean): number {
     const jobs: Array<TunnelJob & { containerId: string }> = [];
+    const names = new Map<string, Map<string, string>>(); // container -> ifname -> link
     for (const t of chunks) {
       const c = this.state.get(t.containerId);
       if (!c || c.pod !== t.pod) continue; // not a container of ours (gone, or never here)
       const at: Place = { pod: t.pod, netns: c.netns };
+      let byName = names.get(t.containerId);
+      if (!byName) {
+        byName = new Map(Object.entries(c.links).map(([k, ifname]) => [ifname, k]));
+        names.set(t.containerId, byName);
+      }
       for (const e of tunnelEnds(t)) {
         if (e.end.ifname === c.ifname) {
           this.log.error("tunnel end refused: it names the pod's CNI_IFNAME", { link: e.key, pod: t.pod });
           continue;
         }
-        const taken = Object.entries(c.links).find(([k, ifname]) => ifname === e.end.ifname && k !== e.key);
-        if (taken) {
+        const taken = byName.get(e.end.ifname);
+        if (taken !== undefined && taken !== e.key) {
           this.log.error("tunnel end refused: the pod uses that name for another link", {
             link: e.key,
-            other: taken[0],
+            other: taken,
           });
           continue;
         }
