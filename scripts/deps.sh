@@ -33,7 +33,10 @@ ensure_deps() {
 start_etcd() {
   local name="$1" work="$2" bun="node_modules/.bin/bun" ports i cluster="" urls=""
   # Six distinct free ports, held together while they are picked.
-  ports=($("$bun" -e 'const s = Array.from({ length: 6 }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } })); console.log(s.map((x) => x.port).join(" ")); for (const x of s) x.stop(true);'))
+  ports=($("$bun" -e '
+    const s = Array.from({ length: 6 }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+    console.log(s.map((x) => x.port).join(" "));
+    for (const x of s) x.stop(true);'))
   for i in 0 1 2; do cluster="$cluster${cluster:+,}$name-$i=http://127.0.0.1:${ports[$((3 + i))]}"; done
   etcd_pids=()
   for i in 0 1 2; do
@@ -48,7 +51,9 @@ start_etcd() {
   echo "== etcd cluster on $urls" >&2
   export RATCHET_TEST_ETCD="http://127.0.0.1:${ports[0]}" RATCHET_TEST_ETCD_ENDPOINTS="$urls"
   for _ in $(seq 200); do
-    "$bun" -e "const ok = await Promise.all('$urls'.split(',').map((u) => fetch(u + '/health').then((r) => r.json()).then((j) => j.health === 'true', () => false))); process.exit(ok.every(Boolean) ? 0 : 1)" 2>/dev/null && return 0
+    "$bun" -e "
+      const health = (u) => fetch(u + '/health').then((r) => r.json()).then((j) => j.health === 'true', () => false);
+      process.exit((await Promise.all('$urls'.split(',').map(health))).every(Boolean) ? 0 : 1)" 2>/dev/null && return 0
     sleep 0.1
   done
   echo "the etcd cluster did not become healthy; see $work/etcd-*.log" >&2

@@ -47,6 +47,7 @@ export async function startEtcdCluster(
     const p = procs[i];
     return p !== undefined && p.exitCode === null && p.signalCode === null;
   };
+  const starts: Array<() => Promise<void>> = [];
   const members: EtcdMember[] = names.map((name, i) => {
     const endpoint = `http://127.0.0.1:${ports[i]}`;
     const logFile = join(tmp.path, `${name}.log`);
@@ -82,6 +83,7 @@ export async function startEtcdCluster(
       if (ready !== "ok")
         throw new Error(`etcd member ${name} at ${endpoint}: ${ready}; its log ends:\n${tail(logFile)}`);
     };
+    starts.push(start);
     return {
       name,
       endpoint,
@@ -97,9 +99,7 @@ export async function startEtcdCluster(
         }
       },
       up: start,
-      // Members start together: each waits for a quorum before it says it is healthy.
-      _start: start,
-    } as EtcdMember & { _start: () => Promise<void> };
+    };
   });
 
   const stop = async () => {
@@ -135,7 +135,8 @@ export async function startEtcdCluster(
   };
 
   try {
-    await Promise.all(members.map((m) => (m as EtcdMember & { _start: () => Promise<void> })._start()));
+    // Together: each member waits for a quorum before it says it is healthy.
+    await Promise.all(starts.map((start) => start()));
   } catch (err) {
     await stop();
     throw err;
