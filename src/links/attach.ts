@@ -193,7 +193,7 @@ export class LinkerBase {
     this.state.addLinks(env.containerId, Object.fromEntries(p.ifnames));
 
     // Round trip 2: record what we build (skipped when there is nothing to record).
-    const { committed, revision } = await this.store.commit(endpoint, reg, builds, p.stale);
+    const { committed } = await this.store.commit(endpoint, reg, builds, p.stale);
 
     // Now the kernel: our ends (and, on one node, both ends of the veth). All or nothing.
     let out: AttachedInterface[];
@@ -202,13 +202,13 @@ export class LinkerBase {
     } catch (err) {
       this.state.delete(env.containerId);
       this.state.flush();
-      await this.store.abandon(endpoint, committed, revision).catch((e: unknown) =>
+      await this.store.abandon(endpoint, committed).catch((e: unknown) =>
         this.log.warn("could not take back the records of a failed ADD", {
           pod: id,
           error: (e as Error).message,
         }),
       );
-      await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
+      await this.store.unregister(endpoint, reg.rev, declared).catch(() => undefined);
       throw err;
     }
     this.state.flush();

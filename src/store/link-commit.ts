@@ -102,7 +102,7 @@ export async function commitLinks(
     writes.push(op.put(keys.pairChunk(id, u.peer, u.chunk), record));
     const links = u.builds.map((build, i) => ({ build, ...(b !== undefined ? { vni: vniOf(b, i) } : {}) }));
     if (b !== undefined) writes.push(...tunnelWrites(store, endpoint, peer, u.chunk, links));
-    return { compare, writes, committed: { peer, kind, chunk: u.chunk, newBlock, links } };
+    return { compare, writes, committed: { peer, kind, chunk: u.chunk, newBlock, links, rev: "" } };
   };
 
   const guard = () => [cmp.modRev(keys.endpoint(id), myRev)];
@@ -144,7 +144,7 @@ export async function commitLinks(
         });
         if (r.succeeded) {
           revision = r.revision;
-          for (const p of planned) if (p.committed) committed.push(p.committed);
+          for (const p of planned) if (p.committed) committed.push({ ...p.committed, rev: r.revision });
           break;
         }
         const epKv = r.one(epSlot);
@@ -176,7 +176,7 @@ export async function commitLinks(
       }
     }
   } catch (err) {
-    await store.abandon(endpoint, committed, revision).catch(() => undefined);
+    await store.abandon(endpoint, committed).catch(() => undefined);
     throw err;
   }
   return { committed: committed.filter((c) => !taken.has(podId(c.peer))), revision };

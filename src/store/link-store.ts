@@ -52,6 +52,8 @@ export interface Committed {
   /** The block this commit took (undefined: none, or the chunk's earlier one). */
   newBlock: number | undefined;
   links: Array<{ build: Build; vni?: number }>;
+  /** The revision of the transaction that wrote it ("" until written). */
+  rev: string;
 }
 
 const sameNamespace = (x: string, y: string) => x.split("/")[0] === y.split("/")[0];
@@ -204,12 +206,12 @@ export class LinkStore extends LinkReads {
    * A failed ADD takes back the pair chunks it recorded (where nobody wrote them since), so no
    * later ADD reads them as built: the chunk, the VNI block it took and its tunnel entries.
    */
-  async abandon(me: EndpointRecord, committed: Committed[], revision: string): Promise<void> {
+  async abandon(me: EndpointRecord, committed: Committed[]): Promise<void> {
     const keys = this.keys;
     const id = podId(me);
     const units = committed.map((c) => {
       const peer = podId(c.peer);
-      const compare = [cmp.modRev(keys.pairChunk(id, peer, c.chunk), revision)];
+      const compare = [cmp.modRev(keys.pairChunk(id, peer, c.chunk), c.rev)];
       const writes: Op[] = [op.del(keys.pairChunk(id, peer, c.chunk))];
       if (c.newBlock !== undefined) writes.push(op.del(keys.vni(c.newBlock)));
       if (c.kind === "vxlan")
