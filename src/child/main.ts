@@ -1,3 +1,6 @@
+// The node agent (ratchet-child): one per node, serves the plugin on a unix socket, holds the
+// etcd and Kubernetes clients and owns every link change on its node. This file: its modes
+// (serve, --check, --pod) and its lifecycle (socket lock, takeover, drain, idle exit).
 import { mkdirSync } from "node:fs";
 import { loadConfigFile } from "../cni/config-file.ts";
 import { dirname } from "node:path";

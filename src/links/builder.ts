@@ -2,6 +2,11 @@
 // changes an interface that does not carry ratchet's mark for that very link. The mark is
 // IFLA_IFALIAS "ratchet:v1:<digest of the link key>", set on every end ratchet creates; an
 // interface of the wanted name without it belongs to someone else, and is left alone.
+//
+// The kernel takes no alias in the create request, so the alias follows in a second one.
+// An end is created in ratchet's device group (IFLA_GROUP, which the create request does
+// carry): an agent killed between the two requests leaves an end with no alias in that
+// group, which a retry recognises as its own half-built end.
 import { createHash } from "node:crypto";
 import { CniError, Code, NotOursError } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
@@ -25,6 +30,15 @@ export function markOf(link: string): string {
   return `ratchet:v1:${createHash("sha256").update(link).digest("hex").slice(0, 32)}`;
 }
 
+/** The device group of every end ratchet creates ("RTCH"). */
+export const RATCHET_GROUP = 0x52544348;
+
+function isOurs(link: string, l: KernelLink): boolean {
+  if (l.alias === markOf(link)) return true;
+  // Half-built by an agent that died before it could set the alias.
+  return l.alias === "" && l.group === RATCHET_GROUP && (l.kind === "veth" || l.kind === "vxlan");
+}
+
 /** Where one end lives: its pod (for messages) and netns (from this node's own CNI calls). */
 export interface Place {
   pod: string;
@@ -45,7 +59,7 @@ export function presence(link: string, ifname: string, netns: string): Presence 
     if (err instanceof LinkNotFoundError || err instanceof NetnsNotFoundError) return { state: "absent" };
     throw err;
   }
-  return l.alias === markOf(link) ? { state: "ours", link: l } : { state: "foreign", link: l };
+  return isOurs(link, l) ? { state: "ours", link: l } : { state: "foreign", link: l };
 }
 
 function notOurs(link: string, ifname: string, at: Place, kind: string): NotOursError {
@@ -94,6 +108,7 @@ export function buildVeth(
     name: e.ifname,
     ns: at.netns,
     alias: mark,
+    group: RATCHET_GROUP,
     ...(mtu ? { mtu } : {}),
     ...(e.mac ? { mac: e.mac } : {}),
   });
@@ -155,6 +170,7 @@ export function buildTunnelEnd(
     remote: t.remote,
     underlay: t.underlay,
     alias: markOf(link),
+    group: RATCHET_GROUP,
     // Up only once complete: whoever sees it up sees its addresses too.
     up: false,
     ...(t.hostNetns ? { hostNs: t.hostNetns } : {}),

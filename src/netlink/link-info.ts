@@ -7,6 +7,7 @@ import {
   IFINFOMSG_LEN,
   IFLA_ADDRESS,
   IFLA_CARRIER,
+  IFLA_GROUP,
   IFLA_IFALIAS,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
@@ -64,6 +65,8 @@ export interface LinkBase {
   flags: number;
   /** IFLA_IFALIAS: a free-form label ("" when none); ratchet's ownership mark. */
   alias: string;
+  /** IFLA_GROUP: the device group (0 by default). */
+  group: number;
   masterIndex: number | undefined;
   /** IFLA_LINK_NETNSID: set when the peer / lower device lives in another netns. */
   linkNetnsId: number | undefined;
@@ -128,6 +131,7 @@ export function decodeLink(m: NlMsg): Link {
     operstate: OPERSTATES[attrs.u8(IFLA_OPERSTATE) ?? 0] ?? "unknown",
     flags: hdr.flags,
     alias: attrs.str(IFLA_IFALIAS) ?? "",
+    group: attrs.u32(IFLA_GROUP) ?? 0,
     masterIndex: attrs.u32(IFLA_MASTER),
     linkNetnsId: attrs.u32(IFLA_LINK_NETNSID),
     stats: decodeStats(attrs.get(IFLA_STATS64)),

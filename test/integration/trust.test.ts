@@ -84,6 +84,50 @@ describe("interface takeover", () => {
     await finish(c);
   });
 
+  test("an end in ratchet's device group without an alias (its agent died mid-build) is its own: replaced", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    c.putPod(optIn("peer"));
+    c.putPod(
+      annotatedPod("owner", [
+        {
+          peer: "peer",
+          local_ifname: "h0",
+          peer_ifname: "h1",
+          local_ip: "10.86.0.1/30",
+          peer_ip: "10.86.0.2/30",
+        },
+      ]),
+    );
+    const n = c.node(1);
+    const peer = await n.pod("peer");
+    expect((await peer.add()).code).toBe(0);
+    const owner = await n.pod("owner");
+    // What a killed agent leaves: the veth created (in ratchet's group), no alias yet.
+    const group = String(0x52544348);
+    await ipIn(owner.netns.name, [
+      "link",
+      "add",
+      "h0",
+      "group",
+      group,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "h0x",
+    ]);
+    // The same without ratchet's group is someone else's.
+    await ipIn(peer.netns.name, ["link", "add", "zz", "type", "veth", "peer", "name", "zzx"]);
+    const before = await ifindex(owner.netns.name, "h0");
+    expect((await owner.add()).code).toBe(0);
+    expect((await c.iface(owner, "h0"))?.kind).toBe("veth");
+    expect(await ifindex(owner.netns.name, "h0")).not.toBe(before as number);
+    expect(await ifindex(owner.netns.name, "h0x")).toBeUndefined();
+    expect(await c.ping(owner, "10.86.0.2")).toBe(true);
+    expect(await ifindex(peer.netns.name, "zz")).toBeDefined();
+    await finish(c);
+  });
+
   test("across nodes, an unmarked VXLAN device of the tunnel end's name is not replaced", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.putPod(optIn("far"));
