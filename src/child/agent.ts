@@ -150,10 +150,11 @@ export class NodeAgent {
         try {
           const nl = linker.store.tunnelEndOf(kv, node);
           // Our own ADD wrote this entry and builds that end itself (racing it here would make
-          // one of the two fail). An entry from the other node means it (re)built its side
-          // just now: rebuild ours even if it matches, for a fresh neighbour table.
+          // one of the two fail). An entry from the other node marked fresh means it (re)built
+          // its side just now: rebuild ours even if it matches, for a fresh neighbour table;
+          // otherwise only the link's properties changed: ours changes in place.
           if (!nl || nl.builtBy === node) return;
-          linker.ensureTunnelEnd(nl, true);
+          linker.ensureTunnelEnd(nl, nl.fresh ?? true);
         } catch (err) {
           this.log.error("could not build a tunnel end", {
             key: kv.key.toString(),

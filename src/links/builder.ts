@@ -15,14 +15,21 @@ import {
   addAddress,
   addVethPair,
   addVxlan,
+  deleteAddress,
   deleteLink,
+  deleteRootQdisc,
   getLink,
+  getRootQdisc,
   type Link as KernelLink,
   LinkNotFoundError,
   listAddresses,
   NetnsNotFoundError,
+  sameImpairment,
+  setLink,
   setLinkUp,
+  setRootQdisc,
 } from "../netlink/index.ts";
+import { type LinkState, toImpairment } from "./impair.ts";
 import type { EndSpec } from "./spec.ts";
 
 /** The mark of every interface ratchet builds for `link` (at most 255 bytes: a digest). */
@@ -78,9 +85,58 @@ function clear(link: string, end: EndSpec, at: Place): void {
   if (p.state === "ours") deleteLink(end.ifname, at.netns);
 }
 
-function addAddresses(end: EndSpec, netns: string): void {
-  const have = new Set(listAddresses(end.ifname, netns).map((a) => `${a.address}/${a.prefixLength}`));
-  for (const ip of end.ips) if (!have.has(ip)) addAddress(end.ifname, ip, netns);
+/** What one end should be besides existing: its link's MTU and state, its own netem. */
+export interface EndProps {
+  mtu: number | undefined;
+  state: LinkState | undefined;
+}
+
+/**
+ * Makes an end of ours match its declaration in place: MTU, addresses (the declared ones,
+ * and no other global ones), root qdisc (tbf, netem or the kernel's default) and admin
+ * state. Returns what it changed. The qdisc is set before the link comes up.
+ */
+export function converge(link: string, end: EndSpec, at: Place, props: EndProps): string[] {
+  const p = presence(link, end.ifname, at.netns);
+  if (p.state !== "ours")
+    throw new CniError(Code.Netlink, `link ${link}: ${end.ifname} is not there to change`);
+  const changed: string[] = [];
+  const l = p.link;
+  if (props.mtu !== undefined && l.mtu !== props.mtu) {
+    setLink(end.ifname, { mtu: props.mtu }, at.netns);
+    changed.push(`mtu ${props.mtu}`);
+  }
+  const have = listAddresses(end.ifname, at.netns).filter((a) => a.scope !== "link");
+  const haveText = new Set(have.map((a) => `${a.address}/${a.prefixLength}`));
+  for (const ip of end.ips) {
+    if (haveText.has(ip)) continue;
+    addAddress(end.ifname, ip, at.netns);
+    changed.push(`+${ip}`);
+  }
+  for (const a of haveText) {
+    if (end.ips.includes(a)) continue;
+    deleteAddress(end.ifname, a, at.netns);
+    changed.push(`-${a}`);
+  }
+  const want = toImpairment(end.netem);
+  const now = getRootQdisc(end.ifname, at.netns)?.impairment;
+  try {
+    if (want && !sameImpairment(now, want)) {
+      setRootQdisc(end.ifname, want, at.netns);
+      changed.push(`qdisc ${want.kind}`);
+    } else if (!want && now && deleteRootQdisc(end.ifname, at.netns)) {
+      changed.push("qdisc removed");
+    }
+  } catch (err) {
+    const msg = `link ${link}, interface ${show(end.ifname)}: ${(err as Error).message}`;
+    throw new CniError(Code.Netlink, msg, "", { cause: err });
+  }
+  const up = (props.state ?? "up") === "up";
+  if (up !== l.up) {
+    setLinkUp(end.ifname, up, at.netns);
+    changed.push(up ? "up" : "down");
+  }
+  return changed;
 }
 
 export interface BuiltEnd {
@@ -95,12 +151,13 @@ export interface BuiltEnd {
  */
 export function buildVeth(
   link: string,
-  mtu: number | undefined,
+  props: EndProps,
   mine: EndSpec,
   me: Place,
   theirs: EndSpec,
   peer: Place,
 ): BuiltEnd {
+  const { mtu } = props;
   clear(link, mine, me);
   clear(link, theirs, peer);
   const mark = markOf(link);
@@ -114,8 +171,8 @@ export function buildVeth(
   });
   addVethPair({ a: end(mine, me), b: end(theirs, peer) });
   try {
-    addAddresses(mine, me.netns);
-    addAddresses(theirs, peer.netns);
+    converge(link, mine, me, props);
+    converge(link, theirs, peer, props);
     const l = getLink(mine.ifname, me.netns);
     return { name: mine.ifname, mac: l.mac, sandbox: me.netns };
   } catch (err) {
@@ -124,10 +181,9 @@ export function buildVeth(
   }
 }
 
-export interface TunnelSpec {
+export interface TunnelSpec extends EndProps {
   vni: number;
   remote: string;
-  mtu: number | undefined;
   underlay: string | undefined;
   hostNetns: string | undefined;
 }
@@ -157,9 +213,8 @@ export function buildTunnelEnd(
   const right =
     p.state === "ours" && p.link.kind === "vxlan" && p.link.vni === t.vni && p.link.remote === t.remote;
   if (right && !fresh) {
-    // An agent killed while building it may have left it without addresses, or down.
-    addAddresses(end, at.netns);
-    if (!p.link.up) setLinkUp(end.ifname, true, at.netns);
+    // Changed in place: addresses, qdisc, state (also what a killed agent left unfinished).
+    converge(link, end, at, t);
     return { name: end.ifname, mac: p.link.mac, sandbox: at.netns };
   }
   if (p.state === "ours") deleteLink(end.ifname, at.netns);
@@ -178,8 +233,7 @@ export function buildTunnelEnd(
     ...(end.mac ? { mac: end.mac } : {}),
   });
   try {
-    addAddresses(end, at.netns);
-    setLinkUp(end.ifname, true, at.netns);
+    converge(link, end, at, t);
     return { name: end.ifname, mac: getLink(end.ifname, at.netns).mac, sandbox: at.netns };
   } catch (err) {
     removeEnd(link, end.ifname, at);

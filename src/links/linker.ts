@@ -15,12 +15,21 @@ import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Logger } from "../log.ts";
-import { firstIpv4Address, type getLink, LinkNotFoundError, listAddresses } from "../netlink/index.ts";
+import { firstIpv4Address, getLink, LinkNotFoundError, listAddresses } from "../netlink/index.ts";
 import type { LinkStore } from "../store/link-store.ts";
 import type { EndpointRecord, TunnelEnd } from "../store/records.ts";
-import { buildTunnelEnd, buildVeth, type Place, presence, removeEnd } from "./builder.ts";
+import {
+  buildTunnelEnd,
+  buildVeth,
+  converge,
+  type EndProps,
+  type Place,
+  presence,
+  removeEnd,
+  type TunnelSpec,
+} from "./builder.ts";
 import type { NodeState } from "./node-state.ts";
-import { type Build, linkOf, plan } from "./planner.ts";
+import { type Build, linkOf, type Plan, plan } from "./planner.ts";
 import { type LinkSpec, podId, sides } from "./spec.ts";
 
 /** The node-level settings a linker works with (one per etcd + prefix + node). */
@@ -126,7 +135,7 @@ export class Linker {
     }
     let p: ReturnType<typeof plan>;
     try {
-      p = plan({ id, cniIfname: env.ifname, node, vtep, declared, ...reg });
+      p = plan({ id, containerId: env.containerId, cniIfname: env.ifname, node, vtep, declared, ...reg });
     } catch (err) {
       await this.store
         .unregister(endpoint, reg.rev, declared)
@@ -176,10 +185,25 @@ export class Linker {
       for (const c of committed) {
         const { mine, theirs } = sides(c.record, id);
         const peerId = podId(c.peer);
+        const props = { mtu: c.record.mtu, state: c.record.state };
         let built: { name: string; mac: string; sandbox: string };
         if (c.record.kind === "veth") {
           const peer = this.place(peerId, c.peer.containerId) as Place;
-          built = buildVeth(c.record.key, c.record.mtu, mine, me, theirs, peer);
+          const inPlace =
+            c.update &&
+            presence(c.record.key, mine.ifname, me.netns).state === "ours" &&
+            presence(c.record.key, theirs.ifname, peer.netns).state === "ours";
+          if (inPlace) {
+            const changed = [
+              ...converge(c.record.key, mine, me, props),
+              ...converge(c.record.key, theirs, peer, props),
+            ];
+            if (changed.length > 0) this.log.info("link changed", { link: c.record.key, pod: id, changed });
+            const l = getLink(mine.ifname, me.netns);
+            built = { name: mine.ifname, mac: l.mac, sandbox: me.netns };
+          } else {
+            built = buildVeth(c.record.key, props, mine, me, theirs, peer);
+          }
           const pc = this.state.get(c.peer.containerId);
           if (pc)
             this.state.set(c.peer.containerId, {
@@ -191,9 +215,13 @@ export class Linker {
             c.record.key,
             mine,
             me,
-            this.tunnel(c.record.vni as number, c.peer.vtep as string, c.record.mtu),
-            true,
+            this.tunnel(c.record.vni as number, c.peer.vtep as string, props),
+            !c.update,
           );
+        }
+        if (c.update) {
+          out.push({ iface: built, ips: mine.ips });
+          continue; // not ours to take back on a failure: it was there before this call
         }
         done.push({ link: c.record.key, ifname: mine.ifname });
         this.log.info("link built", {
@@ -217,11 +245,31 @@ export class Linker {
       await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
       throw err;
     }
+    if (p.removals.length > 0) await this.remove(id, me, p.removals);
     return out;
   }
 
-  private tunnel(vni: number, remote: string, mtu: number | undefined) {
-    return { vni, remote, mtu, underlay: this.settings.parentInterface, hostNetns: this.settings.hostNetns };
+  /** Links no pod declares any more: this pod's ends go (a veth takes the peer's), then the records. */
+  private async remove(id: string, me: Place, gone: Plan["removals"]): Promise<void> {
+    for (const r of gone) {
+      if (removeEnd(r.link, r.ifname, me, this.log)) this.log.info("link removed", { link: r.link, pod: id });
+      for (const [cid, c] of [...this.state.entries()]) {
+        if (!(r.link in c.links) || (c.pod !== id && c.pod !== r.peer)) continue;
+        const { [r.link]: _, ...links } = c.links;
+        this.state.set(cid, { ...c, links });
+      }
+    }
+    await this.store.dropLinks(id, gone);
+  }
+
+  private tunnel(vni: number, remote: string, props: EndProps): TunnelSpec {
+    return {
+      vni,
+      remote,
+      ...props,
+      underlay: this.settings.parentInterface,
+      hostNetns: this.settings.hostNetns,
+    };
   }
 
   // ---- the other node built a tunnel to one of our pods -------------------------------
@@ -251,7 +299,7 @@ export class Linker {
       nl.key,
       nl.end,
       { pod: id, netns: c.netns },
-      this.tunnel(nl.vni, nl.remote, nl.mtu),
+      this.tunnel(nl.vni, nl.remote, { mtu: nl.mtu, state: nl.state }),
       fresh,
     );
     if (c.links[nl.key] !== nl.end.ifname)

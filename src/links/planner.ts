@@ -20,6 +20,8 @@ export interface Declaration {
 export interface PlanInput {
   /** "ns/pod" of the pod being added. */
   id: string;
+  /** Its container (CNI_CONTAINERID). */
+  containerId: string;
   /** CNI_IFNAME of this call: the boot network's interface, never a link's. */
   cniIfname: string;
   /** This node (its VTEP address, else its name). */
@@ -44,6 +46,8 @@ export interface Build {
   kind: LinkKind;
   prev: LinkRecord | undefined;
   prevRev: string;
+  /** Built already for these two containers: change it in place, never re-create it. */
+  update: boolean;
 }
 
 export interface Plan {
@@ -55,6 +59,8 @@ export interface Plan {
   waits: Array<{ link: string; peer: string; state: "waiting" | "refused" | "conflict"; why: string }>;
   /** This pod's earlier declarations it no longer makes. */
   stale: Array<{ link: string; peer: string }>;
+  /** Links no pod declares any more: their ends and records go. */
+  removals: Array<{ link: string; ifname: string; peer: string }>;
   /** Every link of the pod and its interface name on this pod (for DEL when etcd is away). */
   ifnames: Map<string, string>;
 }
@@ -79,6 +85,9 @@ export function linkOf(key: string, decls: Declaration[]): Link {
     if (link.mtu === undefined && o.mtu !== undefined) link.mtu = o.mtu;
     if (link.a.mac === undefined && o.a.mac !== undefined) link.a.mac = o.a.mac;
     if (link.b.mac === undefined && o.b.mac !== undefined) link.b.mac = o.b.mac;
+    if (link.a.netem === undefined && o.a.netem !== undefined) link.a.netem = o.a.netem;
+    if (link.b.netem === undefined && o.b.netem !== undefined) link.b.netem = o.b.netem;
+    if (link.state === undefined && o.state !== undefined) link.state = o.state;
   }
   return link;
 }
@@ -184,17 +193,24 @@ export function plan(input: PlanInput): Plan {
       continue;
     }
     const rec = input.records.get(k);
-    builds.push({
-      link,
-      peer,
-      kind,
-      prev: rec?.record,
-      prevRev: rec?.rev ?? "0",
-    });
+    const prev = rec?.record;
+    const update =
+      prev !== undefined &&
+      prev.kind === kind &&
+      prev.ends[id]?.containerId === input.containerId &&
+      prev.ends[peerId]?.containerId === peer.containerId;
+    builds.push({ link, peer, kind, prev, prevRev: rec?.rev ?? "0", update });
   }
 
   const stale = input.previous
     .filter((d) => d.declarer === id && !mine.has(d.link))
     .map((d) => ({ link: d.link, peer: podId(sides(toLink(d.link, d.spec), id).theirs) }));
-  return { builds, waits, stale, ifnames };
+  // A stale link that no other declaration keeps is gone.
+  const removals = input.previous
+    .filter((d) => d.declarer === id && !groups.has(d.link))
+    .map((d) => {
+      const { mine: end, theirs } = sides(toLink(d.link, d.spec), id);
+      return { link: d.link, ifname: end.ifname, peer: podId(theirs) };
+    });
+  return { builds, waits, stale, removals, ifnames };
 }

@@ -34,7 +34,7 @@ export {
   type VxlanLink,
   type VxlanSpec,
 } from "./link.ts";
-export { addAddress, firstIpv4Address, listAddresses, type Address } from "./addr.ts";
+export { addAddress, deleteAddress, firstIpv4Address, listAddresses, type Address } from "./addr.ts";
 export { withNetns } from "./netns.ts";
 export { deleteRootQdisc, getRootQdisc, listRootQdiscs, setRootQdisc } from "./qdisc.ts";
 export {

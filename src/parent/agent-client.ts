@@ -60,6 +60,8 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
   let takeover = false;
   const until = Date.now() + START_TIMEOUT_MS;
   let lastError = "";
+  /** When the child we started lost the socket lock (exit 0) and nobody answered since. */
+  let lostAt: number | undefined;
   for (let attempt = 0; ; attempt++) {
     try {
       const conn = await Connection.open(socket);
@@ -77,11 +79,18 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
     if (!started) {
       started = await startChild(conf, takeover, log);
     } else if (started.exitCode !== null && started.exitCode !== 0) {
-      // Exit 0 means another child won the socket lock: keep knocking. Anything else failed.
       throw new AgentUnavailableError(
         `the node agent exited with code ${started.exitCode} before answering on ${socket}`,
         `see ${conf.log_file}`,
       );
+    } else if (started.exitCode === 0) {
+      // Another child held the socket lock: it serves soon, or it was a dying one (killed,
+      // its lock not yet released). If nobody answers for a while, start ours again.
+      lostAt ??= Date.now();
+      if (Date.now() - lostAt > 300) {
+        started = undefined;
+        lostAt = undefined;
+      }
     }
     if (Date.now() >= until) {
       throw new AgentUnavailableError(

@@ -46,6 +46,8 @@ export interface Registration {
 export interface Committed {
   record: LinkRecord;
   peer: EndpointRecord;
+  /** Built already for these containers: changed in place. */
+  update: boolean;
 }
 
 const sameNamespace = (x: string, y: string) => x.split("/")[0] === y.split("/")[0];
@@ -247,7 +249,9 @@ export class LinkStore {
             vni: record.vni as number,
             remote,
             builtBy: endpoint.node,
+            fresh: !b.update,
             ...(b.link.mtu ? { mtu: b.link.mtu } : {}),
+            ...(b.link.state ? { state: b.link.state } : {}),
           });
           ops.push(
             op.put(
@@ -265,7 +269,7 @@ export class LinkStore {
           for (const e of Object.values(b.prev.ends)) ops.push(op.del(keys.tunnelEnd(e.node, b.link.key)));
         }
         ops.push(op.put(keys.link(b.link.key), record));
-        committed.push({ record, peer: b.peer });
+        committed.push({ record, peer: b.peer, update: b.update });
       }
       if (allocated) {
         compare.push(cmp.modRev(keys.vniNext, next?.mod_revision ?? "0"));
@@ -311,6 +315,25 @@ export class LinkStore {
       if (c.record.vni !== undefined) ops.push(op.del(keys.vni(c.record.vni)));
       for (const e of Object.values(c.record.ends)) ops.push(op.del(keys.tunnelEnd(e.node, c.record.key)));
       await txn(this.etcd, { compare: [cmp.modRev(keys.link(c.record.key), revision)], writes: unique(ops) });
+    }
+  }
+
+  /**
+   * Links no pod declares any more: their records, VNI and tunnel-end entries go (the other
+   * node's agent removes its end when its entry goes), with every declaration of them.
+   */
+  async dropLinks(id: string, links: Array<{ link: string; peer: string }>): Promise<void> {
+    const keys = this.keys;
+    for (const l of links) {
+      const rec = await this.linkRecord(l.link);
+      const ops: Op[] = [
+        op.del(keys.link(l.link)),
+        op.delPrefix(keys.declLinkPrefix(id, l.link)),
+        op.delPrefix(keys.declLinkPrefix(l.peer, l.link)),
+      ];
+      if (rec?.vni !== undefined) ops.push(op.del(keys.vni(rec.vni)));
+      for (const e of Object.values(rec?.ends ?? {})) ops.push(op.del(keys.tunnelEnd(e.node, l.link)));
+      await txn(this.etcd, { writes: unique(ops) });
     }
   }
 

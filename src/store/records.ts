@@ -13,6 +13,7 @@ import {
   containerIdProblem,
 } from "../cni/names.ts";
 import { type EndSpec, endId, type LinkSpec, linkKey } from "../links/spec.ts";
+import { LINK_STATES, NetemSchema } from "../links/impair.ts";
 import { MAX_VNI } from "./keys.ts";
 
 const named = (problem: (s: string) => string | undefined) =>
@@ -54,6 +55,7 @@ export const EndSpecSchema = v.object({
   ifname: Ifname,
   ips: v.pipe(v.array(Cidr), v.maxLength(64)),
   mac: v.optional(Mac),
+  netem: v.optional(NetemSchema),
 });
 
 export const LinkSpecSchema = v.pipe(
@@ -61,6 +63,7 @@ export const LinkSpecSchema = v.pipe(
     local: EndSpecSchema,
     peer: EndSpecSchema,
     mtu: v.optional(Mtu),
+    state: v.optional(v.picklist(LINK_STATES)),
     primary: v.optional(v.boolean()),
     source: v.picklist(["labels", "annotation"]),
   }),
@@ -92,6 +95,7 @@ export const LinkRecordSchema = v.pipe(
     a: EndSpecSchema,
     b: EndSpecSchema,
     mtu: v.optional(Mtu),
+    state: v.optional(v.picklist(LINK_STATES)),
     kind: LinkKind,
     vni: v.optional(Vni),
     ends: v.record(v.string(), v.object({ node: NodeId, containerId: ContainerId })),
@@ -112,8 +116,11 @@ export const TunnelEndSchema = v.pipe(
     /** The other node's VTEP. */
     remote: IpAddress,
     mtu: v.optional(Mtu),
+    state: v.optional(v.picklist(LINK_STATES)),
     /** The node whose ADD wrote this entry (and already built its own end). */
     builtBy: NodeId,
+    /** The writer (re)built its own end just now: rebuild this one too (fresh neighbours). */
+    fresh: v.optional(v.boolean()),
   }),
   v.check((n) => n.key.split(":").includes(endId(n.end)), "its end is not an end of its link"),
 );
