@@ -15,7 +15,14 @@ import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Logger } from "../log.ts";
-import { firstIpv4Address, getLink, LinkNotFoundError, listAddresses } from "../netlink/index.ts";
+import {
+  firstIpv4Address,
+  getLink,
+  getRootQdisc,
+  LinkNotFoundError,
+  listAddresses,
+  sameImpairment,
+} from "../netlink/index.ts";
 import type { LinkStore } from "../store/link-store.ts";
 import type { EndpointRecord, TunnelEnd } from "../store/records.ts";
 import {
@@ -29,6 +36,7 @@ import {
   type TunnelSpec,
 } from "./builder.ts";
 import type { NodeState } from "./node-state.ts";
+import { fromImpairment, toImpairment } from "./impair.ts";
 import { type Build, linkOf, type Plan, plan } from "./planner.ts";
 import { type LinkSpec, podId, sides } from "./spec.ts";
 
@@ -431,7 +439,14 @@ export class Linker {
         continue;
       }
       const l = p.link;
-      if (!l.up) problems.push(`${mine.ifname} is down`);
+      const want = link.state ?? "up";
+      if (l.up !== (want === "up"))
+        problems.push(`state of ${mine.ifname} is ${l.up ? "up" : "down"}, declared ${want}`);
+      const impairment = getRootQdisc(mine.ifname, env.netns)?.impairment;
+      if (!sameImpairment(impairment, toImpairment(mine.netem))) {
+        const have = JSON.stringify(fromImpairment(impairment));
+        problems.push(`netem of ${mine.ifname} is ${have}, declared ${JSON.stringify(mine.netem ?? {})}`);
+      }
       if (link.mtu !== undefined && l.mtu !== link.mtu)
         problems.push(`${mine.ifname} has MTU ${l.mtu}, expected ${link.mtu}`);
       try {
