@@ -12,7 +12,7 @@ import { describeEtcdError, openEtcd } from "../store/etcd.ts";
 import type { NodeLink } from "../store/model.ts";
 import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
 import { Linker, nodeSettings } from "./linker.ts";
-import { PodDirectory } from "./pods.ts";
+import { PodDirectory } from "../pods/pods.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
 const PROBE_MS = 3000;

@@ -36,7 +36,7 @@ import {
   type LinkRecord,
   type NodeLink,
 } from "../store/model.ts";
-import { linkDifferences, linkKey, type EndSpec, type LinkSpec } from "./podspec.ts";
+import { linkDifferences, linkKey, type EndSpec, type LinkSpec } from "../pods/podspec.ts";
 
 export interface AttachedInterface {
   iface: { name: string; mac?: string; sandbox?: string; mtu?: number };

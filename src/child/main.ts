@@ -51,7 +51,7 @@ async function classifyPod(
     const slash = ref.indexOf("/");
     if (slash <= 0 || slash === ref.length - 1)
       throw new CniError(Code.InvalidPodSpec, `--pod ${JSON.stringify(ref)}: expected NAMESPACE/NAME`);
-    const [{ PodReader }, { podLinks }] = await Promise.all([import("./kube.ts"), import("./podspec.ts")]);
+    const [{ PodReader }, { podLinks }] = await Promise.all([import("../pods/kube.ts"), import("../pods/podspec.ts")]);
     using reader = PodReader.fromConfig(conf, env);
     const pod = await reader.readPod(ref.slice(0, slash), ref.slice(slash + 1), 10_000);
     const { eligible, links } = podLinks(pod, { defaultPrefix: conf.default_prefix });

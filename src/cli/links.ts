@@ -2,7 +2,7 @@
 // from etcd with the node's network config: every endpoint and every link, with its state.
 // Secrets (the etcd password, keys) are read to connect and never printed.
 import { loadConfigFile } from "../cni/config-file.ts";
-import type { EndSpec, LinkSpec } from "../child/podspec.ts";
+import type { EndSpec, LinkSpec } from "../pods/podspec.ts";
 import { keyOf, op, parse, txn } from "../store/etcd-ops.ts";
 import { openEtcd } from "../store/etcd.ts";
 import { Keys, podId, toLink, type Endpoint, type LinkRecord } from "../store/model.ts";

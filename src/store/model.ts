@@ -14,7 +14,7 @@
 //
 // <link> is linkKey(): "ns/pod/ifname:ns/pod/ifname", the two ends sorted. A node's agent
 // watches only <p>/v1/nodes/<its vtep>/, so etcd traffic grows with links, not nodes x links.
-import type { EndSpec, LinkSpec } from "../child/podspec.ts";
+import type { EndSpec, LinkSpec } from "../pods/podspec.ts";
 
 export const FIRST_VNI = 11;
 export const MAX_VNI = 0xffffff;

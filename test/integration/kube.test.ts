@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PodReader, TokenFile } from "../../src/child/kube.ts";
+import { PodReader, TokenFile } from "../../src/pods/kube.ts";
 import { CniError } from "../../src/cni/errors.ts";
 import { startApiServer } from "../support/apiserver.ts";
 import { makeCa } from "../support/certs.ts";

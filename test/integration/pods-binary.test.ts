@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PodReader } from "../../src/child/kube.ts";
+import { PodReader } from "../../src/pods/kube.ts";
 import { show } from "../../src/cni/names.ts";
 import { startApiServer, type ApiServer } from "../support/apiserver.ts";
 import { BIN, BUN, REPO, requireBinary, run, tempDir } from "../support/env.ts";

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { load, loadAll } from "js-yaml";
 import { loadConfigFile } from "../../src/cni/config-file.ts";
 import { parseNetConf, type NetConf } from "../../src/cni/config.ts";
-import { podLinks, type PodMeta } from "../../src/child/podspec.ts";
+import { podLinks, type PodMeta } from "../../src/pods/podspec.ts";
 import { REPO, tempDir } from "../support/env.ts";
 
 type Obj = Record<string, unknown>;

@@ -11,7 +11,7 @@ import {
   sameLink,
   type LinkSpec,
   type PodMeta,
-} from "../../src/child/podspec.ts";
+} from "../../src/pods/podspec.ts";
 import { REPO } from "../support/env.ts";
 import { podMeta, readPodYaml } from "../support/pods.ts";
 
