@@ -12,6 +12,7 @@ import { describeEtcdError, openEtcd } from "../store/etcd.ts";
 import type { NodeLink } from "../store/model.ts";
 import { BUILD_ID, BUILD_TIME, VERSION } from "../version.ts";
 import { Linker, nodeSettings } from "./linker.ts";
+import { missingVtep } from "./vtep.ts";
 import { PodDirectory } from "../pods/pods.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
@@ -32,7 +33,7 @@ interface DeferredDel {
 }
 
 export class NodeAgent {
-  readonly pods = new PodDirectory();
+  readonly pods: PodDirectory;
   private readonly stores = new Map<string, NodeStore>();
   private deferred: DeferredDel[] = [];
   private retryTimer: Timer | undefined;
@@ -43,6 +44,7 @@ export class NodeAgent {
     /** Where DELs waiting for etcd are kept across restarts. */
     private readonly journal: string,
   ) {
+    this.pods = new PodDirectory(log);
     try {
       this.deferred = readFileSync(journal, "utf8")
         .split("\n")
@@ -130,13 +132,26 @@ export class NodeAgent {
     }
   }
 
+  /** Starts watching this node's pods now, not at the first ADD. */
+  watchPods(conf: NetConf): void {
+    try {
+      this.pods.cache(conf);
+    } catch (err) {
+      this.log.error("cannot watch this node's pods", { error: (err as Error).message });
+    }
+  }
+
   /** Starts on this config's store in the background (errors are logged, retried on use). */
   warm(conf: NetConf): void {
-    this.store(conf).catch((err: unknown) =>
-      this.log.warn("etcd not reachable at start; will retry on the next request", {
-        error: (err as Error).message,
-      }),
-    );
+    this.store(conf).catch((err: unknown) => {
+      const e = toCniError(err);
+      this.log.warn(
+        e.code === Code.TryAgainLater
+          ? "etcd not reachable at start; will retry on the next request"
+          : "cannot take up this node's links at start",
+        { error: e.message },
+      );
+    });
   }
 
   async handle(req: Request): Promise<unknown> {
@@ -152,7 +167,7 @@ export class NodeAgent {
       case "attach":
         return this.attach(req.params as CallParams, req.deadline);
       case "detach":
-        return this.detach(req.params as CallParams, req.deadline);
+        return this.detach(req.params as CallParams);
       case "check": {
         const p = req.params as CallParams;
         await (await this.store(p.conf)).linker.check(p.env);
@@ -191,6 +206,8 @@ export class NodeAgent {
         Code.TryAgainLater,
         `pod ${c.pod.namespace}/${c.pod.name} is no longer a ratchet pod`,
       );
+    const missing = missingVtep(p.conf);
+    if (missing) throw new CniError(Code.InvalidConfig, `invalid network configuration: ${missing}`);
     const { linker } = await this.store(p.conf);
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links);
@@ -205,10 +222,11 @@ export class NodeAgent {
     return { interfaces };
   }
 
-  private async detach(p: CallParams, deadline: number): Promise<Methods["detach"]["result"]> {
+  private async detach(p: CallParams): Promise<Methods["detach"]["result"]> {
     let owned: boolean | undefined;
     try {
-      owned = await (await this.store(p.conf)).linker.detach(p.env);
+      // Without a VXLAN endpoint no attach ever worked with this config: nothing to look up.
+      if (!missingVtep(p.conf)) owned = await (await this.store(p.conf)).linker.detach(p.env);
     } catch (err) {
       const e = toCniError(err);
       if (e.code !== Code.TryAgainLater) throw e;
@@ -222,15 +240,13 @@ export class NodeAgent {
       return { owned: null };
     }
     if (owned !== undefined) return { owned };
-    // No endpoint of this container: a plain pod, or a repeated DEL. The pod's labels tell,
-    // if the pod can still be read.
+    // No endpoint of this container: ratchet built nothing for it. Which plugin served it (the
+    // boot network or the delegate) is what the pod cache knows of its labels; never an API
+    // request: a DEL does not wait for the API server. When it cannot tell, both plugins'
+    // DELs run (each tolerates a container it never saw).
     if (!p.env.pod) return { owned: false };
-    try {
-      const c = await this.pods.classify(p.env.pod, p.conf, Math.min(deadline, Date.now() + PROBE_MS));
-      return { owned: c.eligible ? null : false };
-    } catch {
-      return { owned: null };
-    }
+    const eligible = this.pods.knownEligible(p.env.pod, p.conf);
+    return { owned: eligible === false ? false : null };
   }
 
   private async status(p: CallParams, deadline: number): Promise<Methods["status"]["result"]> {

@@ -129,7 +129,7 @@ function statusMessage(body: unknown): string | undefined {
 const STATUS_TEXT: Record<number, string> = {
   400: "Bad Request",
   401: "Unauthorized (check the token or client certificate)",
-  403: "Forbidden (the node agent needs RBAC permission to get pods)",
+  403: "Forbidden (the node agent needs RBAC permission to get, list and watch pods)",
   404: "Not Found",
   429: "Too Many Requests",
   500: "Internal Server Error",
@@ -138,7 +138,52 @@ const STATUS_TEXT: Record<number, string> = {
   504: "Gateway Timeout",
 };
 
-class DeadlineError extends Error {}
+export class DeadlineError extends Error {}
+
+/** The API server answered 404 for the pod: still code 11 for whoever cannot do without it. */
+export class PodNotFoundError extends CniError {}
+
+/** A status other than 200 from a request of ours (the client's own requests throw ApiException). */
+export class StatusError extends Error {
+  constructor(
+    readonly code: number,
+    readonly body: string,
+  ) {
+    super(`HTTP ${code}`);
+  }
+}
+
+/** The deadline, if that is why the request was aborted; else the error itself. */
+function signalReason(signal: AbortSignal, err: unknown): unknown {
+  return signal.aborted && signal.reason instanceof DeadlineError ? signal.reason : err;
+}
+
+function isRecord(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
+
+function stringMap(x: unknown): Record<string, string> {
+  if (!isRecord(x)) return {};
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(x)) if (typeof v === "string") out[k] = v;
+  return out;
+}
+
+/** What ratchet keeps of a Pod object as JSON (a list item, a watch event); undefined if it is not one. */
+export function podInfo(obj: unknown): PodInfo | undefined {
+  if (!isRecord(obj) || !isRecord(obj.metadata)) return undefined;
+  const m = obj.metadata;
+  if (typeof m.name !== "string" || typeof m.namespace !== "string") return undefined;
+  const spec = isRecord(obj.spec) ? obj.spec : {};
+  return {
+    namespace: m.namespace,
+    name: m.name,
+    uid: typeof m.uid === "string" ? m.uid : "",
+    labels: stringMap(m.labels),
+    annotations: stringMap(m.annotations),
+    nodeName: typeof spec.nodeName === "string" && spec.nodeName !== "" ? spec.nodeName : undefined,
+  };
+}
 
 export class PodReader implements Disposable {
   readonly server: string;
@@ -224,6 +269,34 @@ export class PodReader implements Disposable {
   }
 
   private async send(req: RequestContext, signal: AbortSignal | undefined): Promise<ResponseContext> {
+    const body = req.getBody();
+    const resp = await this.request(req.getUrl(), {
+      method: req.getHttpMethod(),
+      headers: req.getHeaders(),
+      ...(typeof body === "string" ? { body } : {}),
+      signal,
+    });
+    const out: Record<string, string> = {};
+    resp.headers.forEach((value, name) => {
+      out[name] = value;
+    });
+    return new ResponseContext(resp.status, out, {
+      text: () => resp.text(),
+      binary: async () => Buffer.from(await resp.arrayBuffer()),
+      stream: () => resp.body,
+    });
+  }
+
+  /** One request through Bun's fetch, with the kubeconfig's TLS material and credentials. */
+  private async request(
+    url: string,
+    init: {
+      method: string;
+      headers?: Record<string, string>;
+      body?: string;
+      signal: AbortSignal | undefined;
+    },
+  ): Promise<Response> {
     // The client's own view of the kubeconfig: CA, client certificate and key (inline or
     // files, read now so rotated files are picked up), auth headers from token, basic auth,
     // exec or auth-provider plugins.
@@ -235,7 +308,7 @@ export class PodReader implements Disposable {
       servername?: string;
     } = {};
     await this.kc.applyToHTTPSOptions(opts);
-    const headers = new Headers(req.getHeaders());
+    const headers = new Headers(init.headers);
     for (const [k, v] of Object.entries(opts.headers ?? {})) {
       const value = headerValue(v as OutgoingHttpHeaders[string]);
       if (value !== undefined) headers.set(k, value);
@@ -255,25 +328,93 @@ export class PodReader implements Disposable {
     if (opts.rejectUnauthorized === false) tls.rejectUnauthorized = false;
     if (opts.servername) tls.serverName = opts.servername;
 
-    const body = req.getBody();
-    const resp = await fetch(req.getUrl(), {
-      method: req.getHttpMethod(),
+    return fetch(url, {
+      method: init.method,
       headers,
-      ...(typeof body === "string" ? { body } : {}),
-      ...(signal ? { signal } : {}),
+      ...(init.body !== undefined ? { body: init.body } : {}),
+      ...(init.signal ? { signal: init.signal } : {}),
       tls,
       session: this.session,
       ...(this.proxy ? { proxy: this.proxy } : {}),
     });
-    const out: Record<string, string> = {};
-    resp.headers.forEach((value, name) => {
-      out[name] = value;
+  }
+
+  /** A GET whose status must be 200; the response (body unread) or a StatusError. */
+  private async get(path: string, signal: AbortSignal): Promise<Response> {
+    const resp = await this.request(`${this.server}${path}`, {
+      method: "GET",
+      headers: { Accept: "application/json" },
+      signal,
     });
-    return new ResponseContext(resp.status, out, {
-      text: () => resp.text(),
-      binary: async () => Buffer.from(await resp.arrayBuffer()),
-      stream: () => resp.body,
-    });
+    if (resp.status !== 200) throw new StatusError(resp.status, await resp.text().catch(() => ""));
+    return resp;
+  }
+
+  /**
+   * Lists the pods of all namespaces matching a field selector (e.g. `spec.nodeName=n1`): the
+   * pods and the list's resourceVersion, to watch from. Code 11 when there is no answer.
+   */
+  async listPods(
+    fieldSelector: string,
+    deadlineMs: number,
+  ): Promise<{ resourceVersion: string; pods: PodInfo[] }> {
+    const ctl = new AbortController();
+    const timer = setTimeout(
+      () => ctl.abort(new DeadlineError(`no answer within ${deadlineMs} ms`)),
+      deadlineMs,
+    );
+    try {
+      const q = new URLSearchParams({ fieldSelector });
+      const list = (await (await this.get(`/api/v1/pods?${q}`, ctl.signal)).json()) as {
+        metadata?: { resourceVersion?: unknown };
+        items?: unknown;
+      };
+      const rv = list.metadata?.resourceVersion;
+      if (typeof rv !== "string" || rv === "" || !Array.isArray(list.items))
+        throw new Error("the pod list has no metadata.resourceVersion or items");
+      const pods = list.items.map(podInfo).filter((p): p is PodInfo => p !== undefined);
+      return { resourceVersion: rv, pods };
+    } catch (err) {
+      throw this.failure(`the pods (${fieldSelector})`, signalReason(ctl.signal, err), "list");
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Opens a watch of pods matching a field selector from a resourceVersion, with bookmarks.
+   * Resolves once the server answered 200 (within connectMs); the body streams one JSON
+   * event per line until the server ends it (after about timeoutSeconds) or `signal` aborts.
+   */
+  async watchPods(
+    fieldSelector: string,
+    resourceVersion: string,
+    opts: { timeoutSeconds: number; connectMs: number; signal: AbortSignal },
+  ): Promise<ReadableStream<Uint8Array>> {
+    const ctl = new AbortController();
+    const onAbort = () => ctl.abort(opts.signal.reason);
+    opts.signal.addEventListener("abort", onAbort, { once: true });
+    const timer = setTimeout(
+      () => ctl.abort(new DeadlineError(`no answer within ${opts.connectMs} ms`)),
+      opts.connectMs,
+    );
+    try {
+      const q = new URLSearchParams({
+        watch: "1",
+        fieldSelector,
+        resourceVersion,
+        allowWatchBookmarks: "true",
+        timeoutSeconds: String(opts.timeoutSeconds),
+      });
+      const resp = await this.get(`/api/v1/pods?${q}`, ctl.signal);
+      if (!resp.body) throw new Error("the watch answered without a body");
+      return resp.body;
+    } catch (err) {
+      opts.signal.removeEventListener("abort", onAbort);
+      throw this.failure(`the pods (${fieldSelector})`, signalReason(ctl.signal, err), "watch");
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -331,12 +472,12 @@ export class PodReader implements Disposable {
     }
   }
 
-  private failure(id: string, err: unknown): CniError {
-    if (err instanceof ApiException) {
-      const code = (err as ApiException<unknown>).code;
-      const detail = statusMessage((err as ApiException<unknown>).body);
-      if (code === 404)
-        return new CniError(
+  private failure(id: string, err: unknown, verb = "read"): CniError {
+    if (err instanceof ApiException || err instanceof StatusError) {
+      const code = err.code;
+      const detail = statusMessage(err.body);
+      if (code === 404 && verb === "read")
+        return new PodNotFoundError(
           Code.TryAgainLater,
           `pod ${id} not found (404 from ${this.server})`,
           detail ?? "",
@@ -345,7 +486,7 @@ export class PodReader implements Disposable {
       const text = STATUS_TEXT[code] ? ` ${STATUS_TEXT[code]}` : "";
       return new CniError(
         Code.TryAgainLater,
-        `cannot read pod ${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
+        `cannot ${verb} ${verb === "read" ? "pod " : ""}${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
         "",
         { cause: err },
       );
@@ -353,13 +494,13 @@ export class PodReader implements Disposable {
     if (err instanceof DeadlineError)
       return new CniError(
         Code.TryAgainLater,
-        `cannot read pod ${id} from ${this.server}: ${err.message}`,
+        `cannot ${verb} ${verb === "read" ? "pod " : ""}${id} from ${this.server}: ${err.message}`,
         "",
         { cause: err },
       );
     return new CniError(
       Code.TryAgainLater,
-      `cannot read pod ${id} from ${this.server}: ${describeFetchError(err)}`,
+      `cannot ${verb} ${verb === "read" ? "pod " : ""}${id} from ${this.server}: ${describeFetchError(err)}`,
       "",
       { cause: err },
     );

@@ -60,15 +60,12 @@ const L = {
   pairIfname: "ratchet.pair_ifname",
   primary: "ratchet.primary",
 } as const;
-/** Labels that describe a link; ratchet.public_ip, target_pod and target_container are accepted and ignored. */
-const LINK_LABELS: readonly string[] = [
-  L.pairName,
-  L.localIp,
-  L.localIfname,
-  L.pairIp,
-  L.pairIfname,
-  L.primary,
-];
+/**
+ * Labels that describe a link. ratchet.pod_name and ratchet.primary do not (the original's
+ * pair pod carries only those: it is linked by its primary's labels); ratchet.public_ip,
+ * target_pod and target_container are accepted and ignored.
+ */
+const LINK_LABELS: readonly string[] = [L.pairName, L.localIp, L.localIfname, L.pairIp, L.pairIfname];
 
 /** One item of the annotation: shapes and types only; podLinks checks the values. */
 const IpList = v.union([v.string(), v.array(v.string())], "must be a CIDR string or a list of them");
@@ -160,6 +157,9 @@ function fromLabels(
   const own = labels[L.podName];
   if (own !== undefined && own !== pod.name)
     p.fail(`label ${L.podName}`, own, `does not match the pod's name ${show(pod.name)}`);
+  const primary = labels[L.primary];
+  if (primary !== undefined && primary !== "true" && primary !== "false")
+    p.fail(`label ${L.primary}`, primary, 'must be "true" or "false"');
   if (!LINK_LABELS.some((k) => labels[k] !== undefined)) return undefined;
 
   const required = (label: string): string => {
@@ -171,9 +171,6 @@ function fromLabels(
   const peerPod = checkPodName(p, `label ${L.pairName}`, required(L.pairName));
   if (peerPod === pod.name)
     p.fail(`label ${L.pairName}`, peerPod, "names the pod itself: a link needs two pods");
-  const primary = labels[L.primary];
-  if (primary !== undefined && primary !== "true" && primary !== "false")
-    p.fail(`label ${L.primary}`, primary, 'must be "true" or "false"');
   const link: LinkSpec = {
     local: {
       namespace: pod.namespace,

@@ -51,6 +51,7 @@ describe("PodReader with a kubeconfig", () => {
     expect(api.requests.at(-1)).toEqual({
       method: "GET",
       path: "/api/v1/namespaces/default/pods/primary-pod",
+      query: "",
       token: api.token,
       status: 200,
     });
@@ -157,7 +158,7 @@ describe("PodReader with a kubeconfig", () => {
       message: 'pods "primary-pod" is forbidden:\nUser "x" cannot get resource "pods"',
     });
     expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toBe(
-      `cannot read pod default/primary-pod: the API server ${api.url} answered 403 Forbidden (the node agent needs RBAC permission to get pods): pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
+      `cannot read pod default/primary-pod: the API server ${api.url} answered 403 Forbidden (the node agent needs RBAC permission to get, list and watch pods): pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
     );
     api.setFault(undefined);
     expect((await reader.readPod("default", "primary-pod", 5000)).name).toBe("primary-pod");

@@ -33,9 +33,7 @@ describe("layering", () => {
     "%s never reaches the Kubernetes client",
     (_name, root) => {
       const mods = [...reachable(root)];
-      expect(mods.filter((m) => m.endsWith("/src/pods/kube.ts") || m.startsWith("@kubernetes/"))).toEqual(
-        [],
-      );
+      expect(mods.filter((m) => m.endsWith("/src/pods/kube.ts") || m.startsWith("@kubernetes/"))).toEqual([]);
     },
   );
 
