@@ -85,28 +85,31 @@ export class PodDirectory {
   async classify(ref: PodRef, conf: NetConf, deadline: number): Promise<Classified> {
     const cache = this.cache(conf);
     const fits = uidFits(ref);
+    // The wait and the read share one budget: POD_READ_TIMEOUT_MS, or less if the caller's deadline is nearer.
+    const budget = Math.min(deadline, Date.now() + POD_READ_TIMEOUT_MS);
     let pod = cache.get(ref.namespace, ref.name);
     if (!fits(pod) && cache.watching) {
-      const wait = Math.min(POD_WAIT_MS, deadline - Date.now());
-      pod = await cache.waitFor(ref.namespace, ref.name, fits, wait);
+      this.log.debug("waiting for the pod watch to bring the pod", {
+        pod: `${ref.namespace}/${ref.name}`,
+        uid: ref.uid ?? "(any)",
+        cached: pod?.uid ?? "(none)",
+      });
+      pod = await cache.waitFor(ref.namespace, ref.name, fits, Math.min(POD_WAIT_MS, budget - Date.now()));
     }
-    if (!fits(pod)) pod = await this.read(ref, conf, cache, deadline);
+    if (!fits(pod)) pod = await this.read(ref, conf, cache, budget);
     if (!pod) {
-      this.log.debug("pod not in the API server: passed to the delegate", {
+      this.log.debug("the API server does not know the pod (a static pod?): not a ratchet pod", {
         pod: `${ref.namespace}/${ref.name}`,
       });
-      return {
-        pod: {
-          namespace: ref.namespace,
-          name: ref.name,
-          uid: ref.uid ?? "",
-          labels: {},
-          annotations: {},
-          nodeName: undefined,
-        },
-        eligible: false,
-        links: [],
+      const unknown: PodInfo = {
+        namespace: ref.namespace,
+        name: ref.name,
+        uid: ref.uid ?? "",
+        labels: {},
+        annotations: {},
+        nodeName: undefined,
       };
+      return { pod: unknown, eligible: false, links: [] };
     }
     return { pod, ...podLinks(pod, { defaultPrefix: conf.default_prefix }) };
   }
@@ -116,13 +119,12 @@ export class PodDirectory {
     ref: PodRef,
     conf: NetConf,
     cache: PodCache,
-    deadline: number,
+    budget: number,
   ): Promise<PodInfo | undefined> {
     const id = `${ref.namespace}/${ref.name}`;
-    const left = Math.max(1, Math.min(POD_READ_TIMEOUT_MS, deadline - Date.now()));
     let pod: PodInfo;
     try {
-      pod = await this.reader(conf).readPod(ref.namespace, ref.name, left);
+      pod = await this.reader(conf).readPod(ref.namespace, ref.name, Math.max(1, budget - Date.now()));
     } catch (err) {
       if (err instanceof PodNotFoundError) return undefined;
       throw err;
