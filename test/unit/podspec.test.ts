@@ -56,9 +56,25 @@ describe("the original example pair (pod_specs/example.yaml)", () => {
     });
   });
 
-  test("pair-pod: the mirror, not primary, same link key, and the two agree", () => {
+  test("pair-pod only opts in (ratchet, pod_name, primary false): a ratchet pod linked by its primary", () => {
+    expect(podLinks(pair, OPTS)).toEqual({ eligible: true, links: [] });
+  });
+
+  test("a pair pod that mirrors the primary's labels declares the same link, and the two agree", () => {
     const a = podLinks(primary, OPTS).links[0] as LinkSpec;
-    const b = podLinks(pair, OPTS).links[0] as LinkSpec;
+    const mirror = pod(
+      {
+        ...pair.labels,
+        "ratchet.local_ip": "192.168.2.101",
+        "ratchet.local_ifname": "in2",
+        "ratchet.pair_name": "primary-pod",
+        "ratchet.pair_ip": "192.168.2.100",
+        "ratchet.pair_ifname": "in1",
+      },
+      {},
+      "pair-pod",
+    );
+    const b = podLinks(mirror, OPTS).links[0] as LinkSpec;
     expect(b).toEqual({
       local: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
       peer: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
@@ -68,6 +84,17 @@ describe("the original example pair (pod_specs/example.yaml)", () => {
     expect(linkKey(b)).toBe(linkKey(a));
     expect(linkDifferences(a, b)).toEqual([]);
     expect(sameLink(a, b)).toBe(true);
+  });
+
+  test.each([
+    ["ratchet.primary alone", { "ratchet.primary": "true" }],
+    ["ratchet.pod_name alone", { "ratchet.pod_name": "pod-a" }],
+    [
+      "the ignored labels alone",
+      { "ratchet.public_ip": "1.1.1.1", "ratchet.target_pod": "x", "ratchet.target_container": "y" },
+    ],
+  ])("%s describes no link: eligible, no links", (_what, labels) => {
+    expect(podLinks(pod({ ratchet: "true", ...labels }), OPTS)).toEqual({ eligible: true, links: [] });
   });
 
   test("default_prefix applies to label addresses", () => {
@@ -326,6 +353,11 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
     [
       "primary neither true nor false",
       L({ "ratchet.primary": "yes" }),
+      'label ratchet.primary "yes" must be "true" or "false"',
+    ],
+    [
+      "primary neither true nor false, without link labels",
+      pod({ ratchet: "true", "ratchet.primary": "yes" }),
       'label ratchet.primary "yes" must be "true" or "false"',
     ],
     [
