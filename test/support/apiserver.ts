@@ -31,6 +31,8 @@ export interface ApiServerOptions {
   clientCert?: boolean;
   /** Where to make the temp dir for certificates; default the system temp dir. */
   dir?: string;
+  /** Schedules every pod put without spec.nodeName to this node, as a one-node scheduler would. */
+  node?: string;
 }
 
 export interface RequestRecord {
@@ -190,7 +192,9 @@ export class ApiServer implements AsyncDisposable {
    * object gives one; a different uid replaces the old pod). Watches see the change.
    */
   putPod(pod: unknown): PodObject {
-    return this.state.putPod(pod);
+    const p = pod as { spec?: { nodeName?: unknown } };
+    if (this.opts.node === undefined || p.spec?.nodeName) return this.state.putPod(pod);
+    return this.state.putPod({ ...p, spec: { ...p.spec, nodeName: this.opts.node } });
   }
 
   /** Adds (or updates) every Pod of a YAML file; returns them as served. */
