@@ -1,23 +1,24 @@
-// Reads Pods from the Kubernetes API through @kubernetes/client-node, over Bun's fetch.
+// Reads Pods from the Kubernetes API through @kubernetes/client-node, over Bun's fetch: one
+// pod (GET), the pods of a node (list), and a watch of them.
 //
 // The client sends its requests through undici's fetch with a `dispatcher` that carries the
 // kubeconfig's CA and client certificate. Bun ignores that dispatcher, so every cluster with
 // a private CA fails with "unable to verify the first certificate". The client stays in
 // charge of the kubeconfig (parsing, auth providers, building and decoding requests); only
 // the transport is ours: an HttpLibrary that asks the KubeConfig for its TLS material and
-// headers (applyToHTTPSOptions) and hands them to Bun's fetch as `tls`.
+// headers (applyToHTTPSOptions) and hands them to Bun's fetch as `tls`. The client's Watch
+// class calls undici's fetch itself (same problem), so list and watch are plain requests of
+// ours through the same transport; the cache (cache.ts) reads the watch's JSON lines.
 //
 // Only the child imports this file: loading the client costs ~150 ms, which the parent,
 // exec'd once per CNI command, must never pay.
 import type { OutgoingHttpHeaders, RequestOptions } from "node:http";
-import { readFileSync } from "node:fs";
-import { dirname, isAbsolute, join } from "node:path";
+import { join } from "node:path";
 import {
   ApiException,
   CoreV1Api,
   createConfiguration,
   KubeConfig,
-  loadYaml,
   ResponseContext,
   ServerConfiguration,
   VersionApi,
@@ -26,8 +27,22 @@ import {
   type RequestContext,
 } from "@kubernetes/client-node";
 import { CniError, Code } from "../cni/errors.ts";
+import { loadKubeconfig, TokenFile } from "./kube-config.ts";
+import {
+  DeadlineError,
+  describeFetchError,
+  PodNotFoundError,
+  STATUS_TEXT,
+  StatusError,
+  signalReason,
+  statusMessage,
+} from "./kube-errors.ts";
+
 import { namespaceProblem, podNameProblem, show } from "../cni/names.ts";
 import { VERSION } from "../version.ts";
+
+export { DeadlineError, PodNotFoundError, StatusError } from "./kube-errors.ts";
+export { TokenFile } from "./kube-config.ts";
 
 /** What ratchet needs of a Pod. */
 export interface PodInfo {
@@ -51,31 +66,6 @@ export interface PodReaderOptions {
   serviceAccountDir?: string;
 }
 
-/**
- * A bearer token kept in a file that is replaced while we run (bound service-account tokens
- * rotate; kubelet swaps the file atomically). Read for every request: it is a few hundred
- * bytes. If a read fails, the last token read stays in use for at most maxStaleMs.
- */
-export class TokenFile {
-  private last: { token: string; at: number } | undefined;
-  constructor(
-    readonly path: string,
-    private readonly maxStaleMs = 60_000,
-  ) {}
-
-  read(): string {
-    try {
-      const token = readFileSync(this.path, "utf8").trim();
-      if (token === "") throw new Error("the file is empty");
-      this.last = { token, at: Date.now() };
-      return token;
-    } catch (err) {
-      if (this.last && Date.now() - this.last.at < this.maxStaleMs) return this.last.token;
-      throw new Error(`cannot read the token file ${this.path}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-}
-
 type Pem = string | Buffer | Array<string | Buffer> | undefined;
 function pemText(v: Pem): string | string[] | undefined {
   if (v === undefined) return undefined;
@@ -86,76 +76,6 @@ function pemText(v: Pem): string | string[] | undefined {
 function headerValue(v: OutgoingHttpHeaders[string]): string | undefined {
   if (v === undefined) return undefined;
   return Array.isArray(v) ? v.join(", ") : String(v);
-}
-
-const NETWORK_ERRORS: Record<string, string> = {
-  ECONNREFUSED: "connection refused",
-  ECONNRESET: "connection reset",
-  ConnectionClosed: "the server closed the connection",
-  ETIMEDOUT: "connection timed out",
-  ENOTFOUND: "host not found",
-  EHOSTUNREACH: "host unreachable",
-  ENETUNREACH: "network unreachable",
-  EPROTO: "the TLS handshake failed (the server may require a client certificate)",
-};
-
-/** What a failed fetch says, with its code; TLS verification failures always say "certificate". */
-function describeFetchError(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown };
-  const code = typeof e.code === "string" ? e.code : undefined;
-  const message = typeof e.message === "string" ? e.message : String(err);
-  if (code !== undefined && NETWORK_ERRORS[code]) return `${NETWORK_ERRORS[code]} (${code})`;
-  const tls = code !== undefined && /CERT|SIGNATURE|ISSUER|SELF_SIGNED|HOSTNAME|ALTNAME/i.test(code);
-  const text = tls ? `TLS certificate verification failed: ${message}` : message;
-  return code && !text.includes(code) ? `${text} (${code})` : text;
-}
-
-/** The server's explanation from an error body (a Status, or text), as one safe line. */
-function statusMessage(body: unknown): string | undefined {
-  let b: unknown = body;
-  if (typeof body === "string") {
-    try {
-      b = JSON.parse(body) as unknown;
-    } catch {
-      b = { message: body };
-    }
-  }
-  if (!b || typeof b !== "object" || !("message" in b) || typeof b.message !== "string" || b.message === "")
-    return undefined;
-  const line = b.message.replace(/\p{Cc}+/gu, " ").trim();
-  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
-}
-
-const STATUS_TEXT: Record<number, string> = {
-  400: "Bad Request",
-  401: "Unauthorized (check the token or client certificate)",
-  403: "Forbidden (the node agent needs RBAC permission to get, list and watch pods)",
-  404: "Not Found",
-  429: "Too Many Requests",
-  500: "Internal Server Error",
-  502: "Bad Gateway",
-  503: "Service Unavailable",
-  504: "Gateway Timeout",
-};
-
-export class DeadlineError extends Error {}
-
-/** The API server answered 404 for the pod: still code 11 for whoever cannot do without it. */
-export class PodNotFoundError extends CniError {}
-
-/** A status other than 200 from a request of ours (the client's own requests throw ApiException). */
-export class StatusError extends Error {
-  constructor(
-    readonly code: number,
-    readonly body: string,
-  ) {
-    super(`HTTP ${code}`);
-  }
-}
-
-/** The deadline, if that is why the request was aborted; else the error itself. */
-function signalReason(signal: AbortSignal, err: unknown): unknown {
-  return signal.aborted && signal.reason instanceof DeadlineError ? signal.reason : err;
 }
 
 function isRecord(x: unknown): x is Record<string, unknown> {
@@ -514,30 +434,4 @@ export class PodReader implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-type RawKubeconfig = { users?: Array<{ name?: unknown; user?: Record<string, unknown> }> };
-
-/**
- * Loads a kubeconfig as KubeConfig.loadFromFile does, with one difference: a user's
- * `token-file` is resolved relative to the kubeconfig (as client-go does; the client would
- * read it relative to the working directory), and, since the client reads that file only
- * once, the current user's token file is returned for the reader to re-read as it rotates.
- */
-function loadKubeconfig(kc: KubeConfig, path: string): TokenFile | undefined {
-  const raw = loadYaml<RawKubeconfig | null>(readFileSync(path, "utf8")) ?? {};
-  const files = new Map<string, string>();
-  for (const u of Array.isArray(raw.users) ? raw.users : []) {
-    const file = u.user?.["token-file"];
-    if (typeof file !== "string" || file === "" || !u.user) continue;
-    const abs = isAbsolute(file) ? file : join(dirname(path), file);
-    u.user["token-file"] = abs;
-    // An explicit `token` wins over `token-file`, as in client-go.
-    if (u.user.token === undefined && typeof u.name === "string") files.set(u.name, abs);
-  }
-  kc.loadFromString(JSON.stringify(raw));
-  kc.makePathsAbsolute(dirname(path));
-  const user = kc.getCurrentUser();
-  const file = user ? files.get(user.name) : undefined;
-  return file === undefined ? undefined : new TokenFile(file);
 }

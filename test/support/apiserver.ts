@@ -9,13 +9,15 @@ import { join } from "node:path";
 import type { Server } from "bun";
 import { makePki, type TestPki } from "./certs.ts";
 import {
-  ApiState,
-  goneStatus,
-  parseFieldSelector,
-  type PatchRecord,
-  type Selector,
-  type Watcher,
-} from "./apiserver-state.ts";
+  notAllowed,
+  notFound,
+  patchBody,
+  podNotFound,
+  REASONS,
+  status,
+  watchResponse,
+} from "./apiserver-http.ts";
+import { ApiState, type PatchRecord, parseFieldSelector } from "./apiserver-state.ts";
 import { readPodYaml, type PodObject } from "./pods.ts";
 
 export interface ApiServerOptions {
@@ -68,61 +70,6 @@ export interface ServiceAccountFiles {
 
 /** What setFault makes every API request answer. */
 export type Fault = { status: number; message: string };
-
-function status(code: number, reason: string, message: string, details?: Record<string, string>): Response {
-  const body = {
-    kind: "Status",
-    apiVersion: "v1",
-    metadata: {},
-    status: "Failure",
-    message,
-    reason,
-    code,
-    ...(details ? { details } : {}),
-  };
-  return Response.json(body, { status: code });
-}
-
-const notFound = () => status(404, "NotFound", "the server could not find the requested resource");
-const notAllowed = () =>
-  status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource");
-const podNotFound = (name: string) =>
-  status(404, "NotFound", `pods "${name}" not found`, { name, kind: "pods" });
-const bookmark = (rv: number) => ({
-  kind: "Pod",
-  apiVersion: "v1",
-  metadata: { resourceVersion: String(rv) },
-});
-
-const PATCH_TYPES = ["application/merge-patch+json", "application/strategic-merge-patch+json"];
-
-/** A PATCH body of a content type the stand-in applies, or the error response. */
-async function patchBody(req: Request): Promise<{ body: unknown; contentType: string } | Response> {
-  const contentType = (req.headers.get("content-type") ?? "").split(";")[0]?.trim() ?? "";
-  if (!PATCH_TYPES.includes(contentType))
-    return status(
-      415,
-      "UnsupportedMediaType",
-      `the body of the request was in an unknown format: ${contentType}`,
-    );
-  try {
-    return { body: await req.json(), contentType };
-  } catch {
-    return status(400, "BadRequest", "the patch is not JSON");
-  }
-}
-
-const REASONS: Record<number, string> = {
-  400: "BadRequest",
-  401: "Unauthorized",
-  403: "Forbidden",
-  404: "NotFound",
-  405: "MethodNotAllowed",
-  429: "TooManyRequests",
-  500: "InternalError",
-  503: "ServiceUnavailable",
-  504: "Timeout",
-};
 
 export class ApiServer implements AsyncDisposable {
   readonly pki: TestPki;
@@ -361,75 +308,14 @@ export class ApiServer implements AsyncDisposable {
     const select = parseFieldSelector(url.searchParams.get("fieldSelector"));
     if (typeof select === "string") return status(400, "BadRequest", select);
     const w = url.searchParams.get("watch");
-    if (w === "1" || w === "true") return this.watch(url, namespace, select);
+    if (w === "1" || w === "true")
+      return watchResponse(this.state, url, namespace, select, () => this.hung?.released);
     return Response.json({
       kind: "PodList",
       apiVersion: "v1",
       metadata: { resourceVersion: String(this.state.rv) },
       items: this.state.list(namespace, select),
     });
-  }
-
-  /** A watch: one JSON line per event, as long as the client stays (or timeoutSeconds). */
-  private watch(url: URL, namespace: string | undefined, select: Selector): Response {
-    const rvText = url.searchParams.get("resourceVersion");
-    const from = rvText === null || rvText === "" ? undefined : Number(rvText);
-    if (from !== undefined && !Number.isInteger(from))
-      return status(400, "BadRequest", `invalid resourceVersion ${JSON.stringify(rvText)}`);
-    const timeout = Number(url.searchParams.get("timeoutSeconds") ?? "0");
-    const bookmarks = url.searchParams.get("allowWatchBookmarks") === "true";
-    const enc = new TextEncoder();
-    let timer: Timer | undefined;
-    let watcher: Watcher | undefined;
-    const server = this;
-    const stream = new ReadableStream<Uint8Array>({
-      start(controller) {
-        let open = true;
-        const held: string[] = [];
-        const write = (line: string) => {
-          if (!open) return;
-          if (server.hung) {
-            held.push(line);
-            void server.hung.released.then(() => {
-              for (const l of held.splice(0)) write(l);
-            });
-            return;
-          }
-          controller.enqueue(enc.encode(line));
-        };
-        watcher = {
-          select,
-          namespace,
-          bookmarks,
-          send: (type, object) => write(`${JSON.stringify({ type, object })}\n`),
-          close: () => {
-            if (!open) return;
-            open = false;
-            clearTimeout(timer);
-            server.state.watchers.delete(watcher as Watcher);
-            controller.close();
-          },
-        };
-        // Bun sends the headers with the first byte of the body; an API server sends them at
-        // once. A blank line (JSON streams skip whitespace) gets them out now.
-        controller.enqueue(enc.encode("\n"));
-        if (!server.state.watch(watcher, from)) {
-          watcher.send("ERROR", goneStatus(server.state.rv, from));
-          watcher.close();
-          return;
-        }
-        if (timeout > 0)
-          timer = setTimeout(() => {
-            if (bookmarks) watcher?.send("BOOKMARK", bookmark(server.state.rv));
-            watcher?.close();
-          }, timeout * 1000);
-      },
-      cancel() {
-        clearTimeout(timer);
-        if (watcher) server.state.watchers.delete(watcher);
-      },
-    });
-    return new Response(stream, { headers: { "content-type": "application/json" } });
   }
 
   /** GET or PATCH one pod. */
