@@ -29,14 +29,12 @@ async function check(conf: NetConf): Promise<number> {
     // Inside the try: a config openEtcd refuses (unreadable file, http:// with TLS files) is a failed check too.
     client = openEtcd(conf);
     const status = await client.maintenance.status();
-    process.stdout.write(
-      `${JSON.stringify({ etcd: { ok: true, endpoints: etcdEndpoints(conf), version: status.version }, vxlan })}\n`,
-    );
+    const etcd = { ok: true, endpoints: etcdEndpoints(conf), version: status.version };
+    process.stdout.write(`${JSON.stringify({ etcd, vxlan })}\n`);
     return 0;
   } catch (err) {
-    process.stdout.write(
-      `${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) }, vxlan })}\n`,
-    );
+    const etcd = { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) };
+    process.stdout.write(`${JSON.stringify({ etcd, vxlan })}\n`);
     return 1;
   } finally {
     client?.close();
@@ -55,7 +53,7 @@ async function vtepCheck(conf: NetConf): Promise<{ ok: boolean; vtep?: string; p
     if (addr) return { ok: true, vtep: addr };
     return {
       ok: false,
-      problem: `parent_interface ${JSON.stringify(iface)} has no IPv4 address: set parent_address, or give it one`,
+      problem: `parent_interface ${JSON.stringify(iface)} has no IPv4 address: set parent_address or add one`,
     };
   } catch (err) {
     return { ok: false, problem: `parent_interface ${JSON.stringify(iface)}: ${(err as Error).message}` };

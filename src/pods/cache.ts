@@ -258,9 +258,8 @@ export class PodCache {
       case "ERROR": {
         const code = ev.object?.code;
         if (code === 410) throw new Expired(String(ev.object?.message ?? "410 Gone"));
-        throw new Error(
-          `the watch reported an error: ${code ?? "?"} ${typeof ev.object?.message === "string" ? ev.object.message : ""}`.trim(),
-        );
+        const text = typeof ev.object?.message === "string" ? ev.object.message : "";
+        throw new Error(`the watch reported an error: ${code ?? "?"} ${text}`.trim());
       }
       default:
         return;

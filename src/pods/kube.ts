@@ -393,6 +393,7 @@ export class PodReader implements Disposable {
   }
 
   private failure(id: string, err: unknown, verb = "read"): CniError {
+    const what = verb === "read" ? `pod ${id}` : id;
     if (err instanceof ApiException || err instanceof StatusError) {
       const code = err.code;
       const detail = statusMessage(err.body);
@@ -406,7 +407,7 @@ export class PodReader implements Disposable {
       const text = STATUS_TEXT[code] ? ` ${STATUS_TEXT[code]}` : "";
       return new CniError(
         Code.TryAgainLater,
-        `cannot ${verb} ${verb === "read" ? "pod " : ""}${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
+        `cannot ${verb} ${what}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
         "",
         { cause: err },
       );
@@ -414,13 +415,13 @@ export class PodReader implements Disposable {
     if (err instanceof DeadlineError)
       return new CniError(
         Code.TryAgainLater,
-        `cannot ${verb} ${verb === "read" ? "pod " : ""}${id} from ${this.server}: ${err.message}`,
+        `cannot ${verb} ${what} from ${this.server}: ${err.message}`,
         "",
         { cause: err },
       );
     return new CniError(
       Code.TryAgainLater,
-      `cannot ${verb} ${verb === "read" ? "pod " : ""}${id} from ${this.server}: ${describeFetchError(err)}`,
+      `cannot ${verb} ${what} from ${this.server}: ${describeFetchError(err)}`,
       "",
       { cause: err },
     );

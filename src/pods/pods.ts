@@ -85,7 +85,7 @@ export class PodDirectory {
   async classify(ref: PodRef, conf: NetConf, deadline: number): Promise<Classified> {
     const cache = this.cache(conf);
     const fits = uidFits(ref);
-    // The wait and the read share one budget: POD_READ_TIMEOUT_MS, or less if the caller's deadline is nearer.
+    // The wait and the read share one budget: POD_READ_TIMEOUT_MS, or the caller's deadline.
     const budget = Math.min(deadline, Date.now() + POD_READ_TIMEOUT_MS);
     let pod = cache.get(ref.namespace, ref.name);
     if (!fits(pod) && cache.watching) {
@@ -132,7 +132,8 @@ export class PodDirectory {
     if (ref.uid !== undefined && pod.uid !== ref.uid)
       throw new CniError(
         Code.TryAgainLater,
-        `pod ${id}: the API server has uid ${pod.uid}, the runtime's call is for uid ${ref.uid} (not current yet)`,
+        `pod ${id}: the API server has uid ${pod.uid}, ` +
+          `the runtime's call is for uid ${ref.uid} (not current yet)`,
       );
     if (pod.nodeName !== cache.nodeName && !this.elsewhere.has(id)) {
       this.elsewhere.add(id);

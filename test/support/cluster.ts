@@ -211,7 +211,8 @@ export class Pod {
   /** CNI_ARGS as a runtime passes them, with the pod's current uid when the API server has the pod. */
   get args(): string {
     const uid = this.node.cluster.api.getPod(this.namespace, this.name)?.metadata.uid;
-    return `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};K8S_POD_INFRA_CONTAINER_ID=${this.containerId}${uid ? `;K8S_POD_UID=${uid}` : ""}`;
+    const pod = `K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name}`;
+    return `IgnoreUnknown=1;${pod};K8S_POD_INFRA_CONTAINER_ID=${this.containerId}${uid ? `;K8S_POD_UID=${uid}` : ""}`;
   }
 
   /** Runs one CNI command for this container with this node's config (plus `conf` overrides). */
