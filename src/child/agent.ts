@@ -225,7 +225,8 @@ export class NodeAgent {
   private async detach(p: CallParams): Promise<Methods["detach"]["result"]> {
     let owned: boolean | undefined;
     try {
-      // Without a VXLAN endpoint no attach ever worked with this config: nothing to look up.
+      // Without a VXLAN endpoint the node's store cannot be taken up (the VTEP names the node
+      // in etcd), so no attach worked with this config: the pod cache answers below.
       if (!missingVtep(p.conf)) owned = await (await this.store(p.conf)).linker.detach(p.env);
     } catch (err) {
       const e = toCniError(err);
