@@ -231,6 +231,7 @@ async function main(): Promise<void> {
     parent_address: "",
     host_netns: host,
     kubeconfig,
+    node_name: `node-${node}`,
     child_socket: join(work, `node-${node}`, "child.sock"),
     log_file: join(work, `node-${node}`, "ratchet.log"),
     delegate: { type: "loopback" },
@@ -240,7 +241,12 @@ async function main(): Promise<void> {
   const confB = conf("b", hostB);
   writeFileSync(join(work, "10-ratchet.conf"), JSON.stringify(confA));
 
+  // As the scheduler does before the kubelet runs a pod: each agent watches its node's pods.
+  const schedule = (pod: string, node: "a" | "b") => api?.bindPod("default", pod, `node-${node}`);
+
   step("One node: primary-pod and pair-pod on node-a");
+  schedule("primary-pod", "a");
+  schedule("pair-pod", "a");
   const p1 = await netns(`${tag}-primary-1`);
   const q1 = await netns(`${tag}-pair-1`);
   let r = await cni("ADD", confA, "primary-pod", "primary-1", p1);
@@ -257,6 +263,7 @@ async function main(): Promise<void> {
   say("DEL both: links and records removed");
 
   step("Two nodes: primary-pod on node-a, pair-pod on node-b");
+  schedule("pair-pod", "b");
   const p2 = await netns(`${tag}-primary-2`);
   const q2 = await netns(`${tag}-pair-2`);
   r = await cni("ADD", confA, "primary-pod", "primary-2", p2);

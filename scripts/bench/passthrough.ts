@@ -18,7 +18,8 @@ const dir = mkdtempSync(join(tmpdir(), "ratchet-bench-"));
 const BIN = join(dir, "ratchet");
 copyFileSync(process.env.RATCHET_BIN ?? join(import.meta.dir, "..", "..", "bin", "ratchet"), BIN);
 symlinkSync("ratchet", join(dir, "ratchet-child"));
-const api = startApiServer({ dir });
+// Pods scheduled to the node the agent watches (node_name), as on a real node.
+const api = startApiServer({ dir, node: "bench-node" });
 api.putPod({
   kind: "Pod",
   metadata: { name: "bench-pod", namespace: "default", labels: { app: "bench" } },
@@ -38,6 +39,7 @@ const viaRatchet = {
   type: "ratchet",
   etcd_endpoints: [ETCD],
   kubeconfig: api.writeKubeconfig(dir, { auth: "token" }),
+  node_name: "bench-node",
   log_file: join(dir, "ratchet.log"),
   child_socket: join(dir, "child.sock"),
   delegate: bridge("ratchet"),

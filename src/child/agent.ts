@@ -4,7 +4,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import type { Etcd3 } from "etcd3";
 import * as v from "valibot";
 import type { NetConf } from "../cni/config.ts";
-import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
+import { CniError, Code, StoreUnavailableError, toCniError } from "../cni/errors.ts";
 import { Linker, nodeSettings } from "../links/linker.ts";
 import { NodeState } from "../links/node-state.ts";
 import type { Logger } from "../log.ts";
@@ -15,7 +15,7 @@ import { describeEtcdError, openEtcd } from "../store/etcd.ts";
 import { LinkStore } from "../store/link-store.ts";
 import { BadRecords } from "../store/records.ts";
 import { hello } from "../version.ts";
-import { PodDirectory } from "./pods.ts";
+import { nodeName, PodDirectory } from "../pods/pods.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
 const PROBE_MS = 3000;
@@ -43,7 +43,7 @@ type Handlers = {
 type DeferredDel = Methods["detach"]["params"];
 
 export class NodeAgent {
-  readonly pods = new PodDirectory();
+  readonly pods: PodDirectory;
   private readonly stores = new Map<string, NodeStore>();
   private readonly state: NodeState;
   private readonly bad: BadRecords;
@@ -56,6 +56,7 @@ export class NodeAgent {
     /** Node-local files: the state of attached containers, the journal of deferred DELs. */
     private readonly files: AgentFiles,
   ) {
+    this.pods = new PodDirectory(log);
     this.state = new NodeState(files.state, log);
     this.bad = new BadRecords((key, problem) => log.warn("ignoring a bad value in etcd", { key, problem }));
     this.deferred = this.readJournal();
@@ -71,7 +72,7 @@ export class NodeAgent {
     },
     classify: (p, ctx) => this.classify(p, ctx.deadline),
     attach: (p, ctx) => this.attach(p, ctx),
-    detach: (p, ctx) => this.detach(p, ctx.deadline),
+    detach: (p) => this.detach(p),
     check: async (p) => {
       await (await this.store(p.conf)).linker.check(p.env);
       return { ok: true };
@@ -91,7 +92,7 @@ export class NodeAgent {
 
   /** The linker for this config's etcd, prefix and node; made (and reconciled, watched) once. */
   private async store(conf: NetConf): Promise<NodeStore> {
-    const settings = nodeSettings(conf);
+    const settings = nodeSettings(conf, nodeName(conf, process.env).name);
     const key = JSON.stringify([
       conf.etcd_endpoints,
       conf.etcd_host,
@@ -127,14 +128,7 @@ export class NodeAgent {
 
   /** At first use of a node's store: make the node's links match etcd, then follow it. */
   private async start(etcd: Etcd3, linker: Linker): Promise<void> {
-    const { node, vtep } = linker;
-    if (!vtep) {
-      this.log.warn(
-        "parent_interface and parent_address are not set: links between pods on this node work; " +
-          "links to pods on other nodes (VXLAN) cannot be built",
-        { node },
-      );
-    }
+    const { node } = linker;
     const { keys } = linker.store;
     const prefix = keys.tunnelEndsPrefix(node);
     try {
@@ -177,13 +171,26 @@ export class NodeAgent {
     }
   }
 
+  /** Starts watching this node's pods now, not at the first ADD. */
+  watchPods(conf: NetConf): void {
+    try {
+      this.pods.cache(conf);
+    } catch (err) {
+      this.log.error("cannot watch this node's pods", { error: (err as Error).message });
+    }
+  }
+
   /** Starts on this config's store in the background (errors are logged, retried on use). */
   warm(conf: NetConf): void {
-    this.store(conf).catch((err: unknown) =>
-      this.log.warn("etcd not reachable at start; will retry on the next request", {
-        error: (err as Error).message,
-      }),
-    );
+    this.store(conf).catch((err: unknown) => {
+      const e = toCniError(err);
+      this.log.warn(
+        e.code === Code.TryAgainLater
+          ? "etcd not reachable at start; will retry on the next request"
+          : "cannot take up this node's links at start",
+        { error: e.message },
+      );
+    });
   }
 
   private async classify(p: CallParams, deadline: number): Promise<Methods["classify"]["result"]> {
@@ -222,7 +229,7 @@ export class NodeAgent {
     return { interfaces };
   }
 
-  private async detach(p: CallParams, deadline: number): Promise<Methods["detach"]["result"]> {
+  private async detach(p: CallParams): Promise<Methods["detach"]["result"]> {
     let owned: boolean | undefined;
     try {
       owned = await (await this.store(p.conf)).linker.detach(p.env);
@@ -238,15 +245,13 @@ export class NodeAgent {
       return { owned: null };
     }
     if (owned !== undefined) return { owned };
-    // No endpoint of this container: a plain pod, or a repeated DEL. The pod's labels tell,
-    // if the pod can still be read.
+    // No endpoint of this container: ratchet built nothing for it. Which plugin served it (the
+    // boot network or the delegate) is what the pod cache knows of its labels; never an API
+    // request: a DEL does not wait for the API server. When it cannot tell, both plugins'
+    // DELs run (each tolerates a container it never saw).
     if (!p.env.pod) return { owned: false };
-    try {
-      const c = await this.pods.classify(p.env.pod, p.conf, Math.min(deadline, Date.now() + PROBE_MS));
-      return { owned: c.eligible ? null : false };
-    } catch {
-      return { owned: null };
-    }
+    const eligible = this.pods.knownEligible(p.env.pod, p.conf);
+    return { owned: eligible === false ? false : null };
   }
 
   private async status(p: CallParams, deadline: number): Promise<Methods["status"]["result"]> {

@@ -1,6 +1,6 @@
 import * as v from "valibot";
 import { CniError, Code } from "./errors.ts";
-import { interfaceNameProblem, show } from "./names.ts";
+import { interfaceNameProblem, podNameProblem, show } from "./names.ts";
 
 // The network configuration ratchet reads on stdin. Field names follow the original
 // ratchet-cni README (our compatibility contract); the rest are additions. Unknown fields
@@ -101,6 +101,18 @@ export const NetConf = v.pipe(
     etcd_username: v.optional(v.pipe(v.string(), v.nonEmpty())),
     etcd_password_file: v.optional(absolutePath("etcd_password_file")),
     kubeconfig: v.optional(absolutePath("kubeconfig")),
+    /** This node's Kubernetes name, whose pods the agent watches; else $NODE_NAME, else the hostname. */
+    node_name: v.optional(
+      v.pipe(
+        v.string(),
+        v.rawCheck(({ dataset, addIssue }) => {
+          if (!dataset.typed) return;
+          // Node names follow the same rule as pod names: DNS-1123 subdomains.
+          const problem = podNameProblem(dataset.value);
+          if (problem) addIssue({ message: `node_name ${show(dataset.value)} ${problem}` });
+        }),
+      ),
+    ),
     child_socket: v.optional(absolutePath("child_socket"), "/run/ratchet/child.sock"),
     child_idle_seconds: v.optional(
       v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(86400 * 7)),

@@ -8,7 +8,6 @@
 //
 // What it trusts: netns paths only from this node's own CNI calls (NodeState); values from
 // etcd only after the store's schema checks; interfaces only when they carry the link's mark.
-import { hostname } from "node:os";
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
@@ -46,10 +45,13 @@ export interface NodeSettings {
   parentInterface: string | undefined;
   parentAddress: string;
   hostNetns: string | undefined;
+  /** The node's Kubernetes name: what names it in etcd when it has no VTEP. */
+  nodeName: string;
 }
 
-export function nodeSettings(conf: NetConf): NodeSettings {
+export function nodeSettings(conf: NetConf, nodeName: string): NodeSettings {
   return {
+    nodeName,
     prefix: conf.etcd_prefix,
     parentInterface: conf.parent_interface,
     parentAddress: conf.parent_address,
@@ -93,7 +95,7 @@ export class Linker {
     private readonly log: Logger,
   ) {}
 
-  /** This node: its VTEP address when it has one, else its name (NODE_NAME, or the host name). */
+  /** This node: its VTEP address when it has one, else its Kubernetes node name. */
   get node(): string {
     return this.whoAmI().node;
   }
@@ -105,7 +107,7 @@ export class Linker {
   private whoAmI(): { node: string; vtep: string | undefined } {
     if (!this.identity) {
       const vtep = findVtep(this.settings);
-      this.identity = { node: vtep ?? (process.env.NODE_NAME || hostname()).toLowerCase(), vtep };
+      this.identity = { node: vtep ?? this.settings.nodeName, vtep };
     }
     return this.identity;
   }

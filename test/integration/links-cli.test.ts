@@ -30,7 +30,7 @@ const args = (name: string, cid: string) =>
   `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=${cid}`;
 
 beforeAll(async () => {
-  api = startApiServer({ podFiles: [join(REPO, "pod_specs", "example.yaml")] });
+  api = startApiServer({ podFiles: [join(REPO, "pod_specs", "example.yaml")], node: "links-node" });
   const lonely = [
     {
       peer: "never-comes",
@@ -58,6 +58,7 @@ beforeAll(async () => {
     etcd_prefix: prefix,
     parent_address: "10.253.0.1",
     kubeconfig: api.writeKubeconfig(scratch.path, { auth: "token" }),
+    node_name: "links-node",
     log_file: join(scratch.path, "ratchet.log"),
     child_socket: join(scratch.path, "run", "child.sock"),
     delegate: { type: "loopback" },

@@ -149,6 +149,7 @@ export class Node {
       etcd_endpoints: [etcdEndpoint()],
       etcd_prefix: this.cluster.etcdPrefix,
       kubeconfig: this.cluster.kubeconfig,
+      node_name: this.name,
       child_socket: this.socket,
       log_file: this.logFile,
       child_idle_seconds: 600,
@@ -215,11 +216,12 @@ export class Pod {
     readonly ifname = "eth0",
   ) {}
 
+  /** CNI_ARGS as a runtime passes them, with the pod's current uid when the API server has the pod. */
   get args(): string {
-    return (
-      `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};` +
-      `K8S_POD_INFRA_CONTAINER_ID=${this.containerId}`
-    );
+    const uid = this.node.cluster.api.getPod(this.namespace, this.name)?.metadata.uid;
+    const pod = `K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name}`;
+    const ids = `K8S_POD_INFRA_CONTAINER_ID=${this.containerId}${uid ? `;K8S_POD_UID=${uid}` : ""}`;
+    return `IgnoreUnknown=1;${pod};${ids}`;
   }
 
   /** Runs one CNI command for this container with this node's config (plus `conf` overrides). */
@@ -329,10 +331,13 @@ export class Cluster implements AsyncDisposable {
     return n;
   }
 
+  /** A sandbox for the pod on `node`; the pod (if the API server has it yet) is bound to that node. */
   async makePod(node: Node, name: string, namespace: string): Promise<Pod> {
     const netns = await makeNetns("p");
     const pod = new Pod(node, name, namespace, `${this.id}-${name}-${(podSeq++).toString(36)}`, netns);
     this.pods.push(pod);
+    const obj = this.api.getPod(namespace, name);
+    if (obj && obj.spec?.nodeName !== node.name) this.api.bindPod(namespace, name, node.name);
     return pod;
   }
 
@@ -343,12 +348,24 @@ export class Cluster implements AsyncDisposable {
     return cni({ ...inv, bin: this.runner, visible: true });
   }
 
+  /**
+   * Adds or updates a pod in the API server. As the scheduler would have, it is bound to the
+   * node of its latest sandbox (if it has one and the object names no node).
+   */
   putPod(pod: unknown): PodObject {
-    return this.api.putPod(pod);
+    return this.bind(this.api.putPod(pod));
   }
 
   loadPods(file: string): PodObject[] {
-    return this.api.loadPods(file);
+    return this.api.loadPods(file).map((p) => this.bind(p));
+  }
+
+  private bind(p: PodObject): PodObject {
+    if (p.spec?.nodeName) return p;
+    const sandbox = this.pods.findLast(
+      (s) => s.namespace === p.metadata.namespace && s.name === p.metadata.name,
+    );
+    return sandbox ? this.api.bindPod(p.metadata.namespace, p.metadata.name, sandbox.node.name) : p;
   }
 
   deletePod(namespace: string, name: string): boolean {
