@@ -39,8 +39,14 @@ async function startChild(conf: NetConf, takeover: boolean, log: Logger): Promis
       stderr: out,
       detached: true,
     });
-    proc.stdin.write(JSON.stringify(conf));
-    await proc.stdin.end();
+    try {
+      proc.stdin.write(JSON.stringify(conf));
+      await proc.stdin.end();
+    } catch (err) {
+      // It exited at once: another agent holds the socket lock (exit 0), which we go on to
+      // talk to; the exit code tells the rest.
+      if ((err as NodeJS.ErrnoException).code !== "EPIPE") throw err;
+    }
     proc.unref();
     log.info("started the node agent", { child: path, childPid: proc.pid, takeover });
     return proc;
