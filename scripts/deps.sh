@@ -1,6 +1,7 @@
 # Sourced by test.sh and demo.sh: installs what a fresh Debian machine with Node/npm lacks.
 # ensure_deps: apt packages (etcd, reference CNI plugins, iproute2, ping, unshare, graphviz,
-# openssl) and npm ci when node_modules does not match package-lock.json.
+# openssl, containerd, runc, a C compiler) and npm ci when node_modules does not match
+# package-lock.json.
 ensure_deps() {
   local need=()
   command -v etcd >/dev/null || need+=(etcd-server)
@@ -10,6 +11,10 @@ ensure_deps() {
   command -v unshare >/dev/null || need+=(util-linux)
   command -v dot >/dev/null || need+=(graphviz)       # ratchet links --output dot is rendered with it
   command -v openssl >/dev/null || need+=(openssl)    # test certificates for the stand-in API and etcd
+  # The containerd suite: a runtime and its OCI runtime, and a static C pause program.
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  { command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
   if [ ${#need[@]} -gt 0 ]; then
     echo "== apt-get install ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
