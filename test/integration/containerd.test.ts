@@ -7,9 +7,12 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { plainPod } from "../support/cluster.ts";
+import { status as grpcStatus } from "@grpc/grpc-js";
 import { CriBed } from "../support/cri/bed.ts";
+import { CriError } from "../support/cri/client.ts";
 import {
   expectEnd,
+  endpointRecord,
   expectEndpoint,
   expectEth0,
   expectPing,
@@ -154,6 +157,58 @@ describe("containerd: the multi-link pod (pod_specs/multi-link.yaml)", () => {
       await s.stop();
       await s.remove();
     }
+    await bed.assertClean();
+  });
+});
+
+describe("containerd: stop, remove, re-create", () => {
+  test("double stop, re-create while the old sandbox is stopped, remove the old one, remove without stop", async () => {
+    await using bed = await CriBed.make();
+    bed.cluster.loadPods(EXAMPLE);
+    const n = bed.node(1);
+    const primary = await n.run("primary-pod");
+    const pair = await n.run("pair-pod");
+    await expectPing(bed, primary, "192.168.2.101");
+
+    // Stop twice, as the kubelet may: the second is a no-op that succeeds.
+    await pair.stop();
+    await waitGone(primary, "in1");
+    await pair.stop();
+    expect((await pair.status()).status.state).toBe("SANDBOX_NOTREADY");
+    expect(n.containerd.netnsMounts()).not.toContain(pair.netns);
+    expect(await endpointRecord(bed, pair)).toBeUndefined();
+    await expectEndpoint(bed, primary);
+
+    // The kubelet's order: a new sandbox (next attempt) while the old one is only stopped.
+    const pair2 = await n.run("pair-pod", "default", 1);
+    expect(pair2.id).not.toBe(pair.id);
+    await expectEnd(bed, primary, "in1", { kind: "veth", ips: [IN1] });
+    await expectEnd(bed, pair2, "in2", { kind: "veth", ips: [IN2] });
+    await expectPing(bed, pair2, "192.168.2.100");
+    // Removing the old sandbox leaves the new one's link and records alone.
+    await pair.remove();
+    await expectEnd(bed, pair2, "in2", { kind: "veth", ips: [IN2] });
+    await expectPing(bed, primary, "192.168.2.101");
+    await expectEndpoint(bed, pair2);
+    const links = await linkRecords(bed);
+    expect(links).toHaveLength(1);
+    expect(links[0]?.ends["default/pair-pod"]?.containerId).toBe(pair2.id);
+
+    // Remove without stop: containerd stops the sandbox itself, and the network goes with it.
+    await primary.remove();
+    await waitGone(pair2, "in2");
+    expect(await endpointRecord(bed, primary)).toBeUndefined();
+    expect((await n.containerd.cri.listPodSandbox()).map((s) => s.id)).toEqual([pair2.id]);
+    await pair2.stop();
+    await pair2.remove();
+    // A sandbox that is gone: remove is idempotent; stop says NOT_FOUND (the kubelet's cue).
+    await pair2.remove();
+    const gone = await pair2.stop().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(gone).toBeInstanceOf(CriError);
+    expect((gone as CriError).code).toBe(grpcStatus.NOT_FOUND);
     await bed.assertClean();
   });
 });

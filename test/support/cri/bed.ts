@@ -265,6 +265,14 @@ export class CriNode implements AsyncDisposable {
     );
   }
 
+  /** Names of the links of one kind (vxlan, veth, ...) in the node's host netns. */
+  async hostLinks(kind: string): Promise<string[]> {
+    const r = await run(["ip", "-n", this.node.host.name, "-j", "link", "show", "type", kind]);
+    if (r.code !== 0)
+      throw new Error(`ip link show type ${kind} in ${this.node.host.name}: ${r.stderr.trim()}`);
+    return (JSON.parse(r.stdout || "[]") as Array<{ ifname: string }>).map((l) => l.ifname);
+  }
+
   /** IPs host-local still holds for this node's network (besides its bookkeeping files). */
   ipamLeases(): string[] {
     const out: string[] = [];
