@@ -4,7 +4,15 @@
 // machine: no CAP_SYS_RESOURCE (restrict_oom_score_adj), pod netns under its state dir, a
 // pause image imported from a tarball. Dispose stops every sandbox, containerd, its shims
 // and their processes, unmounts whatever it left under its dir and removes the dir.
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { alive, waitFor } from "../child.ts";
 import { run } from "../env.ts";
@@ -107,6 +115,19 @@ function childrenOf(pid: number): number[] {
     }
   }
   return out;
+}
+
+/** The cgroups runc made for a sandbox process: <its parent's cgroup>/<sandbox id>, per hierarchy. */
+function sandboxCgroups(pid: number): string[] {
+  try {
+    const paths = readFileSync(`/proc/${pid}/cgroup`, "utf8")
+      .split("\n")
+      .map((l) => l.split(":")[2] ?? "")
+      .filter((p) => /\/[0-9a-f]{64}$/.test(p));
+    return [...new Set(paths)];
+  } catch {
+    return [];
+  }
 }
 
 function kill(pid: number, signal: NodeJS.Signals): void {
@@ -259,9 +280,19 @@ export class Containerd implements AsyncDisposable {
     await step("kill shims", async () => {
       const shims = this.shims();
       // A shim is its pods' subreaper: kill the pods first, or they outlive it.
-      for (const s of shims) for (const c of childrenOf(s)) kill(c, "SIGKILL");
-      for (const s of shims) kill(s, "SIGKILL");
-      await waitFor("shims to exit", () => shims.every((p) => !alive(p)), 10_000);
+      const pods = shims.flatMap(childrenOf);
+      const cgroups = pods.flatMap(sandboxCgroups);
+      for (const p of [...pods, ...shims]) kill(p, "SIGKILL");
+      await waitFor("shims and pods to exit", () => [...pods, ...shims].every((p) => !alive(p)), 10_000);
+      // runc never deleted these containers: remove the cgroups it made for them.
+      for (const cg of cgroups)
+        for (const h of readdirSync("/sys/fs/cgroup")) {
+          try {
+            rmdirSync(join("/sys/fs/cgroup", h, cg));
+          } catch {
+            // not in this hierarchy
+          }
+        }
     });
     await step("unmount", async () => {
       for (const m of mountsUnder(this.opts.dir)) {
