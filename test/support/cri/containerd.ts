@@ -11,8 +11,10 @@ import {
   readdirSync,
   readFileSync,
   rmdirSync,
+  rmSync,
   writeFileSync,
 } from "node:fs";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { alive, waitFor } from "../child.ts";
 import { run } from "../env.ts";
@@ -244,6 +246,21 @@ export class Containerd implements AsyncDisposable {
     return pidsWith(["-address", this.socket]);
   }
 
+  /**
+   * The socket of a shim: containerd 1.6 puts it in /run/containerd/s whatever its state dir,
+   * named by sha256("<containerd socket>/<namespace>/<id>"). A killed shim leaves it behind.
+   */
+  private shimSocket(pid: number): string | undefined {
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+      const arg = (k: string) => argv[argv.indexOf(k) + 1];
+      const key = `${this.socket}/${arg("-namespace")}/${arg("-id")}`;
+      return join("/run/containerd/s", createHash("sha256").update(key).digest("hex"));
+    } catch {
+      return undefined;
+    }
+  }
+
   logTail(lines = 30): string {
     if (!existsSync(this.logFile)) return "(no log)";
     return readFileSync(this.logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
@@ -282,8 +299,10 @@ export class Containerd implements AsyncDisposable {
       // A shim is its pods' subreaper: kill the pods first, or they outlive it.
       const pods = shims.flatMap(childrenOf);
       const cgroups = pods.flatMap(sandboxCgroups);
+      const sockets = shims.map((p) => this.shimSocket(p)).filter((x) => x !== undefined);
       for (const p of [...pods, ...shims]) kill(p, "SIGKILL");
       await waitFor("shims and pods to exit", () => [...pods, ...shims].every((p) => !alive(p)), 10_000);
+      for (const f of sockets) rmSync(f, { force: true });
       // runc never deleted these containers: remove the cgroups it made for them.
       for (const cg of cgroups)
         for (const h of readdirSync("/sys/fs/cgroup")) {
