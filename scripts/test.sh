@@ -29,28 +29,8 @@ etcd_pid=""
 cleanup() {
   [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
   # Safety net: tests remove what they create, but a crashed test must not leave state behind.
-  # containerd's shims name a socket under $work; the pods they hold do not: kill those first
-  # (a shim is their subreaper), then remove the cgroups runc made for them (<own>/<sandbox id>).
-  local shim pod pods=() cgs=() socks=() cg h
-  for shim in $(pgrep -f -- "containerd-shim.* -address $work/"); do
-    # containerd 1.6 keeps shim sockets in /run/containerd/s, named sha256(address/namespace/id).
-    socks+=("/run/containerd/s/$(tr '\0' '\n' <"/proc/$shim/cmdline" 2>/dev/null |
-      awk '/^-namespace$/{getline; ns=$0} /^-id$/{getline; id=$0} /^-address$/{getline; a=$0}
-           END{printf "%s/%s/%s", a, ns, id}' | sha256sum | cut -d' ' -f1)")
-    for pod in $(pgrep -P "$shim"); do
-      pods+=("$pod")
-      cgs+=($(cut -d: -f3 "/proc/$pod/cgroup" 2>/dev/null | grep -E '/[0-9a-f]{64}$'))
-      kill -9 "$pod" 2>/dev/null
-    done
-  done
-  pkill -f -- "$work/" 2>/dev/null
-  for pod in "${pods[@]}"; do
-    for _ in $(seq 20); do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pod/status" || break; sleep 0.1; done
-  done
-  for cg in "${cgs[@]}"; do for h in /sys/fs/cgroup/*; do rmdir "$h$cg" 2>/dev/null; done; done
-  rm -f "${socks[@]}"
-  # What containerd mounted under $work (pod netns, rootfs, shm), deepest first.
-  awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  # containerd's pods, shims and mounts (the containerd suite), and every process of the run.
+  containerd_leftovers "$work"
   # Node agents the tests started log (stdout) into $work: stop any still running.
   for fd1 in /proc/[0-9]*/fd/1; do
     case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { waitFor } from "../child.ts";
 import { makeCluster, type Cluster, type IfaceInfo, type Node } from "../cluster.ts";
 import { BIN, etcdEndpoint, REPO, run } from "../env.ts";
-import type { CriError, PodSandboxStatusResponse } from "./client.ts";
+import type { CriError, PodSandboxConfig, PodSandboxStatusResponse } from "./client.ts";
 import { Containerd } from "./containerd.ts";
 import { Forward } from "./forward.ts";
 
@@ -227,18 +227,29 @@ export class CriNode implements AsyncDisposable {
    * name and a fresh uid). Throws the CriError when containerd refuses.
    */
   async run(name: string, namespace = "default", attempt = 0): Promise<Sandbox> {
+    const id = await this.containerd.cri.runPodSandbox(this.sandboxConfig(name, namespace, attempt));
+    return this.sandbox(id);
+  }
+
+  /** The sandbox config the kubelet would send for a pod: metadata, labels and annotations. */
+  sandboxConfig(name: string, namespace = "default", attempt = 0): PodSandboxConfig {
     const pod = this.node.cluster.api.getPod(namespace, name);
     const uid = pod?.metadata.uid ?? crypto.randomUUID();
-    const logDir = join(this.containerd.opts.dir, "logs", `${namespace}_${name}_${uid}`);
-    const id = await this.containerd.cri.runPodSandbox({
+    return {
       metadata: { name, namespace, uid, attempt },
       hostname: name,
-      log_directory: logDir,
+      log_directory: join(this.containerd.opts.dir, "logs", `${namespace}_${name}_${uid}`),
       labels: { ...(pod?.metadata.labels ?? {}), "ratchet-test": String(podSeq++) },
       annotations: pod?.metadata.annotations ?? {},
       linux: {},
-    });
+    };
+  }
+
+  /** A running sandbox by id, with its netns and pause pid from containerd's verbose status. */
+  async sandbox(id: string): Promise<Sandbox> {
     const st = await this.containerd.cri.podSandboxStatus(id, true);
+    const name = st.status.metadata.name;
+    const namespace = st.status.metadata.namespace;
     const info = JSON.parse(st.info.info ?? "{}") as {
       pid?: number;
       runtimeSpec?: { linux?: { namespaces?: Array<{ type: string; path?: string }> } };
