@@ -2,16 +2,18 @@
 // node joined by a bridge, one stand-in API server, one etcd prefix) with a containerd in
 // each node's host netns. Each containerd execs the plugin from a CNI bin dir made by
 // scripts/install.sh (plus Debian's reference plugins beside it) and reads the project's
-// sample config from its conf dir, filled in for this node. Pods are named as in the API
-// server, so containerd's CNI_ARGS (K8S_POD_NAMESPACE/NAME/UID) point the plugin at them.
+// sample config from its conf dir, filled in for this node. The plugin and its node agent run
+// in that netns too, so etcd and the API server are forwarded to its loopback. Pods are named
+// as in the API server, so containerd's CNI_ARGS (K8S_POD_NAMESPACE/NAME/UID) find them.
 import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { waitFor } from "../child.ts";
-import { makeCluster, type Cluster, type IfaceInfo, type Node } from "../cluster.ts";
+import { makeCluster, type Cluster, type Node } from "../cluster.ts";
 import { BIN, etcdEndpoint, REPO, run } from "../env.ts";
-import type { CriError, PodSandboxConfig, PodSandboxStatusResponse } from "./client.ts";
+import type { CriError, PodSandboxConfig } from "./client.ts";
 import { Containerd } from "./containerd.ts";
 import { Forward } from "./forward.ts";
+import { Sandbox } from "./sandbox.ts";
 
 /** Which network config the node's containerd loads. */
 export type NetKind =
@@ -94,90 +96,6 @@ async function makeBinDir(binDir: string): Promise<void> {
   for (const p of readdirSync(REF_PLUGINS)) symlinkSync(join(REF_PLUGINS, p), join(binDir, p));
 }
 
-let podSeq = 0;
-
-/** One pod sandbox run through CRI. */
-export class Sandbox {
-  constructor(
-    readonly node: CriNode,
-    readonly id: string,
-    readonly name: string,
-    readonly namespace: string,
-    /** The sandbox's network namespace (a mount under containerd's state dir). */
-    readonly netns: string,
-    /** The pause process. */
-    readonly pid: number,
-  ) {}
-
-  /** Runs a command inside the pod's netns. */
-  exec(cmd: string[], timeoutMs = 10_000): ReturnType<typeof run> {
-    return run(["nsenter", `--net=${this.netns}`, ...cmd], { timeoutMs });
-  }
-
-  async status(verbose = false): Promise<PodSandboxStatusResponse> {
-    return this.node.containerd.cri.podSandboxStatus(this.id, verbose);
-  }
-
-  stop(): Promise<void> {
-    return this.node.containerd.cri.stopPodSandbox(this.id);
-  }
-
-  remove(): Promise<void> {
-    return this.node.containerd.cri.removePodSandbox(this.id);
-  }
-
-  /** A link of the pod's netns, or undefined when it is not there. */
-  async iface(ifname: string): Promise<IfaceInfo | undefined> {
-    const r = await this.exec(["ip", "-j", "-d", "link", "show", "dev", ifname]);
-    if (r.code !== 0) return undefined;
-    const raw = (JSON.parse(r.stdout) as Array<Record<string, unknown>>)[0];
-    if (!raw) return undefined;
-    const info = (raw.linkinfo ?? {}) as { info_kind?: string; info_data?: Record<string, unknown> };
-    const data = info.info_data ?? {};
-    return {
-      name: String(raw.ifname),
-      kind: info.info_kind,
-      vni: typeof data.id === "number" ? data.id : undefined,
-      remote: typeof data.remote === "string" ? data.remote : undefined,
-      local: typeof data.local === "string" ? data.local : undefined,
-      mtu: Number(raw.mtu),
-      mac: String(raw.address),
-      state: String(raw.operstate),
-      up: ((raw.flags ?? []) as string[]).includes("UP"),
-      raw,
-    };
-  }
-
-  /** Names of the pod's links other than lo. */
-  async ifaceNames(): Promise<string[]> {
-    const r = await this.exec(["ip", "-j", "link", "show"]);
-    if (r.code !== 0) throw new Error(`ip link in ${this.netns}: ${r.stderr.trim()}`);
-    return (JSON.parse(r.stdout) as Array<{ ifname: string }>).map((l) => l.ifname).filter((n) => n !== "lo");
-  }
-
-  /** Global addresses ("ip/prefix") of a link of the pod. */
-  async addrs(ifname: string): Promise<string[]> {
-    const r = await this.exec(["ip", "-j", "addr", "show", "dev", ifname]);
-    if (r.code !== 0) throw new Error(`ip addr of ${ifname} in ${this.netns}: ${r.stderr.trim()}`);
-    const list = JSON.parse(r.stdout) as Array<{
-      addr_info: Array<{ local: string; prefixlen: number; scope: string }>;
-    }>;
-    return (list[0]?.addr_info ?? [])
-      .filter((a) => a.scope !== "link")
-      .map((a) => `${a.local}/${a.prefixlen}`);
-  }
-
-  /** Pings ip from the pod until one echo comes back (true) or timeoutMs passes (false). */
-  async ping(ip: string, timeoutMs = 8000): Promise<boolean> {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const r = await this.exec(["ping", "-n", "-c1", "-W1", ip], 5000);
-      if (r.code === 0) return true;
-      if (Date.now() >= until) return false;
-    }
-  }
-}
-
 /** A cluster node with its containerd. */
 export class CriNode implements AsyncDisposable {
   readonly sandboxes: Sandbox[] = [];
@@ -239,7 +157,7 @@ export class CriNode implements AsyncDisposable {
       metadata: { name, namespace, uid, attempt },
       hostname: name,
       log_directory: join(this.containerd.opts.dir, "logs", `${namespace}_${name}_${uid}`),
-      labels: { ...(pod?.metadata.labels ?? {}), "ratchet-test": String(podSeq++) },
+      labels: pod?.metadata.labels ?? {},
       annotations: pod?.metadata.annotations ?? {},
       linux: {},
     };

@@ -3,7 +3,8 @@
 import { expect } from "bun:test";
 import { waitFor } from "../child.ts";
 import type { IfaceInfo } from "../cluster.ts";
-import type { CriBed, CriNode, Sandbox } from "./bed.ts";
+import type { CriBed, CriNode } from "./bed.ts";
+import type { Sandbox } from "./sandbox.ts";
 
 /** Default VXLAN overhead over an IPv4 underlay of MTU 1500. */
 export const MAX_VXLAN_MTU = 1450;
