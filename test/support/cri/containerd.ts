@@ -234,7 +234,12 @@ export class Containerd implements AsyncDisposable {
     this.client = undefined;
     if (!proc || !this.running) return;
     proc.kill(signal);
-    const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(timeoutMs).then(() => false)]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<boolean>((r) => {
+      timer = setTimeout(() => r(false), timeoutMs);
+    });
+    const exited = await Promise.race([proc.exited.then(() => true), late]);
+    clearTimeout(timer);
     if (!exited) {
       proc.kill("SIGKILL");
       await proc.exited;

@@ -22,8 +22,13 @@ export class Forward implements AsyncDisposable {
       }
       return true;
     })();
-    const timer = new Promise<boolean>((r) => setTimeout(() => r(false), 10_000));
-    if (!(await Promise.race([ready, timer]))) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<boolean>((r) => {
+      timer = setTimeout(() => r(false), 10_000);
+    });
+    const ok = await Promise.race([ready, late]);
+    clearTimeout(timer);
+    if (!ok) {
       proc.kill("SIGKILL");
       const err = await new Response(proc.stderr as ReadableStream<Uint8Array>).text();
       throw new Error(`forwarder ${args.join(" ")} did not start: ${out}${err}`);
