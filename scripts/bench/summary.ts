@@ -31,6 +31,7 @@ const p = load("passthrough");
 const a = load("agent");
 const n = load("netlink");
 const l = load("link");
+const c = load("cri");
 const L = load("load");
 const q = load("qdisc");
 
@@ -71,6 +72,20 @@ const rows: Row[] = [
     ratio: ratio(num(l, "secondAddMs"), num(l, "ptpAddMs")),
     "diff / note": over(num(l, "secondAddMs"), num(l, "ptpAddMs")),
   },
+  ...(
+    [
+      ["plain pod RunPodSandbox (containerd)", "plainRun", "bridgeRun", 1.15],
+      ["plain pod StopPodSandbox (containerd)", "plainStop", "bridgeStop", 1.15],
+      ["linked pod RunPodSandbox (2nd of a pair)", "linkedRun", "bridgeRun", 1.5],
+      ["linked pod StopPodSandbox (2nd of a pair)", "linkedStop", "bridgeStop", 1.5],
+    ] as const
+  ).map(([benchmark, k, ref, goal]) => ({
+    benchmark,
+    ratchet: `${ms(num(c, `${k}Ms`))} (p95 ${ms(num(c, `${k}P95Ms`))})`,
+    reference: `${ms(num(c, `${ref}Ms`))} bridge alone (p95 ${ms(num(c, `${ref}P95Ms`))})`,
+    ratio: ratio(num(c, `${k}Ms`), num(c, `${ref}Ms`)),
+    "diff / note": `goal <= ${goal}x`,
+  })),
   {
     benchmark: "veth pair create+address+get",
     ratchet: ms(num(n, "netlinkNoDeleteMs")),

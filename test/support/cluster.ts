@@ -194,11 +194,11 @@ export class Node {
     return readFileSync(this.logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
   }
 
-  /** Links in the host netns other than lo and ul0. */
-  async strayHostLinks(): Promise<string[]> {
+  /** Links in the host netns other than lo, ul0 and `allowed`. */
+  async strayHostLinks(allowed: string[] = []): Promise<string[]> {
     const out = await ipIn(this.host.name, ["-j", "link", "show"]);
     const list = JSON.parse(out) as Array<{ ifname: string }>;
-    return list.map((l) => l.ifname).filter((n) => n !== "lo" && n !== "ul0");
+    return list.map((l) => l.ifname).filter((n) => n !== "lo" && n !== "ul0" && !allowed.includes(n));
   }
 }
 
@@ -461,10 +461,10 @@ export class Cluster implements AsyncDisposable {
   /**
    * Asserts the cluster is back to empty: every pod sandbox stopped (its netns removed), no
    * key left under the prefix (waited for a little: a peer node's agent cleans up
-   * asynchronously), only lo and ul0 in each host netns, at most one agent per node, and
-   * every agent exits on SIGTERM. Throws one error listing everything found.
+   * asynchronously), only lo and ul0 (and `allowHostLinks`) in each host netns, at most one
+   * agent per node, and every agent exits on SIGTERM. Throws one error listing everything found.
    */
-  async assertClean(opts: { etcdWaitMs?: number } = {}): Promise<void> {
+  async assertClean(opts: { etcdWaitMs?: number; allowHostLinks?: string[] } = {}): Promise<void> {
     const problems: string[] = [];
     for (const p of this.pods)
       if (p.netnsExists)
@@ -484,7 +484,7 @@ export class Cluster implements AsyncDisposable {
       problems.push(`etcd could not be read: ${(err as Error).message}`);
     }
     for (const n of this.nodes) {
-      const stray = await n.strayHostLinks();
+      const stray = await n.strayHostLinks(opts.allowHostLinks);
       if (stray.length > 0)
         problems.push(`${n.name}: stray links in host netns ${n.host.name}: ${stray.join(", ")}`);
       const agents = n.agents();
