@@ -52,6 +52,15 @@ const rows: Row[] = [
     "diff / note": over(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
   },
   {
+    benchmark: "Kubernetes API requests per ADD+DEL",
+    ratchet: Number.isNaN(num(p, "apiRequestsPerAddDel"))
+      ? "failed"
+      : num(p, "apiRequestsPerAddDel").toFixed(2),
+    reference: "",
+    ratio: "",
+    "diff / note": "pods the agent's pod cache holds",
+  },
+  {
     benchmark: "K8s pod ADD, warm agent (ineligible)",
     ratchet: ms(num(a, "warmAddMs")),
     reference: `${ms(num(a, "delegateAddMs"))} loopback alone`,
