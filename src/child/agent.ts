@@ -15,7 +15,10 @@ import { describeEtcdError, openEtcd } from "../store/etcd.ts";
 import { LinkStore } from "../store/link-store.ts";
 import { BadRecords } from "../store/records.ts";
 import { hello } from "../version.ts";
+import type { LinkSpec } from "../links/spec.ts";
+import type { PodInfo } from "../pods/kube.ts";
 import { nodeName, PodDirectory } from "../pods/pods.ts";
+import { podLinks } from "../pods/podspec.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
 const PROBE_MS = 3000;
@@ -171,14 +174,92 @@ export class NodeAgent {
     }
   }
 
-  /** Starts watching this node's pods now, not at the first ADD. */
+  /** Orders work per pod with the requests (the server's queue); set by the agent's main. */
+  serialize: <T>(key: string, task: () => Promise<T>) => Promise<T> = (_key, task) => task();
+
+  /** Starts watching this node's pods now, not at the first ADD; their changes are applied live. */
   watchPods(conf: NetConf): void {
     try {
-      this.pods.cache(conf);
+      const cache = this.pods.cache(conf);
+      const apply = (pod: PodInfo) => {
+        const key = `pod/${pod.namespace}/${pod.name}`;
+        void this.serialize(key, () => this.applyLive(pod, conf)).catch((err: unknown) =>
+          this.log.error("could not apply a change of a running pod", {
+            pod: `${pod.namespace}/${pod.name}`,
+            error: (err as Error).message,
+          }),
+        );
+      };
+      cache.onChange(apply);
+      // Reconcile after a start: every pod this node attached gets its declared state again
+      // (what changed while no agent ran); converging is idempotent, so nothing right is redone.
+      cache.onSynced(() => {
+        for (const [, c] of [...this.state.entries()]) {
+          const [namespace, name] = c.pod.split("/") as [string, string];
+          const pod = cache.get(namespace, name);
+          if (pod) apply(pod);
+        }
+      });
     } catch (err) {
       this.log.error("cannot watch this node's pods", { error: (err as Error).message });
     }
   }
+
+  /**
+   * A running pod's labels or annotation changed: its links follow (built, changed in place,
+   * removed). A change that fails validation or agreement changes nothing and is reported.
+   */
+  private async applyLive(pod: PodInfo, conf: NetConf): Promise<void> {
+    const id = `${pod.namespace}/${pod.name}`;
+    const found = this.state.containerOf(id);
+    if (!found) return; // not attached on this node (yet): its ADD reads the new spec
+    const [containerId, c] = found;
+    let links: LinkSpec[];
+    try {
+      const parsed = podLinks(pod, { defaultPrefix: conf.default_prefix });
+      if (!parsed.eligible) {
+        this.log.warn('a running pod no longer has ratchet: "true": its links stay until it goes', {
+          pod: id,
+        });
+        return;
+      }
+      links = parsed.links;
+    } catch (err) {
+      this.log.warn("a change of a running pod is refused: nothing changed", {
+        pod: id,
+        error: (err as Error).message,
+      });
+      this.onRefused(pod, err as Error);
+      return;
+    }
+    const { linker } = await this.store(conf);
+    const env = {
+      command: "ADD" as const,
+      containerId,
+      netns: c.netns,
+      ifname: c.ifname,
+      path: [],
+      pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid },
+    };
+    const started = Date.now();
+    try {
+      await linker.attach(env, links, { live: true });
+      this.log.info("applied a change of a running pod", {
+        pod: id,
+        links: links.length,
+        ms: Date.now() - started,
+      });
+    } catch (err) {
+      this.log.warn("a change of a running pod could not be applied: the last good state stays", {
+        pod: id,
+        error: (err as Error).message,
+      });
+      this.onRefused(pod, err as Error);
+    }
+  }
+
+  /** Where a refused live change is reported beyond the log (a Warning Event, when events are on). */
+  onRefused: (pod: PodInfo, err: Error) => void = () => undefined;
 
   /** Starts on this config's store in the background (errors are logged, retried on use). */
   warm(conf: NetConf): void {

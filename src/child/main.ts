@@ -149,6 +149,7 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     foreground: opts.foreground,
   });
   // Watch this node's pods and take up its links (reconcile, watch) now, not at the first request.
+  agent.serialize = (key, task) => (server ? server.serialize(key, task) : task());
   agent.watchPods(conf);
   const missing = missingVtep(conf);
   if (missing) log.warn(missing);

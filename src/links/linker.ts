@@ -8,6 +8,7 @@
 //
 // What it trusts: netns paths only from this node's own CNI calls (NodeState); values from
 // etcd only after the store's schema checks; interfaces only when they carry the link's mark.
+import { existsSync } from "node:fs";
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
@@ -120,7 +121,12 @@ export class Linker {
 
   // ---- ADD ---------------------------------------------------------------------------
 
-  async attach(env: Call, declared: LinkSpec[]): Promise<AttachedInterface[]> {
+  /**
+   * Registers the container and makes its links match `declared`: builds what is missing,
+   * changes in place what exists, removes what no pod declares any more. `live`: a change to
+   * a running pod (not an ADD): a failure undoes only what this call built.
+   */
+  async attach(env: Call, declared: LinkSpec[], opts: { live?: boolean } = {}): Promise<AttachedInterface[]> {
     const id = podOf(env);
     const { node, vtep } = this.whoAmI();
     const me: Place = { pod: id, netns: env.netns };
@@ -134,24 +140,31 @@ export class Linker {
       createdAt: new Date().toISOString(),
     };
     // This container is ours from now on: a peer's ADD running meanwhile may build into it.
-    this.state.set(env.containerId, { pod: id, netns: env.netns, ifname: env.ifname, links: {} });
+    if (!this.state.get(env.containerId)) {
+      this.state.set(env.containerId, { pod: id, netns: env.netns, ifname: env.ifname, links: {} });
+    }
+    const forget = () => {
+      if (!opts.live) this.state.delete(env.containerId);
+    };
     // Round trip 1: register and read.
     let reg: Awaited<ReturnType<LinkStore["register"]>>;
     try {
       reg = await this.store.register(endpoint, declared);
     } catch (err) {
-      this.state.delete(env.containerId);
+      forget();
       throw err;
     }
     let p: ReturnType<typeof plan>;
     try {
       p = plan({ id, containerId: env.containerId, cniIfname: env.ifname, node, vtep, declared, ...reg });
     } catch (err) {
-      await this.store
-        .unregister(endpoint, reg.rev, declared)
-        .catch((e: unknown) =>
-          this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }),
-        );
+      forget();
+      const undo = opts.live
+        ? this.store.restoreDeclarations(endpoint, declared, reg.previous)
+        : this.store.unregister(endpoint, reg.rev, declared);
+      await undo.catch((e: unknown) =>
+        this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }),
+      );
       throw err;
     }
     for (const w of p.waits) {
@@ -159,9 +172,20 @@ export class Linker {
       if (w.state === "waiting") this.log.info("link waits", fields);
       else this.log.warn(w.state === "refused" ? "link refused" : "link in conflict: it waits", fields);
     }
-    // A veth needs the peer's netns, which only this node's own calls can tell.
+    // A veth needs the peer's netns, which only this node's own calls can tell, and which must
+    // still be there (a sandbox whose DEL never reached the agent leaves its entry behind).
     const builds: Build[] = p.builds.filter((b) => {
-      if (b.kind === "vxlan" || this.place(podId(b.peer), b.peer.containerId)) return true;
+      if (b.kind === "vxlan") return true;
+      const peerAt = this.place(podId(b.peer), b.peer.containerId);
+      if (peerAt && existsSync(peerAt.netns)) return true;
+      if (peerAt) {
+        this.log.info("link waits: its peer's netns is gone", {
+          link: b.link.key,
+          pod: id,
+          peer: podId(b.peer),
+        });
+        return false;
+      }
       this.log.warn("link waits: its peer is registered on this node but this agent never attached it", {
         link: b.link.key,
         pod: id,
@@ -245,14 +269,19 @@ export class Linker {
       }
     } catch (err) {
       for (const d of done) removeEnd(d.link, d.ifname, me, this.log);
-      this.state.delete(env.containerId);
-      await this.store.abandon(committed, revision).catch((e: unknown) =>
-        this.log.warn("could not take back the records of a failed ADD", {
-          pod: id,
-          error: (e as Error).message,
-        }),
-      );
-      await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
+      forget();
+      await this.store
+        .abandon(
+          committed.filter((c) => !c.update),
+          revision,
+        )
+        .catch((e: unknown) =>
+          this.log.warn("could not take back the records of a failed ADD", {
+            pod: id,
+            error: (e as Error).message,
+          }),
+        );
+      if (!opts.live) await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
       throw err;
     }
     if (p.removals.length > 0) await this.remove(id, me, p.removals);

@@ -34,6 +34,8 @@ export class PodCache {
   private readonly tombstones = new Map<string, PodInfo>();
   private resourceVersion: string | undefined;
   private readonly waiters = new Set<() => void>();
+  private readonly listeners = new Set<(pod: PodInfo) => void>();
+  private readonly syncListeners = new Set<() => void>();
   private readonly stop = new AbortController();
   private running: Promise<void> | undefined;
   /** At least one list succeeded: the cache holds what the API server had then, and since. */
@@ -111,10 +113,36 @@ export class PodCache {
     for (const w of [...this.waiters]) w();
   }
 
+  /**
+   * Calls `fn` whenever a pod it held changes its labels or annotations (same uid): what a
+   * live link change is. Listeners must not block; an error of theirs is logged.
+   */
+  onChange(fn: (pod: PodInfo) => void): void {
+    this.listeners.add(fn);
+  }
+
+  /** Calls `fn` once the first list is in (at once if it is). */
+  onSynced(fn: () => void): void {
+    if (this.synced) fn();
+    else this.syncListeners.add(fn);
+  }
+
   private put(pod: PodInfo): void {
     const key = `${pod.namespace}/${pod.name}`;
+    const before = this.pods.get(key);
     this.pods.set(key, pod);
     this.tombstones.delete(key);
+    if (!before || before.uid !== pod.uid) return;
+    const same = (x: Record<string, string>, y: Record<string, string>) =>
+      JSON.stringify(Object.entries(x).sort()) === JSON.stringify(Object.entries(y).sort());
+    if (same(before.labels, pod.labels) && same(before.annotations, pod.annotations)) return;
+    for (const fn of this.listeners) {
+      try {
+        fn(pod);
+      } catch (err) {
+        this.log.error("a pod change listener failed", { pod: key, error: (err as Error).message });
+      }
+    }
   }
 
   private remove(key: string): void {
@@ -180,6 +208,15 @@ export class PodCache {
     const first = !this.synced;
     this.synced = true;
     this.wake();
+    if (first) {
+      for (const fn of this.syncListeners) {
+        try {
+          fn();
+        } catch (err) {
+          this.log.error("a pod cache listener failed", { error: (err as Error).message });
+        }
+      }
+    }
     (first ? this.log.info : this.log.debug).call(this.log, "pod cache listed this node's pods", {
       node: this.nodeName,
       pods: pods.length,

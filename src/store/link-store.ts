@@ -193,6 +193,32 @@ export class LinkStore {
   }
 
   /**
+   * A refused change to a running pod: its declarations go back to `previous` (those of links
+   * it declared only now are removed), so nothing changes for anyone.
+   */
+  async restoreDeclarations(
+    endpoint: EndpointRecord,
+    declared: LinkSpec[],
+    previous: Declaration[],
+  ): Promise<void> {
+    const keys = this.keys;
+    const id = podId(endpoint);
+    const before = new Map(previous.map((d) => [d.link, d.spec]));
+    const ops: Op[] = [];
+    for (const spec of declared) {
+      const k = linkKey(spec);
+      if (before.has(k)) continue;
+      ops.push(op.del(keys.decl(id, k, id)), op.del(keys.decl(podId(spec.peer), k, id)));
+    }
+    for (const [k, spec] of before) {
+      const p = podId(spec.peer);
+      ops.push(op.put(keys.decl(id, k, id), spec));
+      if (sameNamespace(p, id)) ops.push(op.put(keys.decl(p, k, id), spec));
+    }
+    if (ops.length > 0) await txn(this.etcd, { writes: unique(ops) });
+  }
+
+  /**
    * Round trip 2 of an ADD: records the links this pod builds (VNIs allocated atomically) and
    * drops its stale declarations; retried when etcd moved meanwhile (a VNI taken, a link
    * recorded by someone else). Fails with 11 when a newer ADD of the pod took over.

@@ -59,6 +59,10 @@ export interface AnnotationLink {
   peer_mac?: string;
   mtu?: number;
   primary?: boolean;
+  state?: "up" | "down";
+  netem?: Record<string, number> | null;
+  local_netem?: Record<string, number> | null;
+  peer_netem?: Record<string, number> | null;
 }
 
 /** A ratchet pod (`ratchet: "true"`) whose links come from the annotation. */
