@@ -75,6 +75,22 @@ function counts(id: string, d: Declaration): boolean {
   return ends.includes(d.declarer) && ends.includes(id);
 }
 
+/** Is `prev` this very link, built for these two containers (so it changes in place)? */
+export function builtFor(
+  prev: LinkRecord | undefined,
+  kind: LinkKind,
+  id: string,
+  containerId: string,
+  peer: EndpointRecord,
+): boolean {
+  return (
+    prev !== undefined &&
+    prev.kind === kind &&
+    prev.ends[id]?.containerId === containerId &&
+    prev.ends[podId(peer)]?.containerId === peer.containerId
+  );
+}
+
 /** One link from its agreeing declarations: the optional values any of them gives. */
 export function linkOf(key: string, decls: Declaration[]): Link {
   const [first, ...rest] = decls;
@@ -194,11 +210,7 @@ export function plan(input: PlanInput): Plan {
     }
     const rec = input.records.get(k);
     const prev = rec?.record;
-    const update =
-      prev !== undefined &&
-      prev.kind === kind &&
-      prev.ends[id]?.containerId === input.containerId &&
-      prev.ends[peerId]?.containerId === peer.containerId;
+    const update = builtFor(prev, kind, id, input.containerId, peer);
     builds.push({ link, peer, kind, prev, prevRev: rec?.rev ?? "0", update });
   }
 

@@ -2,7 +2,7 @@
 // each operation returns named results. The rules (who builds, consent) are the planner's.
 import type { Etcd3 } from "etcd3";
 import { CniError, Code } from "../cni/errors.ts";
-import type { Build, Declaration } from "../links/planner.ts";
+import { type Build, builtFor, type Declaration } from "../links/planner.ts";
 import { type LinkSpec, linkKey, podId, sides } from "../links/spec.ts";
 import {
   cmp,
@@ -319,9 +319,13 @@ export class LinkStore {
       myRev = epKv?.mod_revision ?? myRev;
       next = r.one(nextSlot);
       if (allocated) floor = firstTried + 1;
+      // Records read now (links learned from a peer's declaration were not read before):
+      // one built for these very containers is changed in place, not rebuilt.
       current = current.map((b, n) => {
         const kv = r.one(linkSlots[n] as Slot);
-        return { ...b, prev: this.recordOf(kv, b.link.key), prevRev: kv?.mod_revision ?? "0" };
+        const prev = this.recordOf(kv, b.link.key);
+        const update = builtFor(prev, b.kind, id, endpoint.containerId, b.peer);
+        return { ...b, prev, prevRev: kv?.mod_revision ?? "0", update };
       });
     }
     throw new CniError(
