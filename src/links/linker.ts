@@ -24,7 +24,7 @@ import {
   sameImpairment,
 } from "../netlink/index.ts";
 import type { LinkStore } from "../store/link-store.ts";
-import type { EndpointRecord, TunnelEnd } from "../store/records.ts";
+import type { EndpointRecord, Observed, TunnelEnd } from "../store/records.ts";
 import {
   buildTunnelEnd,
   buildVeth,
@@ -282,14 +282,64 @@ export class Linker {
           }),
         );
       if (!opts.live) await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
+      // What the kernel holds now for the pod's ends, and why it differs from the declaration.
+      if (opts.live) await this.recordObserved(id, (err as Error).message);
       throw err;
     }
     if (p.removals.length > 0) await this.remove(id, me, p.removals);
+    await this.recordObserved(id);
     return out;
+  }
+
+  /**
+   * Writes what the kernel holds for every end on this node of pod `id`'s links (and, for a
+   * veth, its peer's end), for `ratchet links`; `error` says why it may differ from the
+   * declaration. Never fails the caller.
+   */
+  async recordObserved(id: string, error?: string): Promise<void> {
+    const found = this.state.containerOf(id);
+    if (!found) return;
+    const [, c] = found;
+    const entries: Parameters<LinkStore["writeObserved"]>[0] = [];
+    const since = new Date().toISOString();
+    const read = (link: string, ifname: string, netns: string): Observed => {
+      const p = presence(link, ifname, netns);
+      const base = { node: this.node, ifname, since, netem: {}, ...(error ? { error } : {}) };
+      if (p.state !== "ours") return { ...base, present: false, up: false, carrier: false, mtu: 0 };
+      const qdisc = getRootQdisc(ifname, netns)?.impairment;
+      const l = p.link;
+      return {
+        ...base,
+        present: true,
+        up: l.up,
+        carrier: l.carrier,
+        mtu: l.mtu,
+        netem: fromImpairment(qdisc),
+      };
+    };
+    try {
+      for (const [link, ifname] of Object.entries(c.links)) {
+        entries.push({ link, id, observed: read(link, ifname, c.netns) });
+        // The other end, when it is a container of this node too (a veth).
+        for (const [, o] of this.state.entries()) {
+          if (o.pod !== id && o.links[link]) {
+            entries.push({ link, id: o.pod, observed: read(link, o.links[link] as string, o.netns) });
+          }
+        }
+      }
+      await this.store.writeObserved(entries);
+    } catch (err) {
+      this.log.warn("could not record what the kernel holds", { pod: id, error: (err as Error).message });
+    }
   }
 
   /** Links no pod declares any more: this pod's ends go (a veth takes the peer's), then the records. */
   private async remove(id: string, me: Place, gone: Plan["removals"]): Promise<void> {
+    const unobserved = gone.flatMap((r) => [
+      { link: r.link, id, observed: undefined },
+      { link: r.link, id: r.peer, observed: undefined },
+    ]);
+    await this.store.writeObserved(unobserved).catch(() => undefined);
     for (const r of gone) {
       if (removeEnd(r.link, r.ifname, me, this.log)) this.log.info("link removed", { link: r.link, pod: id });
       for (const [cid, c] of [...this.state.entries()]) {
@@ -344,6 +394,7 @@ export class Linker {
     if (c.links[nl.key] !== nl.end.ifname)
       this.state.set(nl.containerId, { ...c, links: { ...c.links, [nl.key]: nl.end.ifname } });
     this.log.info("tunnel end built for a peer on another node", { link: nl.key, vni: nl.vni, pod: id });
+    void this.recordObserved(id);
   }
 
   /** A node entry went away: if the link is gone, remove our marked end of it. */
@@ -435,6 +486,14 @@ export class Linker {
     if (unreachable) throw unreachable;
     if (ours && own?.endpoint) {
       await this.store.removeRecords(own.endpoint, own.rev, new Map([...links].map(([k, l]) => [k, l.peer])));
+      // Our ends, and the other ends on this node (a veth goes whole).
+      const gone = [...links.keys()].flatMap((link) => [
+        { link, id, observed: undefined },
+        ...[...this.state.entries()]
+          .filter(([cid, o]) => cid !== env.containerId && o.links[link])
+          .map(([, o]) => ({ link, id: o.pod, observed: undefined })),
+      ]);
+      await this.store.writeObserved(gone).catch(() => undefined);
     }
     if (local) this.state.delete(env.containerId);
     if (ours || local) return true;

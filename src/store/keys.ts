@@ -13,6 +13,8 @@
 //   <p>/v1/vni-next                             next VNI to try
 //   <p>/v1/nodes/<node>/endpoints/<ns>/<pod>    index: the node's endpoints (reconcile, GC)
 //   <p>/v1/nodes/<node>/links/<link>            TunnelEnd: this node must build its end
+//   <p>/v1/observed/<link>/<ns>/<pod>           Observed: what the kernel holds for that end,
+//                                               written by the agent of the end's node
 //
 // <link> is linkKey(): "ns/pod/ifname:ns/pod/ifname", the two ends sorted. A node's agent
 // watches only <p>/v1/nodes/<its node>/ (<node>: its VTEP address, else its name), so etcd traffic grows with links, not nodes x links.
@@ -61,6 +63,12 @@ export class Keys {
   }
   get vniNext(): string {
     return `${this.root}vni-next`;
+  }
+  get observedPrefix(): string {
+    return `${this.root}observed/`;
+  }
+  observed(link: string, id: string): string {
+    return `${this.root}observed/${link}/${id}`;
   }
   nodeEndpoint(vtep: string, id: string): string {
     return `${this.root}nodes/${vtep}/endpoints/${id}`;

@@ -25,6 +25,8 @@ import {
   type EndpointRecord,
   type LinkRecord,
   LinkRecordSchema,
+  type Observed,
+  ObservedSchema,
   type TunnelEnd,
   TunnelEndSchema,
 } from "./records.ts";
@@ -367,6 +369,19 @@ export class LinkStore {
     }
   }
 
+  /** Writes (or, with `undefined`, removes) what this node observed for ends of its pods. */
+  async writeObserved(
+    entries: Array<{ link: string; id: string; observed: Observed | undefined }>,
+  ): Promise<void> {
+    for (let i = 0; i < entries.length; i += 100) {
+      const ops = entries.slice(i, i + 100).map((e) => {
+        const key = this.keys.observed(e.link, e.id);
+        return e.observed ? op.put(key, e.observed) : op.del(key);
+      });
+      await txn(this.etcd, { writes: unique(ops) });
+    }
+  }
+
   /** The pod's endpoint (with its revision) and the declarations filed under it. */
   async own(
     id: string,
@@ -406,12 +421,22 @@ export class LinkStore {
     endpoints: Map<string, EndpointRecord>;
     decls: Declaration[];
     records: Map<string, LinkRecord>;
+    /** "<link> <ns>/<pod>" -> what that end's node read back. */
+    observed: Map<string, Observed>;
   }> {
     const q = new Query();
     const epSlot = q.prefix(this.keys.endpointsPrefix);
     const declSlot = q.prefix(this.keys.allDeclsPrefix);
     const recSlot = q.prefix(this.keys.linksPrefix);
+    const obsSlot = q.prefix(this.keys.observedPrefix);
     const r = await read(this.etcd, q);
+    const observed = new Map<string, Observed>();
+    for (const kv of r.all(obsSlot)) {
+      const rest = keyOf(kv).slice(this.keys.observedPrefix.length).split("/");
+      if (rest.length !== 7) continue;
+      const o = decodeValue(ObservedSchema, keyOf(kv), kv.value, this.bad);
+      if (o) observed.set(`${rest.slice(0, 5).join("/")} ${rest.slice(5).join("/")}`, o);
+    }
     const endpoints = new Map<string, EndpointRecord>();
     for (const kv of r.all(epSlot)) {
       const id = this.keys.idAfter(this.keys.endpointsPrefix, keyOf(kv));
@@ -424,7 +449,7 @@ export class LinkStore {
       const rec = k ? this.recordOf(kv, k) : undefined;
       if (rec) records.set(rec.key, rec);
     }
-    return { endpoints, decls: this.declarationsOf(r.all(declSlot)), records };
+    return { endpoints, decls: this.declarationsOf(r.all(declSlot)), records, observed };
   }
 
   /** This node's endpoint index and tunnel-end entries. */

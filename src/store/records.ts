@@ -128,6 +128,23 @@ export type TunnelEnd = v.InferOutput<typeof TunnelEndSchema>;
 
 export const DeclSchema = LinkSpecSchema;
 
+/** What the kernel holds for one end, as its node's agent read it back. */
+export const ObservedSchema = v.object({
+  node: NodeId,
+  ifname: Ifname,
+  present: v.boolean(),
+  up: v.boolean(),
+  carrier: v.boolean(),
+  mtu: v.number(),
+  /** The root qdisc in the declared form ({}: the kernel's default). */
+  netem: NetemSchema,
+  /** When this was read (after the last change ratchet applied). */
+  since: v.string(),
+  /** Why the kernel differs from the declaration, when a change could not be applied. */
+  error: v.optional(v.string()),
+});
+export type Observed = v.InferOutput<typeof ObservedSchema>;
+
 // Compile-time check that the schemas and the spec types stay the same shape.
 const _end: EndSpec = {} as v.InferOutput<typeof EndSpecSchema>;
 const _spec: LinkSpec = {} as v.InferOutput<typeof LinkSpecSchema>;

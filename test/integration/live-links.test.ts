@@ -11,7 +11,9 @@ import {
   makeCluster,
   type Pod,
 } from "../support/cluster.ts";
-import { run } from "../support/env.ts";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { hiddenCheckout, installedBin, run } from "../support/env.ts";
 import { ipIn } from "../support/netns.ts";
 
 function optIn(name: string) {
@@ -66,6 +68,23 @@ const link = (extra: Partial<AnnotationLink> = {}): AnnotationLink => ({
   peer_ip: "10.90.0.2/30",
   ...extra,
 });
+
+interface LinksJson {
+  links: Array<{
+    key: string;
+    declared: { state: string; a: { netem: unknown }; b: { netem: unknown } };
+    observed: { a?: { present: boolean; up: boolean; netem: unknown; error?: string }; b?: unknown };
+  }>;
+}
+
+/** `ratchet links --output json` with node 1's config, as an operator runs it. */
+async function linksJson(c: Cluster): Promise<LinksJson> {
+  const file = join(c.dir, "links.conf");
+  writeFileSync(file, JSON.stringify(c.node(1).conf()));
+  const r = await run(hiddenCheckout([installedBin(), "links", "--config", file, "--output", "json"]));
+  if (r.code !== 0) throw new Error(`ratchet links: ${r.stderr}`);
+  return JSON.parse(r.stdout) as LinksJson;
+}
 
 async function finish(c: Cluster): Promise<void> {
   for (const p of c.pods) {
@@ -165,6 +184,12 @@ describe("a kernel without sch_netem", () => {
     );
     expect(n.logTail(100)).toContain("sch_netem");
     expect(await tbfKbit(a, "x0")).toBe(500);
+    // `ratchet links` keeps declared and observed apart, with the reason they differ.
+    const view = await linksJson(c);
+    const l = view.links.find((x) => x.key === "default/a/x0:default/b/x1");
+    expect(l?.declared.a.netem).toEqual({ delay_ms: 20 });
+    expect(l?.observed.a).toMatchObject({ present: true, up: true, netem: { rate_kbit: 500 } });
+    expect(l?.observed.a?.error).toContain("sch_netem");
     // An invalid value is refused before anything is tried.
     setLinks(c, "a", [link({ netem: { loss_percent: 400 } })]);
     await waitFor(
