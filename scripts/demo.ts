@@ -111,16 +111,18 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 1
 async function iface(
   ns: string,
   name: string,
-): Promise<{ kind: string; vni?: number; remote?: string } | undefined> {
+): Promise<{ kind: string; up: boolean; vni?: number; remote?: string } | undefined> {
   const out = await sh(["ip", "-n", ns, "-j", "-d", "link", "show", "dev", name]);
   const l = (
     JSON.parse(out) as Array<{
+      flags?: string[];
       linkinfo?: { info_kind: string; info_data?: { id?: number; remote?: string } };
     }>
   )[0];
   return l
     ? {
         kind: l.linkinfo?.info_kind ?? "?",
+        up: (l.flags ?? []).includes("UP"),
         ...(l.linkinfo?.info_data?.id
           ? { vni: l.linkinfo.info_data.id, remote: l.linkinfo.info_data.remote }
           : {}),
@@ -278,6 +280,54 @@ async function main(): Promise<void> {
     `in1 on node-a: ${a.kind} vni ${a.vni} remote ${a.remote}; in2 on node-b: ${b?.kind} vni ${b?.vni} remote ${b?.remote}`,
   );
   say(`ping 192.168.2.100 from pair-pod: ${await ping(`${tag}-pair-2`, "192.168.2.100")}`);
+
+  step("Live: the link's rate limited, then taken down and up, by editing primary-pod's annotation");
+  // As `kubectl annotate --overwrite` would: the same link as the labels, plus what changes.
+  const annotate = (extra: Record<string, unknown>) => {
+    const pod = api?.getPod("default", "primary-pod");
+    if (!pod || !api) throw new Error("primary-pod is gone from the API server");
+    const declared = [
+      {
+        peer: "pair-pod",
+        local_ifname: "in1",
+        peer_ifname: "in2",
+        local_ip: "192.168.2.100/24",
+        peer_ip: "192.168.2.101/24",
+        ...extra,
+      },
+    ];
+    const annotations = { ...pod.metadata.annotations, "ratchet/links": JSON.stringify(declared) };
+    api.putPod({ ...pod, metadata: { ...pod.metadata, annotations } });
+  };
+  const rate = async (ns: string, dev: string) => {
+    const q = JSON.parse(await sh(["tc", "-n", ns, "-j", "qdisc", "show", "dev", dev])) as Array<{
+      kind: string;
+      root?: boolean;
+      options?: { rate?: number };
+    }>;
+    const root = q.find((x) => x.root);
+    return root?.kind === "tbf" ? `tbf ${((root.options?.rate ?? 0) * 8) / 1000} kbit/s` : root?.kind;
+  };
+  annotate({ netem: { rate_kbit: 1000 } });
+  await waitFor("the rate on both ends", async () =>
+    (await rate(`${tag}-primary-2`, "in1")) === "tbf 1000 kbit/s" &&
+    (await rate(`${tag}-pair-2`, "in2")) === "tbf 1000 kbit/s"
+      ? true
+      : undefined,
+  );
+  say(
+    `netem {"rate_kbit": 1000}: in1 on node-a ${await rate(`${tag}-primary-2`, "in1")}, in2 on node-b ${await rate(`${tag}-pair-2`, "in2")}`,
+  );
+  annotate({ netem: { rate_kbit: 1000 }, state: "down" });
+  await waitFor("both ends down", async () =>
+    (await iface(`${tag}-pair-2`, "in2"))?.up === false ? true : undefined,
+  );
+  say(
+    `state "down": in2 on node-b is down; ping: ${await ping(`${tag}-pair-2`, "192.168.2.100").catch(() => "no answer")}`,
+  );
+  annotate({ netem: { rate_kbit: 1000 }, state: "up" });
+  await waitFor("both ends up", async () => ((await iface(`${tag}-pair-2`, "in2"))?.up ? true : undefined));
+  say(`state "up" again: ping 192.168.2.100 from pair-pod: ${await ping(`${tag}-pair-2`, "192.168.2.100")}`);
   console.log(await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf")]));
   const dot = await sh([
     join(cniBin, "ratchet"),
