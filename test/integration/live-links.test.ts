@@ -9,21 +9,13 @@ import {
   annotatedPod,
   type Cluster,
   makeCluster,
+  optInPod,
   type Pod,
 } from "../support/cluster.ts";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { hiddenCheckout, installedBin, run } from "../support/env.ts";
 import { ipIn } from "../support/netns.ts";
-
-function optIn(name: string) {
-  return {
-    apiVersion: "v1",
-    kind: "Pod",
-    metadata: { name, namespace: "default", uid: crypto.randomUUID(), labels: { ratchet: "true" } },
-    spec: {},
-  };
-}
 
 /** Changes a running pod's links as `kubectl annotate --overwrite` would: same object, same uid. */
 function setLinks(c: Cluster, name: string, links: AnnotationLink[]): void {
@@ -86,20 +78,11 @@ async function linksJson(c: Cluster): Promise<LinksJson> {
   return JSON.parse(r.stdout) as LinksJson;
 }
 
-async function finish(c: Cluster): Promise<void> {
-  for (const p of c.pods) {
-    if (!p.netnsExists) continue;
-    expect((await p.del()).code).toBe(0);
-    await p.removeNetns();
-  }
-  await c.assertClean();
-}
-
 describe("rate (tbf) on a veth link", () => {
   test("applied on both ends, changed live in place, checked, kept by a restarted agent, removed", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("b"));
+    c.putPod(optInPod("b"));
     c.putPod(annotatedPod("a", [link({ netem: { rate_kbit: 1000 } })]));
     const b = await n.pod("b");
     const a = await n.pod("a");
@@ -143,7 +126,7 @@ describe("rate (tbf) on a veth link", () => {
       5000,
     );
     expect(await ifindex(a, "x0")).toBe(ia as number);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   }, 60_000);
 });
 
@@ -151,7 +134,7 @@ describe("a kernel without sch_netem", () => {
   test("an ADD that asks for netem fails naming the link and sch_netem, and leaves nothing", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("b"));
+    c.putPod(optInPod("b"));
     c.putPod(annotatedPod("a", [link({ netem: { delay_ms: 10, loss_percent: 1 } })]));
     const b = await n.pod("b");
     const a = await n.pod("a");
@@ -164,13 +147,13 @@ describe("a kernel without sch_netem", () => {
     expect(await c.iface(a, "x0")).toBeUndefined();
     expect(await c.iface(b, "x1")).toBeUndefined();
     expect((await c.etcdKeys()).filter((k) => k.includes("/v1/links/"))).toEqual([]);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 
   test("a live change to netem is refused: the last good state stays", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("b"));
+    c.putPod(optInPod("b"));
     c.putPod(annotatedPod("a", [link({ netem: { rate_kbit: 500 } })]));
     const b = await n.pod("b");
     const a = await n.pod("a");
@@ -199,7 +182,7 @@ describe("a kernel without sch_netem", () => {
     );
     expect(await tbfKbit(a, "x0")).toBe(500);
     expect(await c.ping(a, "10.90.0.2")).toBe(true);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 });
 
@@ -207,7 +190,7 @@ describe("link state", () => {
   for (const nodes of [1, 2] as const) {
     test(`down: both ends down, the peer has no carrier; up: traffic again (${nodes === 1 ? "veth" : "VXLAN"})`, async () => {
       await using c = await makeCluster({ nodes });
-      c.putPod(optIn("b"));
+      c.putPod(optInPod("b"));
       c.putPod(annotatedPod("a", [link()]));
       const b = await c.node(nodes).pod("b");
       const a = await c.node(1).pod("a");
@@ -230,7 +213,7 @@ describe("link state", () => {
       );
       expect(await c.ping(a, "10.90.0.2", 8000)).toBe(true);
       expect(await ifindex(a, "x0")).toBe(ia as number);
-      await finish(c);
+      await c.stopAllAndAssertClean();
     }, 60_000);
   }
 });
@@ -238,8 +221,8 @@ describe("link state", () => {
 describe("links added and removed on running pods", () => {
   test("one on this node, one across nodes: added live, pinged, removed live with their records", async () => {
     await using c = await makeCluster({ nodes: 2 });
-    c.putPod(optIn("b"));
-    c.putPod(optIn("far"));
+    c.putPod(optInPod("b"));
+    c.putPod(optInPod("far"));
     c.putPod(annotatedPod("a", []));
     const b = await c.node(1).pod("b");
     const far = await c.node(2).pod("far");
@@ -270,6 +253,6 @@ describe("links added and removed on running pods", () => {
     expect(await c.iface(a, "y0")).toBeUndefined();
     const left = (await c.etcdKeys()).filter((k) => /\/v1\/(links|vni|nodes\/[^/]+\/links)\//.test(k));
     expect(left).toEqual([]);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   }, 60_000);
 });

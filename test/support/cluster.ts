@@ -91,6 +91,26 @@ export function plainPod(name: string, namespace = "default"): PodObject {
   };
 }
 
+/** A ratchet pod that only opts in (`ratchet: "true"`): its peers declare its links. */
+export function optInPod(name: string, namespace = "default"): PodObject {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" } },
+    spec: {},
+  };
+}
+
+/** The ifindex of `dev` in netns `ns` (by name), or undefined when there is none. */
+export async function ifindexIn(ns: string, dev: string): Promise<number | undefined> {
+  try {
+    const out = JSON.parse(await ipIn(ns, ["-j", "link", "show", "dev", dev])) as Array<{ ifindex: number }>;
+    return out[0]?.ifindex;
+  } catch {
+    return undefined;
+  }
+}
+
 function b64(s: string): string {
   return Buffer.from(s).toString("base64");
 }
@@ -468,6 +488,17 @@ export class Cluster implements AsyncDisposable {
    * asynchronously), only lo and ul0 (and `allowHostLinks`) in each host netns, at most one
    * agent per node, and every agent exits on SIGTERM. Throws one error listing everything found.
    */
+  /** DEL and remove every pod sandbox still there (a DEL that fails throws), then assertClean. */
+  async stopAllAndAssertClean(): Promise<void> {
+    for (const p of this.pods) {
+      if (!p.netnsExists) continue;
+      const r = await p.del();
+      if (r.code !== 0) throw new Error(`DEL of ${p.namespace}/${p.name}: ${r.stdout}`);
+      await p.removeNetns();
+    }
+    await this.assertClean();
+  }
+
   async assertClean(opts: { etcdWaitMs?: number; allowHostLinks?: string[] } = {}): Promise<void> {
     const problems: string[] = [];
     for (const p of this.pods)
