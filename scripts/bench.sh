@@ -57,6 +57,7 @@ bench agent 30 400
 bench netlink 100
 bench link 60
 bench qdisc 200
+bench live 5 20
 bench cri 20
 
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"

@@ -27,6 +27,10 @@ const ratio = (a: number, b: number) => (Number.isNaN(a) || Number.isNaN(b) ? ""
 const over = (a: number, b: number) =>
   Number.isNaN(a) || Number.isNaN(b) ? "" : `+${(a - b).toFixed(1)} ms`;
 
+/** "median (p99 .., max ..)" of figures named <k>MedianMs, <k>P99Ms, <k>MaxMs. */
+const spread = (f: Figures | undefined, k: string) =>
+  `${ms(num(f, `${k}MedianMs`))} (p99 ${ms(num(f, `${k}P99Ms`))}, max ${ms(num(f, `${k}MaxMs`))})`;
+
 const p = load("passthrough");
 const a = load("agent");
 const n = load("netlink");
@@ -34,6 +38,7 @@ const l = load("link");
 const c = load("cri");
 const L = load("load");
 const q = load("qdisc");
+const v = load("live");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
 const rows: Row[] = [
@@ -122,6 +127,20 @@ const rows: Row[] = [
     reference: `${ms(num(q, "tcGetMs"))} nsenter tc show`,
     ratio: ratio(num(q, "netlinkGetMs"), num(q, "tcGetMs")),
     "diff / note": `tc ${ratio(num(q, "tcGetMs"), num(q, "netlinkGetMs"))} slower`,
+  },
+  {
+    benchmark: `live change, ${num(v, "links")} links at once (per link)`,
+    ratchet: spread(v, "many"),
+    reference: `${spread(v, "floorMany")} setRootQdisc loop`,
+    ratio: ratio(num(v, "manyMedianMs"), num(v, "floorManyMedianMs")),
+    "diff / note": "API server stores the pod -> tbf rate on both ends; 10 pods x 10 links",
+  },
+  {
+    benchmark: "live change, one link",
+    ratchet: `${ms(num(v, "singleMedianMs"))} (p99 ${ms(num(v, "singleP99Ms"))})`,
+    reference: `${ms(num(v, "floorSingleMedianMs"))} setRootQdisc x2`,
+    ratio: ratio(num(v, "singleMedianMs"), num(v, "floorSingleMedianMs")),
+    "diff / note": `one of a pod's 10 links alone: ${ms(num(v, "oneOfTenMedianMs"))}`,
   },
   {
     benchmark: "parent peak RSS (passthrough)",
