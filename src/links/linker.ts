@@ -14,6 +14,7 @@ import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Logger } from "../log.ts";
+import { type LinkObserver, quietObserver } from "../observe/link-observer.ts";
 import {
   firstIpv4Address,
   getLink,
@@ -37,7 +38,7 @@ import {
 import type { NodeState } from "./node-state.ts";
 import { fromImpairment, toImpairment } from "./impair.ts";
 import { type Build, linkOf, type Plan, plan } from "./planner.ts";
-import { type LinkSpec, podId, sides } from "./spec.ts";
+import { endId, type LinkSpec, podId, sides } from "./spec.ts";
 
 /** The node-level settings a linker works with (one per etcd + prefix + node). */
 export interface NodeSettings {
@@ -87,6 +88,8 @@ function podOf(env: Call): string {
 
 export class Linker {
   private identity: { node: string; vtep: string | undefined } | undefined;
+  /** Hears of links built, waiting, failed, removed (Events, metrics, network-status). */
+  observer: LinkObserver = quietObserver;
 
   constructor(
     readonly store: LinkStore,
@@ -147,6 +150,7 @@ export class Linker {
     try {
       p = plan({ id, containerId: env.containerId, cniIfname: env.ifname, node, vtep, declared, ...reg });
     } catch (err) {
+      if (err instanceof CniError) this.observer.linkConflict(id, err.message);
       await this.store
         .unregister(endpoint, reg.rev, declared)
         .catch((e: unknown) =>
@@ -156,6 +160,7 @@ export class Linker {
     }
     for (const w of p.waits) {
       const fields = { link: w.link, pod: id, peer: w.peer, why: w.why };
+      this.observer.linkWaits(id, w);
       if (w.state === "waiting") this.log.info("link waits", fields);
       else this.log.warn(w.state === "refused" ? "link refused" : "link in conflict: it waits", fields);
     }
@@ -193,6 +198,7 @@ export class Linker {
     const done: Array<{ link: string; ifname: string }> = [];
     try {
       for (const c of committed) {
+        const started = performance.now();
         const { mine, theirs } = sides(c.record, id);
         const peerId = podId(c.peer);
         const props = { mtu: c.record.mtu, state: c.record.state };
@@ -241,9 +247,20 @@ export class Linker {
           pod: id,
           peer: peerId,
         });
+        this.observer.linkBuilt({
+          link: c.record.key,
+          kind: c.record.kind,
+          pod: id,
+          ifname: mine.ifname,
+          peer: peerId,
+          peerIfname: theirs.ifname,
+          both: c.record.kind === "veth",
+          seconds: (performance.now() - started) / 1000,
+        });
         out.push({ iface: built, ips: mine.ips });
       }
     } catch (err) {
+      this.observer.linkFailed(id, err);
       for (const d of done) removeEnd(d.link, d.ifname, me, this.log);
       this.state.delete(env.containerId);
       await this.store.abandon(committed, revision).catch((e: unknown) =>
@@ -263,6 +280,7 @@ export class Linker {
   private async remove(id: string, me: Place, gone: Plan["removals"]): Promise<void> {
     for (const r of gone) {
       if (removeEnd(r.link, r.ifname, me, this.log)) this.log.info("link removed", { link: r.link, pod: id });
+      this.observer.linkRemoved(id, r.link, r.peer);
       for (const [cid, c] of [...this.state.entries()]) {
         if (!(r.link in c.links) || (c.pod !== id && c.pod !== r.peer)) continue;
         const { [r.link]: _, ...links } = c.links;
@@ -305,6 +323,7 @@ export class Linker {
       });
       return;
     }
+    const started = performance.now();
     buildTunnelEnd(
       nl.key,
       nl.end,
@@ -315,6 +334,17 @@ export class Linker {
     if (c.links[nl.key] !== nl.end.ifname)
       this.state.set(nl.containerId, { ...c, links: { ...c.links, [nl.key]: nl.end.ifname } });
     this.log.info("tunnel end built for a peer on another node", { link: nl.key, vni: nl.vni, pod: id });
+    const other = nl.key.split(":").find((e) => e !== endId(nl.end)) ?? "";
+    this.observer.linkBuilt({
+      link: nl.key,
+      kind: "vxlan",
+      pod: id,
+      ifname: nl.end.ifname,
+      peer: other.slice(0, other.lastIndexOf("/")),
+      peerIfname: other.slice(other.lastIndexOf("/") + 1),
+      both: false,
+      seconds: (performance.now() - started) / 1000,
+    });
   }
 
   /** A node entry went away: if the link is gone, remove our marked end of it. */
@@ -326,6 +356,7 @@ export class Linker {
     for (const [, c] of local) {
       if (removeEnd(key, c.links[key] as string, { pod: c.pod, netns: c.netns }, this.log)) {
         this.log.info("removed the end of a link that is gone", { link: key, pod: c.pod });
+        this.observer.linkRemoved(c.pod, key);
       }
     }
   }
@@ -395,6 +426,7 @@ export class Linker {
         try {
           if (removeEnd(k, l.ifname, at, this.log))
             this.log.info("removed link end", { link: k, pod: id, ifname: l.ifname });
+          this.observer.linkRemoved(id, k, l.peer);
         } catch (err) {
           failures.push(`${l.ifname} (link ${k}): ${(err as Error).message}`);
         }

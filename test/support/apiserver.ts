@@ -328,6 +328,13 @@ export class ApiServer implements AsyncDisposable {
     const patch = await patchBody(req);
     if (patch instanceof Response) return patch;
     const pod = this.state.patchPod(namespace, name, patch.body, patch.contentType);
+    if (pod === "conflict")
+      return status(
+        409,
+        "Conflict",
+        `Operation cannot be fulfilled on pods "${name}": the object has been modified; ` +
+          "please apply your changes to the latest version and try again",
+      );
     return pod ? Response.json(pod) : podNotFound(name);
   }
 
