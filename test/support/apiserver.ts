@@ -186,6 +186,11 @@ export class ApiServer implements AsyncDisposable {
     return [...this.state.events.values()];
   }
 
+  /** Forgets every Event (as the API server's TTL does): a PATCH of one gets 404. */
+  expireEvents(): void {
+    this.state.events.clear();
+  }
+
   /** Every patch applied to a pod or an event, in order. */
   get patches(): PatchRecord[] {
     return this.state.patches;
