@@ -2,9 +2,9 @@
 //  - the agent's CNI latency with metrics on (metrics_address set, network-status annotation,
 //    /metrics scraped every 200 ms meanwhile) and off: ADDs of linked pairs alternating between
 //    two agents, medians and ratio;
-//  - a scrape of ENDS link ends (veth pairs between pods, 10 ends per pod netns): its
-//    duration, and the longest the event loop went without a turn during it (what a CNI
-//    request arriving then would wait at most).
+//  - a scrape of ENDS link ends (veth pairs between pods, 10 ends per pod netns) over HTTP,
+//    by curl: its duration, and the longest the event loop went without a turn meanwhile
+//    (what a CNI request arriving then would wait at most). WORKER=0 reads on the main thread.
 //   node_modules/.bin/bun scripts/bench/metrics.ts [PAIRS] [ENDS]
 import { Etcd3 } from "etcd3";
 import { copyFileSync, mkdtempSync, readdirSync, readlinkSync, rmSync, symlinkSync } from "node:fs";
@@ -13,6 +13,8 @@ import { join } from "node:path";
 import { markOf, RATCHET_GROUP } from "../../src/links/builder.ts";
 import { Logger } from "../../src/log.ts";
 import { addVethPair, getLink, listLinkCounters, netlinkRequestResults } from "../../src/netlink/index.ts";
+import { inThreadReader, WorkerReader } from "../../src/observe/counters-reader.ts";
+import { ObserveServer } from "../../src/observe/http.ts";
 import { Observer } from "../../src/observe/observer.ts";
 import { startApiServer } from "../../test/support/apiserver.ts";
 import { ARGS, ETCD, median, report, table, timed } from "./support.ts";
@@ -184,6 +186,12 @@ try {
       b.links[key] = `e${k + PER_POD / 2}`;
     }
   }
+  const counters = new WorkerReader(
+    new URL("../../src/observe/counters-worker.ts", import.meta.url).href,
+    inThreadReader(listLinkCounters),
+    new Logger("bench", "warn"),
+  );
+  if (process.env.WORKER === "0") counters.close();
   const marks = new Map(containers.flatMap((c) => Object.keys(c.links)).map((k) => [k, markOf(k)]));
   const observer = new Observer(new Logger("bench", "error"), { networkStatus: false });
   observer.bind({
@@ -191,7 +199,8 @@ try {
     // Marks are computed once per link, as the agent's binding does.
     view: { containers: () => containers, mark: (link) => marks.get(link) ?? markOf(link) },
     kernel: {
-      linkCounters: listLinkCounters,
+      // As the agent reads: in a worker thread (WORKER=0: on the main thread).
+      readCounters: counters.read,
       iface: (ifname, netns) => ({ ...getLink(ifname, netns), ips: [] }),
       results: netlinkRequestResults,
     },
@@ -201,6 +210,8 @@ try {
     etcdResults: () => new Map(),
     kubeResults: () => new Map(),
   });
+  // Scraped over HTTP as Prometheus would, by curl (another process: this one only serves).
+  const server = new ObserveServer(`127.0.0.1:0`, observer, new Logger("bench", "warn"));
   for (let r = 0; r < 6; r++) {
     // A timer that wants to run every millisecond: its longest gap is the longest stall.
     let last = performance.now();
@@ -211,7 +222,12 @@ try {
       last = now;
     }, 1);
     const t0 = performance.now();
-    const text = await observer.metrics();
+    const curl = Bun.spawn({
+      cmd: ["curl", "-sf", `http://127.0.0.1:${server.port}/metrics`],
+      stdout: "pipe",
+    });
+    const text = await new Response(curl.stdout).text();
+    if ((await curl.exited) !== 0) throw new Error("curl /metrics failed");
     const ms = performance.now() - t0;
     clearInterval(tick);
     worst = Math.max(worst, performance.now() - last);
@@ -223,6 +239,8 @@ try {
     stallMs.push(worst);
     collectMs.push(collect);
   }
+  server.stop();
+  counters.close();
 } finally {
   for (const pid of agents()) process.kill(Number(pid), "SIGKILL");
   // Deleting a netns takes its veth ends along, far faster than deleting links one by one.

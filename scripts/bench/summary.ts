@@ -33,6 +33,7 @@ const n = load("netlink");
 const l = load("link");
 const L = load("load");
 const q = load("qdisc");
+const m = load("metrics");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
 const rows: Row[] = [
@@ -98,6 +99,22 @@ const rows: Row[] = [
     reference: `${ms(num(q, "tcGetMs"))} nsenter tc show`,
     ratio: ratio(num(q, "netlinkGetMs"), num(q, "tcGetMs")),
     "diff / note": `tc ${ratio(num(q, "tcGetMs"), num(q, "netlinkGetMs"))} slower`,
+  },
+  {
+    benchmark: "second pod's ADD, metrics on vs off",
+    ratchet: ms(num(m, "addOnMs")),
+    reference: `${ms(num(m, "addOffMs"))} metrics off`,
+    ratio: ratio(num(m, "addOnMs"), num(m, "addOffMs")),
+    "diff / note": `/metrics scraped every 200 ms meanwhile (${num(m, "scrapesDuringAdds")} scrapes)`,
+  },
+  {
+    benchmark: `scrape of ${num(m, "ends")} link ends`,
+    ratchet: ms(num(m, "scrapeMs")),
+    reference: "",
+    ratio: "",
+    "diff / note": m
+      ? `${num(m, "podNetns")} pod netns; kernel reads ${ms(num(m, "collectMs"))}; longest event-loop stall ${ms(num(m, "stallMaxMs"))}`
+      : "failed",
   },
   {
     benchmark: "parent peak RSS (passthrough)",

@@ -138,6 +138,7 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
       observer,
       new NodeAgent(log, () => void shutdown("drain"), agentFiles(conf), observer),
       conf,
+      log,
     ),
   );
   server = new Server({

@@ -2,8 +2,10 @@
 // link ends are where), the pod cache (pod uids, sync), the API client (Events, pod
 // patches) and etcd (readiness). Loaded with the agent, after the socket listens.
 import type { NetConf } from "../cni/config.ts";
+import type { Logger } from "../log.ts";
 import { markOf } from "../links/builder.ts";
 import { getLink, listAddresses, listLinkCounters, netlinkRequestResults } from "../netlink/index.ts";
+import { inThreadReader, WorkerReader } from "../observe/counters-reader.ts";
 import type { Observer } from "../observe/observer.ts";
 import { kubeRequestResults } from "../pods/kube.ts";
 import { nodeName } from "../pods/pods.ts";
@@ -16,6 +18,14 @@ const PROBE_MS = 2000;
 const PROBE_REUSE_MS = 1000;
 /** Marks remembered (a digest each), at most. */
 const MAX_MARKS = 100_000;
+
+/**
+ * The link counters worker (an entrypoint of the build): in a compiled binary it is found by
+ * its path under src/, otherwise next to the observe module.
+ */
+const COUNTERS_WORKER = import.meta.url.includes("/$bunfs/")
+  ? "./observe/counters-worker.ts"
+  : new URL("../observe/counters-worker.ts", import.meta.url).href;
 
 /** Is etcd there? A fresh client per probe: a long-lived one may sit in its reconnect backoff. */
 function etcdProbe(conf: NetConf): () => Promise<string | undefined> {
@@ -44,7 +54,7 @@ function etcdProbe(conf: NetConf): () => Promise<string | undefined> {
 }
 
 /** Hands the observer the agent's view of this node; returns the agent. */
-export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf): NodeAgent {
+export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf, log: Logger): NodeAgent {
   const marks = new Map<string, string>();
   const mark = (link: string): string => {
     let m = marks.get(link);
@@ -63,11 +73,12 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
     }
   };
   const probe = etcdProbe(conf);
+  const counters = new WorkerReader(COUNTERS_WORKER, inThreadReader(listLinkCounters), log);
   observer.bind({
     node: nodeName(conf, process.env).name,
     view: { containers: () => [...agent.state.entries()].map(([, c]) => c), mark },
     kernel: {
-      linkCounters: listLinkCounters,
+      readCounters: counters.read,
       iface: (ifname, netns) => ({
         ...getLink(ifname, netns),
         ips: listAddresses(ifname, netns)
@@ -75,6 +86,7 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
           .map((a) => a.address),
       }),
       results: netlinkRequestResults,
+      close: () => counters.close(),
     },
     api: () => {
       try {

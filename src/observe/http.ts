@@ -6,7 +6,8 @@ import type { Logger } from "../log.ts";
 import { CONTENT_TYPE } from "./metrics.ts";
 
 export interface Endpoints {
-  metrics(): Promise<string>;
+  /** The exposition in pieces. */
+  metrics(): Promise<string[]>;
   /** Why the agent is not ready; empty when it is. */
   notReady(): Promise<string[]>;
 }
@@ -78,7 +79,9 @@ export class ObserveServer {
     try {
       switch (pathname) {
         case "/metrics":
-          return new Response(await this.endpoints.metrics(), { headers: { "Content-Type": CONTENT_TYPE } });
+          return new Response(stream(await this.endpoints.metrics()), {
+            headers: { "Content-Type": CONTENT_TYPE },
+          });
         case "/healthz": {
           const late = performance.now() - this.beat;
           return late > STALLED_MS
@@ -105,6 +108,24 @@ export class ObserveServer {
     this.server?.stop(true);
     this.server = undefined;
   }
+}
+
+/** Sends the pieces one by one, each encoded when the connection wants more. */
+function stream(chunks: string[]): ReadableStream<Uint8Array> {
+  const utf8 = new TextEncoder();
+  let i = 0;
+  return new ReadableStream<Uint8Array>(
+    {
+      pull(controller) {
+        // Small pieces (process metrics, headers) go together; large ones alone.
+        let batch = "";
+        while (i < chunks.length && batch.length < 64 * 1024) batch += chunks[i++];
+        if (batch !== "") controller.enqueue(utf8.encode(batch));
+        if (i >= chunks.length) controller.close();
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 const text = (status: number, body: string) =>

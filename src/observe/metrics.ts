@@ -57,6 +57,11 @@ export class Exposition {
     return this;
   }
 
+  /** The exposition in the pieces it was built of (to send one at a time). */
+  chunks(): string[] {
+    return this.parts;
+  }
+
   text(): string {
     return this.parts.join("");
   }

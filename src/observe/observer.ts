@@ -3,7 +3,7 @@
 // annotation current. The agent binds it to its node state and API client once loaded.
 import { toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import type { LinkCounters } from "../netlink/counters.ts";
+import type { CountersReader } from "./counters-reader.ts";
 import type { Request } from "../rpc/protocol.ts";
 import { COMMIT, VERSION } from "../version.ts";
 import { EventRecorder, type EventType } from "./events.ts";
@@ -14,7 +14,10 @@ import { Counter, Exposition, Histogram, labelText, TallyCounter } from "./metri
 import { NetworkStatusWriter, type StatusEntry } from "./network-status.ts";
 import { writeProcessMetrics } from "./process.ts";
 
-/** This node's containers as the agent attached them, and the mark of each link's ends. */
+/**
+ * This node's containers as the agent attached them, and the mark of each link's ends. A
+ * container is the same object for as long as it does not change (NodeState replaces it).
+ */
 export interface NodeView {
   containers(): Iterable<{ pod: string; netns: string; links: Record<string, string> }>;
   mark(link: string): string;
@@ -22,12 +25,14 @@ export interface NodeView {
 
 /** What the observer reads of the kernel (src/netlink, loaded with the agent). */
 export interface Kernel {
-  /** Every link of a netns with its counters (one dump). */
-  linkCounters(netns: string): LinkCounters[];
+  /** The links of each netns with their counters (one dump each). */
+  readCounters: CountersReader;
   /** One interface's MAC, mark and global addresses; throws when it is not there. */
   iface(ifname: string, netns: string): { mac: string; alias: string; ips: string[] };
   /** Netlink requests so far by result. */
   results: ReadonlyMap<string, number>;
+  /** Ends what reading needs (a worker thread). */
+  close?(): void;
 }
 
 export interface ObserverBindings {
@@ -49,6 +54,8 @@ export interface ObserverBindings {
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const BUILD_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const NO_TALLY = new Map<string, number>();
+async function* none(): AsyncIterable<never> {}
+
 /** Eligible classifies remembered for the attach or check that follows, at most. */
 const CARRIED = 1024;
 
@@ -85,6 +92,8 @@ export class Observer implements AgentObserver {
   /** Time an eligible classify took, added to the attach or check that follows it. */
   private readonly carried = new Map<string, number>();
   private collecting: Promise<Collected> | undefined;
+  /** Each container's ends, made once per container object (and their labels with them). */
+  private endsOf = new WeakMap<object, LinkEnd[]>();
   private lastCollect = { seconds: 0, netns: 0 };
   private readonly startSeconds = Date.now() / 1000;
 
@@ -283,18 +292,22 @@ export class Observer implements AgentObserver {
     }
     for (const c of view.containers()) {
       pods.add(c.pod);
-      const add = (link: string, ifname: string) =>
-        out.push({
-          pod: c.pod,
-          netns: c.netns,
-          ifname,
-          link,
-          peer: linkSides(link, c.pod).peer,
-          mark: view.mark(link),
-        });
-      for (const [link, ifname] of Object.entries(c.links)) add(link, ifname);
+      const end = (link: string, ifname: string): LinkEnd => ({
+        pod: c.pod,
+        netns: c.netns,
+        ifname,
+        link,
+        peer: linkSides(link, c.pod).peer,
+        mark: view.mark(link),
+      });
+      let mine = this.endsOf.get(c);
+      if (!mine || mine.length !== Object.keys(c.links).length) {
+        mine = Object.entries(c.links).map(([link, ifname]) => end(link, ifname));
+        this.endsOf.set(c, mine);
+      }
+      for (const e of mine) out.push(e);
       for (const link of conflicts.get(c.pod) ?? [])
-        if (!(link in c.links)) add(link, linkSides(link, c.pod).ifname);
+        if (!(link in c.links)) out.push(end(link, linkSides(link, c.pod).ifname));
     }
     // What is known of pods no longer on this node goes.
     for (const set of [this.records, this.announced, this.conflicts] as const)
@@ -308,7 +321,7 @@ export class Observer implements AgentObserver {
       const t0 = performance.now();
       try {
         const got = await collectLinkMetrics(this.ends(), {
-          read: (netns) => this.b?.kernel.linkCounters(netns) ?? [],
+          reader: (netns) => this.b?.kernel.readCounters(netns) ?? none(),
           recorded: (p, l) => this.records.get(`${p}|${l}`),
         });
         this.lastCollect = { seconds: (performance.now() - t0) / 1000, netns: got.netns };
@@ -320,8 +333,8 @@ export class Observer implements AgentObserver {
     return this.collecting;
   }
 
-  /** The whole exposition for /metrics. */
-  async metrics(): Promise<string> {
+  /** The whole exposition for /metrics, in pieces to send one after the other. */
+  async metrics(): Promise<string[]> {
     const links = await this.collect();
     const out = new Exposition();
     out
@@ -371,7 +384,7 @@ export class Observer implements AgentObserver {
       ],
     ];
     for (const [name, help, label, tally] of tallies) new TallyCounter(name, help, label, tally).write(out);
-    out.lines(links.text);
+    for (const chunk of links.chunks) out.lines(chunk);
     out
       .family(
         "ratchet_link_collect_duration_seconds",
@@ -380,7 +393,7 @@ export class Observer implements AgentObserver {
       )
       .sample("ratchet_link_collect_duration_seconds", "", this.lastCollect.seconds);
     writeProcessMetrics(out);
-    return out.text();
+    return out.chunks();
   }
 
   /** Why the agent is not ready; empty when it is. */
@@ -394,6 +407,7 @@ export class Observer implements AgentObserver {
     await Promise.all([this.events?.flush(flushMs), this.status?.flush(flushMs)]);
     this.events?.close();
     this.status?.close();
+    this.b?.kernel.close?.();
   }
 
   /** Waits until Events and annotation updates noted so far are sent (tests, shutdown). */

@@ -25,6 +25,7 @@ import {
   RTM_NEWLINK,
 } from "../../src/netlink/nl.ts";
 import { parseListen } from "../../src/observe/http.ts";
+import { inThreadReader } from "../../src/observe/counters-reader.ts";
 import { collectLinkMetrics, type LinkEnd } from "../../src/observe/link-metrics.ts";
 import {
   Counter,
@@ -87,7 +88,7 @@ describe("exposition", () => {
 
   test("an agent's whole exposition parses before anything is bound", async () => {
     const obs = new Observer(new Logger("test", "error"), { networkStatus: false });
-    const s = parseExposition(await obs.metrics());
+    const s = parseExposition((await obs.metrics()).join(""));
     expect(value(s, "ratchet_link_ends", { state: "up" })).toBe(0);
     expect(s.types.get("ratchet_cni_request_duration_seconds")).toBe("histogram");
     expect(value(s, "process_resident_memory_bytes") ?? 0).toBeGreaterThan(0);
@@ -137,18 +138,18 @@ describe("link ends by state", () => {
     };
     const reads: string[] = [];
     const got = await collectLinkMetrics(ends, {
-      read: (ns) => {
+      reader: inThreadReader((ns) => {
         reads.push(ns);
         const rows = kernel[ns];
         if (!rows) throw new Error(`netns ${ns} not found`);
         return rows;
-      },
+      }),
       recorded: (pod, l) => recorded[`${pod}|${l}`],
     });
     expect(reads).toEqual(["/n/a", "/n/gone"]); // one dump per netns
     // e3 (foreign), e6 and e7 (netns gone) wait; e4 was built and is gone, e5 failed: broken.
     expect(got.byState).toEqual({ up: 1, down: 2, waiting: 3, broken: 2 });
-    const s = parseExposition(got.text);
+    const s = parseExposition(got.chunks.join(""));
     const labels = { namespace: "lab", pod: "a", peer_namespace: "lab", peer_pod: "b" };
     expect(value(s, "ratchet_link_receive_bytes_total", { ...labels, interface: "e0" })).toBe(1234);
     expect(value(s, "ratchet_link_up", { interface: "e0" })).toBe(1);
