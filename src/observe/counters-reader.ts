@@ -63,7 +63,10 @@ export class WorkerReader {
     try {
       const w = new Worker(this.url);
       w.unref();
+      let first = true;
       w.onmessage = (e: MessageEvent<CountersReply>) => {
+        if (first) this.log.info("link counters are read in a worker thread");
+        first = false;
         if (this.pending?.id === e.data.id) this.pending.push(e.data);
       };
       w.onerror = (e) => {
@@ -94,6 +97,7 @@ export class WorkerReader {
   readonly read: CountersReader = (netns) => this.readAll(netns);
 
   private async *readAll(netns: string[]): AsyncIterable<[string, LinkCounters[] | undefined]> {
+    if (netns.length === 0) return; // no thread for nothing
     const w = this.start();
     if (!w) {
       yield* this.fallback(netns);

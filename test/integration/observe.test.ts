@@ -175,6 +175,8 @@ describe("metrics", () => {
     expect(value(s, "ratchet_cni_requests_total", { command: "ADD", result: "ok" })).toBe(2);
     expect(value(s, "ratchet_cni_request_duration_seconds_count", { command: "ADD" })).toBe(3);
 
+    // The kernel was read off the agent's main thread (the build embeds the worker).
+    expect(n.logTail(10_000)).toContain("link counters are read in a worker thread");
     // The layers' request counters and the process.
     for (const name of [
       "ratchet_etcd_requests_total",
@@ -198,6 +200,52 @@ describe("metrics", () => {
     s = await scrape(addr);
     expect(value(s, "ratchet_cni_requests_total", { command: "DEL", result: "ok" })).toBe(3);
     expect(value(s, "ratchet_link_ends", { state: "up" })).toBe(0);
+    await c.assertClean();
+  });
+});
+
+describe("broken ends", () => {
+  test("declarations that disagree across namespaces: the end waits as broken, with a LinkConflict", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    const n = c.node(1);
+    const addr = freeAddress();
+    const conf = { metrics_address: addr };
+    const link = { local_ifname: "y0", peer_ifname: "y1", local_ip: "10.72.0.1/24" };
+    c.putPod(
+      annotatedPod("xa", [{ ...link, peer: "xb", peer_namespace: "ns-b", peer_ip: "10.72.0.2/24" }], "ns-a"),
+    );
+    c.putPod(
+      annotatedPod(
+        "xb",
+        [
+          {
+            peer: "xa",
+            peer_namespace: "ns-a",
+            local_ifname: "y1",
+            peer_ifname: "y0",
+            local_ip: "10.72.0.9/24",
+            peer_ip: "10.72.0.1/24",
+          },
+        ],
+        "ns-b",
+      ),
+    );
+    const a = await n.pod("xa", "ns-a");
+    const b = await n.pod("xb", "ns-b");
+    ok(c, await a.add(conf), "ADD xa");
+    // Across namespaces a disagreement never fails the other pod's ADD: the link waits.
+    ok(c, await b.add(conf), "ADD xb");
+    const s = await scrape(addr);
+    expect(value(s, "ratchet_link_ends", { state: "waiting" })).toBe(1); // xa's: its peer never agreed
+    expect(value(s, "ratchet_link_ends", { state: "broken" })).toBe(1); // xb's: in conflict
+    expect(value(s, "ratchet_link_ends", { state: "up" })).toBe(0);
+    const [conflict] = await until("LinkConflict on xb", () => {
+      const e = eventsOf(c, "xb", "LinkConflict");
+      return e.length > 0 ? e : undefined;
+    });
+    expect(conflict?.metadata.namespace).toBe("ns-b");
+    expect(conflict?.message).toContain("addresses of ns-b/xb/y1");
+    await stopAll(c, [b, a], conf);
     await c.assertClean();
   });
 });
