@@ -3,7 +3,8 @@
 # own throwaway etcd on a free loopback port with a temporary data dir, builds bin/ratchet
 # if it is missing or older than the sources, and stops everything it started at the end.
 # Each benchmark runs side by side with its reference in the same run; a few short rounds.
-#   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run
+#   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run,
+#                                 # RATCHET_BENCH_METRIC_ENDS (default 10000) the scraped link ends
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -59,6 +60,7 @@ bench link 60
 bench qdisc 200
 bench live 5 20
 bench cri 20
+bench metrics 40 "${RATCHET_BENCH_METRIC_ENDS:-10000}"
 
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
 t0=$SECONDS

@@ -223,6 +223,8 @@ async function main(): Promise<void> {
   await sh(["ip", "-n", `${tag}-node-a`, "link", "set", "ul0", "up"]);
   await sh(["ip", "-n", `${tag}-node-b`, "link", "set", "ul0", "up"]);
   say("node-a 10.254.0.1, node-b 10.254.0.2");
+  // node-a's agent serves /metrics, /healthz and /readyz here.
+  const metricsA = `127.0.0.1:${await freePort()}`;
   const conf = (node: "a" | "b", host: string) => ({
     cniVersion: "1.0.0",
     name: "ratchet-demo",
@@ -238,6 +240,7 @@ async function main(): Promise<void> {
     log_file: join(work, `node-${node}`, "ratchet.log"),
     delegate: { type: "loopback" },
     boot_network: { type: "loopback" },
+    ...(node === "a" ? { metrics_address: metricsA } : {}),
   });
   const confA = conf("a", hostA);
   const confB = conf("b", hostB);
@@ -260,6 +263,7 @@ async function main(): Promise<void> {
     `primary-pod in1 is a ${v1?.kind}; ping 192.168.2.101 from primary-pod: ${await ping(`${tag}-primary-1`, "192.168.2.101")}`,
   );
   console.log(await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf")]));
+  await showObservability(metricsA);
   await cni("DEL", confA, "pair-pod", "pair-1", q1);
   await cni("DEL", confA, "primary-pod", "primary-1", p1);
   say("DEL both: links and records removed");
@@ -352,6 +356,36 @@ async function main(): Promise<void> {
   etcd.close();
   if (left.length > 0) throw new Error(`etcd still holds ${left.join(", ")}`);
   say("DEL both: tunnel ends and records removed");
+}
+
+/** A few lines of node-a's /metrics, and what the pods' objects now tell. */
+async function showObservability(address: string): Promise<void> {
+  const text = await (await fetch(`http://${address}/metrics`)).text();
+  const wanted = [
+    /^ratchet_link_ends\{state="(up|waiting)"\}/,
+    /^ratchet_link_(up|transmit_bytes_total)\{.*interface="in1"/,
+    /^ratchet_cni_requests_total\{/,
+  ];
+  say(`node-a's agent at http://${address}/metrics (${text.split("\n").length} lines), a few of them:`);
+  for (const line of text.split("\n")) if (wanted.some((w) => w.test(line))) say(`  ${line}`);
+  const ready = await fetch(`http://${address}/readyz`);
+  say(`/readyz: ${ready.status} ${(await ready.text()).trim()}`);
+  // Written in the background once the links are built: wait for primary-pod's in1.
+  const status = await waitFor("primary-pod's network-status", async () => {
+    const pod = api?.getPod("default", "primary-pod");
+    const text = pod?.metadata.annotations?.["k8s.v1.cni.cncf.io/network-status"];
+    return text?.includes('"in1"') ? text : undefined;
+  });
+  const entries = status
+    ? (JSON.parse(status) as Array<{ name: string; interface: string; ips: string[] }>)
+    : [];
+  say(
+    `primary-pod's network-status: ${entries.map((e) => `${e.name} ${e.interface} ${e.ips.join(" ")}`).join("; ")}`,
+  );
+  const reasons = (api?.events ?? []).map(
+    (e) => `${(e.involvedObject as { name: string }).name}: ${e.reason}`,
+  );
+  say(`Events: ${[...new Set(reasons)].join(", ")}`);
 }
 
 let failed = false;

@@ -39,6 +39,7 @@ const c = load("cri");
 const L = load("load");
 const q = load("qdisc");
 const v = load("live");
+const m = load("metrics");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
 const rows: Row[] = [
@@ -141,6 +142,22 @@ const rows: Row[] = [
     reference: `${ms(num(v, "floorSingleMedianMs"))} setRootQdisc x2`,
     ratio: ratio(num(v, "singleMedianMs"), num(v, "floorSingleMedianMs")),
     "diff / note": `one of a pod's 10 links alone: ${ms(num(v, "oneOfTenMedianMs"))}`,
+  },
+  {
+    benchmark: "second pod's ADD, metrics on vs off",
+    ratchet: ms(num(m, "addOnMs")),
+    reference: `${ms(num(m, "addOffMs"))} metrics off`,
+    ratio: ratio(num(m, "addOnMs"), num(m, "addOffMs")),
+    "diff / note": `/metrics scraped every 200 ms meanwhile (${num(m, "scrapesDuringAdds")} scrapes)`,
+  },
+  {
+    benchmark: `scrape of ${num(m, "ends")} link ends`,
+    ratchet: ms(num(m, "scrapeMs")),
+    reference: "",
+    ratio: "",
+    "diff / note": m
+      ? `${num(m, "podNetns")} pod netns; kernel reads ${ms(num(m, "collectMs"))}; longest event-loop stall ${ms(num(m, "stallMaxMs"))}`
+      : "failed",
   },
   {
     benchmark: "parent peak RSS (passthrough)",

@@ -8,6 +8,7 @@ import { CniError, Code, StoreUnavailableError, toCniError } from "../cni/errors
 import { Linker, nodeSettings } from "../links/linker.ts";
 import { NodeState } from "../links/node-state.ts";
 import type { Logger } from "../log.ts";
+import { type AgentObserver, quietObserver } from "../observe/link-observer.ts";
 import type { CallParams, Method, Methods } from "../rpc/protocol.ts";
 import { paramSchemas } from "../rpc/schemas.ts";
 import { stats, storeError } from "../store/etcd-ops.ts";
@@ -19,6 +20,9 @@ import type { LinkSpec } from "../links/spec.ts";
 import type { PodInfo } from "../pods/kube.ts";
 import { nodeName, PodDirectory } from "../pods/pods.ts";
 import { podLinks } from "../pods/podspec.ts";
+
+// Loaded with the agent, in its chunk of the binary (a chunk of its own crashes bytecode builds).
+export { bindObserver } from "./observe.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
 const PROBE_MS = 3000;
@@ -48,7 +52,7 @@ type DeferredDel = Methods["detach"]["params"];
 export class NodeAgent {
   readonly pods: PodDirectory;
   private readonly stores = new Map<string, NodeStore>();
-  private readonly state: NodeState;
+  readonly state: NodeState;
   private readonly bad: BadRecords;
   private deferred: DeferredDel[] = [];
   private retryTimer: Timer | undefined;
@@ -58,6 +62,7 @@ export class NodeAgent {
     private readonly onDrain: () => void,
     /** Node-local files: the state of attached containers, the journal of deferred DELs. */
     private readonly files: AgentFiles,
+    private readonly observer: AgentObserver = quietObserver,
   ) {
     this.pods = new PodDirectory(log);
     this.state = new NodeState(files.state, log);
@@ -115,6 +120,7 @@ export class NodeAgent {
         this.state,
         this.log,
       );
+      linker.observer = this.observer;
       const ready = this.start(etcd, linker);
       s = { etcd, linker, ready };
       this.stores.set(key, s);
@@ -153,6 +159,8 @@ export class NodeAgent {
           if (!nl || nl.builtBy === node) return;
           linker.ensureTunnelEnd(nl, nl.fresh ?? true);
         } catch (err) {
+          const nl = linker.store.tunnelEndOf(kv, node);
+          if (nl) this.observer.linkFailed(`${nl.end.namespace}/${nl.end.pod}`, err, nl.key);
           this.log.error("could not build a tunnel end", {
             key: kv.key.toString(),
             error: (err as Error).message,
@@ -285,7 +293,10 @@ export class NodeAgent {
     return { eligible: c.eligible, links: c.links.length };
   }
 
-  private async attach(p: CallParams, ctx: CallContext): Promise<Methods["attach"]["result"]> {
+  private async attach(
+    p: Methods["attach"]["params"],
+    ctx: CallContext,
+  ): Promise<Methods["attach"]["result"]> {
     if (!p.env.pod) throw new CniError(Code.Internal, "attach needs K8S_POD_NAMESPACE and K8S_POD_NAME");
     const c = await this.pods.classify(p.env.pod, p.conf, ctx.deadline);
     if (!c.eligible) {
@@ -299,6 +310,7 @@ export class NodeAgent {
     ctx.signal.throwIfAborted();
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links);
+    this.observer.attached(`${c.pod.namespace}/${c.pod.name}`, p.boot);
     this.log.info("attached", {
       pod: `${c.pod.namespace}/${c.pod.name}`,
       containerId: p.env.containerId,

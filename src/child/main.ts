@@ -9,6 +9,8 @@ import { CniError, Code, toCniError } from "../cni/errors.ts";
 import { option } from "../argv.ts";
 import { Logger } from "../log.ts";
 import { BUILD_ID, hello } from "../version.ts";
+import { ObserveServer } from "../observe/http.ts";
+import { Observer } from "../observe/observer.ts";
 import type { NodeAgent } from "./agent.ts";
 import { SocketLock } from "./lock.ts";
 import { missingVtep } from "./vtep.ts";
@@ -126,18 +128,27 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     await server.idle();
     finish(0);
   };
+  // Metrics, health, Events and the network-status annotation (src/observe).
+  const observer = new Observer(log, { networkStatus: conf.network_status_annotation });
+  const http = conf.metrics_address ? new ObserveServer(conf.metrics_address, observer, log) : undefined;
   // Listen first, load the etcd and Kubernetes clients meanwhile: the plugin that started
   // us connects (and says hello) while they load, and its real request waits for them.
-  const loading = import("./agent.ts").then(
-    ({ NodeAgent, agentFiles }) => new NodeAgent(log, () => void shutdown("drain"), agentFiles(conf)),
+  const loading = import("./agent.ts").then(({ NodeAgent, agentFiles, bindObserver }) =>
+    bindObserver(
+      observer,
+      new NodeAgent(log, () => void shutdown("drain"), agentFiles(conf), observer),
+      conf,
+      log,
+    ),
   );
   server = new Server({
     socket: conf.child_socket,
     log,
-    handle: async (req, signal) =>
+    handle: observer.track(async (req, signal) =>
       req.method === "hello"
         ? hello()
         : (await loading).handle(req.method, req.params, { deadline: req.deadline, signal }),
+    ),
     keyOf: requestKey,
   });
   server.listen();
@@ -171,6 +182,8 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   }
   const code = await done;
   clearInterval(timer);
+  http?.stop();
+  await observer.close();
   agent.close();
   lock.release();
   log.close();

@@ -32,6 +32,22 @@ const port = v.pipe(
   v.maxValue(65535, "must be between 1 and 65535"),
 );
 
+/** "host:port" to listen on: an IPv4 address, [IPv6], a name, or nothing (every address). */
+export function listenAddressProblem(a: string): string | undefined {
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$/.exec(a);
+  if (!m) return "must be host:port, e.g. 127.0.0.1:9464, [::1]:9464 or :9464 (or empty: off)";
+  if (Number(m[2]) > 65535) return "port must be 0..65535";
+  return undefined;
+}
+
+const listenAddress = v.pipe(
+  v.string("metrics_address must be a string"),
+  v.check(
+    (a) => a === "" || listenAddressProblem(a) === undefined,
+    (i) => listenAddressProblem(i.input) ?? "",
+  ),
+);
+
 const etcdUrl = v.pipe(
   v.string(),
   v.url("must be a URL such as https://10.0.0.1:2379"),
@@ -123,6 +139,10 @@ export const NetConf = v.pipe(
       v.picklist(["error", "warn", "info", "debug"], "log_level must be one of error, warn, info, debug"),
       "info",
     ),
+    /** Where the agent serves /metrics, /healthz and /readyz; "" serves none of them. */
+    metrics_address: v.optional(listenAddress, ""),
+    /** Keep each ratchet pod's k8s.v1.cni.cncf.io/network-status annotation current. */
+    network_status_annotation: v.optional(v.boolean("network_status_annotation must be true or false"), true),
     default_prefix: v.optional(
       v.pipe(
         v.number(),

@@ -15,6 +15,7 @@ import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Logger } from "../log.ts";
+import { type LinkObserver, quietObserver } from "../observe/link-observer.ts";
 import {
   firstIpv4Address,
   getLink,
@@ -38,7 +39,7 @@ import {
 import type { NodeState } from "./node-state.ts";
 import { fromImpairment, toImpairment } from "./impair.ts";
 import { type Build, linkOf, type Plan, plan } from "./planner.ts";
-import { type LinkSpec, podId, sides } from "./spec.ts";
+import { endId, type LinkSpec, podId, sides } from "./spec.ts";
 
 /** The node-level settings a linker works with (one per etcd + prefix + node). */
 export interface NodeSettings {
@@ -88,6 +89,8 @@ function podOf(env: Call): string {
 
 export class Linker {
   private identity: { node: string; vtep: string | undefined } | undefined;
+  /** Hears of links built, waiting, failed, removed (Events, metrics, network-status). */
+  observer: LinkObserver = quietObserver;
 
   constructor(
     readonly store: LinkStore,
@@ -158,6 +161,7 @@ export class Linker {
     try {
       p = plan({ id, containerId: env.containerId, cniIfname: env.ifname, node, vtep, declared, ...reg });
     } catch (err) {
+      if (err instanceof CniError) this.observer.linkConflict(id, err.message);
       forget();
       const undo = opts.live
         ? this.store.restoreDeclarations(endpoint, declared, reg.previous)
@@ -169,6 +173,7 @@ export class Linker {
     }
     for (const w of p.waits) {
       const fields = { link: w.link, pod: id, peer: w.peer, why: w.why };
+      this.observer.linkWaits(id, w);
       if (w.state === "waiting") this.log.info("link waits", fields);
       else this.log.warn(w.state === "refused" ? "link refused" : "link in conflict: it waits", fields);
     }
@@ -217,6 +222,7 @@ export class Linker {
     const done: Array<{ link: string; ifname: string }> = [];
     try {
       for (const c of committed) {
+        const started = performance.now();
         const { mine, theirs } = sides(c.record, id);
         const peerId = podId(c.peer);
         const props = { mtu: c.record.mtu, state: c.record.state };
@@ -265,9 +271,20 @@ export class Linker {
           pod: id,
           peer: peerId,
         });
+        this.observer.linkBuilt({
+          link: c.record.key,
+          kind: c.record.kind,
+          pod: id,
+          ifname: mine.ifname,
+          peer: peerId,
+          peerIfname: theirs.ifname,
+          both: c.record.kind === "veth",
+          seconds: (performance.now() - started) / 1000,
+        });
         out.push({ iface: built, ips: mine.ips });
       }
     } catch (err) {
+      this.observer.linkFailed(id, err);
       for (const d of done) removeEnd(d.link, d.ifname, me, this.log);
       forget();
       await this.store
@@ -342,6 +359,7 @@ export class Linker {
     await this.store.writeObserved(unobserved).catch(() => undefined);
     for (const r of gone) {
       if (removeEnd(r.link, r.ifname, me, this.log)) this.log.info("link removed", { link: r.link, pod: id });
+      this.observer.linkRemoved(id, r.link, r.peer);
       for (const [cid, c] of [...this.state.entries()]) {
         if (!(r.link in c.links) || (c.pod !== id && c.pod !== r.peer)) continue;
         const { [r.link]: _, ...links } = c.links;
@@ -384,6 +402,7 @@ export class Linker {
       });
       return;
     }
+    const started = performance.now();
     buildTunnelEnd(
       nl.key,
       nl.end,
@@ -395,6 +414,17 @@ export class Linker {
       this.state.set(nl.containerId, { ...c, links: { ...c.links, [nl.key]: nl.end.ifname } });
     this.log.info("tunnel end built for a peer on another node", { link: nl.key, vni: nl.vni, pod: id });
     void this.recordObserved(id);
+    const other = nl.key.split(":").find((e) => e !== endId(nl.end)) ?? "";
+    this.observer.linkBuilt({
+      link: nl.key,
+      kind: "vxlan",
+      pod: id,
+      ifname: nl.end.ifname,
+      peer: other.slice(0, other.lastIndexOf("/")),
+      peerIfname: other.slice(other.lastIndexOf("/") + 1),
+      both: false,
+      seconds: (performance.now() - started) / 1000,
+    });
   }
 
   /** A node entry went away: if the link is gone, remove our marked end of it. */
@@ -406,6 +436,7 @@ export class Linker {
     for (const [, c] of local) {
       if (removeEnd(key, c.links[key] as string, { pod: c.pod, netns: c.netns }, this.log)) {
         this.log.info("removed the end of a link that is gone", { link: key, pod: c.pod });
+        this.observer.linkRemoved(c.pod, key);
       }
     }
   }
@@ -475,6 +506,7 @@ export class Linker {
         try {
           if (removeEnd(k, l.ifname, at, this.log))
             this.log.info("removed link end", { link: k, pod: id, ifname: l.ifname });
+          this.observer.linkRemoved(id, k, l.peer);
         } catch (err) {
           failures.push(`${l.ifname} (link ${k}): ${(err as Error).message}`);
         }

@@ -6,7 +6,7 @@ import type { CniEnv } from "../cni/env.ts";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
 import { Connection, ConnectionLost } from "../rpc/connection.ts";
-import type { CallParams, Methods } from "../rpc/protocol.ts";
+import type { BootNetwork, CallParams, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Agent, Classification } from "./classify.ts";
@@ -155,8 +155,9 @@ export class ChildAgent implements Agent {
     return { eligible: r.eligible };
   }
 
-  async attach(env: CniEnv, conf: NetConf): Promise<AttachedInterface[]> {
-    return (await this.call("attach", this.params(env, conf), conf)).interfaces;
+  async attach(env: CniEnv, conf: NetConf, boot?: BootNetwork): Promise<AttachedInterface[]> {
+    return (await this.call("attach", { ...this.params(env, conf), ...(boot ? { boot } : {}) }, conf))
+      .interfaces;
   }
 
   async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {

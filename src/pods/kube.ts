@@ -57,6 +57,12 @@ export interface PodInfo {
 
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/** API requests this process made, by result: "ok" (2xx), the HTTP status, or "error" (no answer). */
+export const kubeRequestResults = new Map<string, number>();
+function tally(result: string): void {
+  kubeRequestResults.set(result, (kubeRequestResults.get(result) ?? 0) + 1);
+}
+
 export interface PodReaderOptions {
   /** Path of a kubeconfig; without it, the in-cluster service account is used. */
   kubeconfig?: string | undefined;
@@ -256,7 +262,44 @@ export class PodReader implements Disposable {
       tls,
       session: this.session,
       ...(this.proxy ? { proxy: this.proxy } : {}),
+    }).then(
+      (resp) => {
+        tally(resp.status >= 200 && resp.status < 300 ? "ok" : String(resp.status));
+        return resp;
+      },
+      (err: unknown) => {
+        tally("error");
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * One request of the agent's own (Events, pod patches) to `path` on the API server: its
+   * status and JSON body (undefined when it has none). Throws only when there is no answer
+   * within `timeoutMs`.
+   */
+  async call(
+    method: "GET" | "POST" | "PATCH",
+    path: string,
+    body?: { json: unknown; contentType: string },
+    timeoutMs = 10_000,
+  ): Promise<{ status: number; body: unknown }> {
+    const signal = AbortSignal.timeout(timeoutMs);
+    const resp = await this.request(`${this.server}${path}`, {
+      method,
+      headers: { Accept: "application/json", ...(body ? { "Content-Type": body.contentType } : {}) },
+      ...(body ? { body: JSON.stringify(body.json) } : {}),
+      signal,
     });
+    const text = await resp.text();
+    let json: unknown;
+    try {
+      json = text === "" ? undefined : JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: resp.status, body: json };
   }
 
   /** A GET whose status must be 200; the response (body unread) or a StatusError. */

@@ -47,7 +47,8 @@ export class PodDirectory {
     private readonly env: Record<string, string | undefined> = process.env,
   ) {}
 
-  private reader(conf: NetConf): PodReader {
+  /** The API client for this config (made once). */
+  reader(conf: NetConf): PodReader {
     const key = conf.kubeconfig ?? "(in-cluster)";
     let r = this.readers.get(key);
     if (!r) {

@@ -113,11 +113,21 @@ export class ApiState {
     return true;
   }
 
-  /** Applies a merge patch to a pod (strategic merge is the same for the maps ratchet patches). */
-  patchPod(namespace: string, name: string, patch: unknown, contentType: string): PodObject | undefined {
+  /**
+   * Applies a merge patch to a pod (strategic merge is the same for the maps ratchet patches).
+   * A patch that names metadata.resourceVersion applies only to that version ("conflict").
+   */
+  patchPod(
+    namespace: string,
+    name: string,
+    patch: unknown,
+    contentType: string,
+  ): PodObject | "conflict" | undefined {
     const key = `${namespace}/${name}`;
     const before = this.pods.get(key);
     if (!before) return undefined;
+    const rv = isRecord(patch) && isRecord(patch.metadata) ? patch.metadata.resourceVersion : undefined;
+    if (rv !== undefined && rv !== before.metadata.resourceVersion) return "conflict";
     const after = mergePatch(before, patch) as PodObject;
     // Identity is not patchable.
     after.metadata = { ...after.metadata, name, namespace, uid: before.metadata.uid };

@@ -186,6 +186,11 @@ export class ApiServer implements AsyncDisposable {
     return [...this.state.events.values()];
   }
 
+  /** Forgets every Event (as the API server's TTL does): a PATCH of one gets 404. */
+  expireEvents(): void {
+    this.state.events.clear();
+  }
+
   /** Every patch applied to a pod or an event, in order. */
   get patches(): PatchRecord[] {
     return this.state.patches;
@@ -328,6 +333,13 @@ export class ApiServer implements AsyncDisposable {
     const patch = await patchBody(req);
     if (patch instanceof Response) return patch;
     const pod = this.state.patchPod(namespace, name, patch.body, patch.contentType);
+    if (pod === "conflict")
+      return status(
+        409,
+        "Conflict",
+        `Operation cannot be fulfilled on pods "${name}": the object has been modified; ` +
+          "please apply your changes to the latest version and try again",
+      );
     return pod ? Response.json(pod) : podNotFound(name);
   }
 

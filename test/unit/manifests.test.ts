@@ -258,6 +258,22 @@ describe("the DaemonSet", () => {
     for (const c of [...initContainers, ...containers]) expect(c.image).toBe("ratchet:latest");
   });
 
+  test("probes and the metrics port follow the config's metrics_address", () => {
+    const conf = parseNetConf(JSON.parse(configText));
+    const port = Number(conf.metrics_address.split(":").pop());
+    expect(port).toBeGreaterThan(0);
+    expect(list(agent.ports, "agent.ports")).toEqual([
+      { name: "metrics", containerPort: port, protocol: "TCP" },
+    ]);
+    const get = (probe: string) => o(o(agent[probe], probe).httpGet, `${probe}.httpGet`);
+    expect(get("readinessProbe")).toEqual({ path: "/readyz", port: "metrics" });
+    expect(get("livenessProbe")).toEqual({ path: "/healthz", port: "metrics" });
+    // Host network: kubelet probes the node's address, so the agent must listen on it.
+    expect(conf.metrics_address.startsWith("0.0.0.0:")).toBe(true);
+    const annotations = o(o(o(ds.spec, "spec").template, "template").metadata, "metadata").annotations;
+    expect(o(annotations, "annotations")["prometheus.io/port"]).toBe(String(port));
+  });
+
   test("the install and agent containers know the node's name (NODE_NAME from spec.nodeName)", () => {
     for (const c of [install, agent])
       expect(c.env).toContainEqual({
