@@ -19,7 +19,7 @@ import { hello } from "../version.ts";
 import type { LinkSpec } from "../links/spec.ts";
 import type { PodInfo } from "../pods/kube.ts";
 import { nodeName, PodDirectory } from "../pods/pods.ts";
-import { podLinks } from "../pods/podspec.ts";
+import { LINKS_ANNOTATION, podLinks } from "../pods/podspec.ts";
 
 // Loaded with the agent, in its chunk of the binary (a chunk of its own crashes bytecode builds).
 export { bindObserver } from "./observe.ts";
@@ -198,7 +198,18 @@ export class NodeAgent {
           }),
         );
       };
-      cache.onChange(apply);
+      // Only what declares links counts: ratchet's own network-status patches, or any other
+      // annotation, change nothing for the links.
+      const declaration = (pod: PodInfo) =>
+        JSON.stringify([
+          Object.entries(pod.labels)
+            .filter(([k]) => k === "ratchet" || k.startsWith("ratchet."))
+            .sort(),
+          pod.annotations[LINKS_ANNOTATION] ?? null,
+        ]);
+      cache.onChange((pod, before) => {
+        if (declaration(pod) !== declaration(before)) apply(pod);
+      });
       // Reconcile after a start: every pod this node attached gets its declared state again
       // (what changed while no agent ran); converging is idempotent, so nothing right is redone.
       cache.onSynced(() => {
@@ -262,12 +273,15 @@ export class NodeAgent {
         pod: id,
         error: (err as Error).message,
       });
-      this.onRefused(pod, err as Error);
+      // The linker already reported it on the pod (LinkConflict or LinkFailed).
     }
   }
 
-  /** Where a refused live change is reported beyond the log (a Warning Event, when events are on). */
-  onRefused: (pod: PodInfo, err: Error) => void = () => undefined;
+  /** A refused live change, reported beyond the log. */
+  private onRefused(pod: PodInfo, err: Error): void {
+    // A Warning Event on the pod: `kubectl describe pod` says why its change did not apply.
+    this.observer.linkConflict(`${pod.namespace}/${pod.name}`, `change not applied: ${err.message}`);
+  }
 
   /** Starts on this config's store in the background (errors are logged, retried on use). */
   warm(conf: NetConf): void {

@@ -352,11 +352,6 @@ export class Linker {
 
   /** Links no pod declares any more: this pod's ends go (a veth takes the peer's), then the records. */
   private async remove(id: string, me: Place, gone: Plan["removals"]): Promise<void> {
-    const unobserved = gone.flatMap((r) => [
-      { link: r.link, id, observed: undefined },
-      { link: r.link, id: r.peer, observed: undefined },
-    ]);
-    await this.store.writeObserved(unobserved).catch(() => undefined);
     for (const r of gone) {
       if (removeEnd(r.link, r.ifname, me, this.log)) this.log.info("link removed", { link: r.link, pod: id });
       this.observer.linkRemoved(id, r.link, r.peer);
@@ -367,6 +362,12 @@ export class Linker {
       }
     }
     await this.store.dropLinks(id, gone);
+    // Last: a report of these ends written meanwhile (the peer's ADD) is gone with them.
+    const unobserved = gone.flatMap((r) => [
+      { link: r.link, id, observed: undefined },
+      { link: r.link, id: r.peer, observed: undefined },
+    ]);
+    await this.store.writeObserved(unobserved).catch(() => undefined);
   }
 
   private tunnel(vni: number, remote: string, props: EndProps): TunnelSpec {

@@ -34,7 +34,7 @@ export class PodCache {
   private readonly tombstones = new Map<string, PodInfo>();
   private resourceVersion: string | undefined;
   private readonly waiters = new Set<() => void>();
-  private readonly listeners = new Set<(pod: PodInfo) => void>();
+  private readonly listeners = new Set<(pod: PodInfo, before: PodInfo) => void>();
   private readonly syncListeners = new Set<() => void>();
   private readonly stop = new AbortController();
   private running: Promise<void> | undefined;
@@ -117,7 +117,7 @@ export class PodCache {
    * Calls `fn` whenever a pod it held changes its labels or annotations (same uid): what a
    * live link change is. Listeners must not block; an error of theirs is logged.
    */
-  onChange(fn: (pod: PodInfo) => void): void {
+  onChange(fn: (pod: PodInfo, before: PodInfo) => void): void {
     this.listeners.add(fn);
   }
 
@@ -138,7 +138,7 @@ export class PodCache {
     if (same(before.labels, pod.labels) && same(before.annotations, pod.annotations)) return;
     for (const fn of this.listeners) {
       try {
-        fn(pod);
+        fn(pod, before);
       } catch (err) {
         this.log.error("a pod change listener failed", { pod: key, error: (err as Error).message });
       }

@@ -182,6 +182,20 @@ describe("a kernel without sch_netem", () => {
     );
     expect(await tbfKbit(a, "x0")).toBe(500);
     expect(await c.ping(a, "10.90.0.2")).toBe(true);
+    // Both refusals are Warning Events on the pod, for `kubectl describe pod a`.
+    const warnings = () =>
+      (
+        c.api.events as unknown as Array<{
+          type: string;
+          reason: string;
+          message: string;
+          involvedObject: { name: string };
+        }>
+      )
+        .filter((e) => e.involvedObject.name === "a" && e.type === "Warning")
+        .map((e) => `${e.reason}: ${e.message}`);
+    await waitFor("the Warning Events", () => warnings().some((w) => w.includes("loss_percent")), 5000);
+    expect(warnings().some((w) => w.includes("sch_netem"))).toBe(true);
     await c.stopAllAndAssertClean();
   });
 });
