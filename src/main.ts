@@ -89,6 +89,7 @@ async function main(): Promise<number> {
     env: process.env,
     readStdin: () => Bun.stdin.text(),
     write: (s) => process.stdout.write(s),
+    writeTrace: (s) => process.stderr.write(s),
   });
 }
 

@@ -6,6 +6,7 @@ import type { CniEnv } from "../cni/env.ts";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
 import { Connection, ConnectionLost } from "../rpc/connection.ts";
+import { NO_TRACE, type Trace } from "../trace.ts";
 import type { BootNetwork, CallParams, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
 import type { AttachedInterface } from "../cni/result.ts";
@@ -112,7 +113,10 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
 /** The Agent the CNI handlers use: each method is one request to the child. */
 export class ChildAgent implements Agent {
   private conn: Connection | undefined;
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly trace: Trace = NO_TRACE,
+  ) {}
 
   private async call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
     method: M,
@@ -123,8 +127,9 @@ export class ChildAgent implements Agent {
     // and ask again, once. Every request is safe to repeat (attach rebuilds, detach is idempotent).
     for (let attempt = 0; ; attempt++) {
       try {
-        this.conn ??= await connectChild(conf, this.log);
-        return await this.conn.call(method, params, REQUEST_TIMEOUT_MS);
+        this.conn ??= await this.trace.span("agent connection", () => connectChild(conf, this.log));
+        const conn = this.conn;
+        return await this.trace.span(`agent ${method}`, () => conn.call(method, params, REQUEST_TIMEOUT_MS));
       } catch (err) {
         if (err instanceof CniError && !(err instanceof AgentUnavailableError)) throw err;
         this.conn?.close();

@@ -8,6 +8,7 @@ import { CniError, Code } from "../cni/errors.ts";
 import { appendInterfaces, emptyResult, formatResult, parseResult, type Result } from "../cni/result.ts";
 import type { Command } from "../cni/versions.ts";
 import type { Logger } from "../log.ts";
+import type { Trace } from "../trace.ts";
 import type { BootNetwork } from "../rpc/protocol.ts";
 import type { Agent } from "./classify.ts";
 
@@ -18,6 +19,8 @@ export interface Context {
   conf: NetConf;
   agent: Agent;
   log: Logger;
+  /** RATCHET_TRACE=1: the time of each step on stderr. */
+  trace: Trace;
 }
 
 /** Standalone: ratchet runs `delegate` itself. Chained: no delegate, another plugin ran before. */
@@ -58,7 +61,9 @@ function forward(ctx: Context, command: Command, extra: Record<string, unknown> 
 async function run(ctx: Context, sub: PluginConf, command: Command, extra?: Record<string, unknown>) {
   const top = { cniVersion: ctx.conf.cniVersion, name: ctx.conf.name };
   ctx.log.debug("running plugin", { plugin: sub.type, command, containerId: ctx.env.containerId });
-  return delegate(sub, top, command, ctx.rawEnv, ctx.env.path, forward(ctx, command, extra));
+  return ctx.trace.span(`plugin ${sub.type} ${command}`, () =>
+    delegate(sub, top, command, ctx.rawEnv, ctx.env.path, forward(ctx, command, extra)),
+  );
 }
 
 async function runAdd(ctx: Context, sub: PluginConf): Promise<Result> {

@@ -367,7 +367,7 @@ export class Cluster implements AsyncDisposable {
 
   /** Runs the installed binary as a runtime does, the checkout hidden. */
   cni(
-    inv: Pick<Invocation, "command" | "conf" | "containerId" | "netns" | "ifname" | "args">,
+    inv: Pick<Invocation, "command" | "conf" | "containerId" | "netns" | "ifname" | "args" | "env">,
   ): Promise<CniRun> {
     return cni({ ...inv, bin: this.runner, visible: true });
   }
