@@ -11,7 +11,7 @@ import { type KubeApi, podRef } from "./kube-api.ts";
 import { type Collected, collectLinkMetrics, type EndRecord, type LinkEnd } from "./link-metrics.ts";
 import type { AgentObserver, BootStatus, BuiltLink, LinkWait } from "./link-observer.ts";
 import { Counter, Exposition, Histogram, labelText, TallyCounter } from "./metrics.ts";
-import { NetworkStatusWriter, type StatusEntry } from "./network-status.ts";
+import { type CachedPod, NetworkStatusWriter, type StatusEntry } from "./network-status.ts";
 import { writeProcessMetrics } from "./process.ts";
 
 /**
@@ -44,6 +44,8 @@ export interface ObserverBindings {
   api: () => KubeApi | undefined;
   /** The pod's uid as the pod cache has it. */
   uidOf: (pod: string) => string | undefined;
+  /** The pod's annotations and version as the pod cache has them. */
+  cachedPod?: (pod: string) => CachedPod | undefined;
   /** Why the agent is not ready (etcd, pod cache); empty when it is. */
   ready: () => Promise<string[]>;
   /** Requests by result kept by layers this module does not load. */
@@ -125,7 +127,9 @@ export class Observer implements AgentObserver {
     this.b = b;
     this.events = new EventRecorder(b.api, { node: b.node, log: this.log });
     if (this.opts.networkStatus)
-      this.status = new NetworkStatusWriter(b.api, (pod) => this.statusEntries(pod), this.log);
+      this.status = new NetworkStatusWriter(b.api, (pod) => this.statusEntries(pod), this.log, {
+        ...(b.cachedPod ? { cached: b.cachedPod } : {}),
+      });
   }
 
   // ---- links ----------------------------------------------------------------------------
