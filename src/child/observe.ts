@@ -72,6 +72,10 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
       return undefined; // no way to the API server in this config (logged at start)
     }
   };
+  const cached = (pod: string) => {
+    const i = pod.indexOf("/");
+    return cache()?.get(pod.slice(0, i), pod.slice(i + 1));
+  };
   const probe = etcdProbe(conf);
   const counters = new WorkerReader(COUNTERS_WORKER, inThreadReader(listLinkCounters), log);
   observer.bind({
@@ -95,9 +99,13 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
         return undefined;
       }
     },
-    uidOf: (pod) => {
-      const i = pod.indexOf("/");
-      return cache()?.get(pod.slice(0, i), pod.slice(i + 1))?.uid || undefined;
+    uidOf: (pod) => cached(pod)?.uid || undefined,
+    // The network-status writer patches on top of what the watch brought: no read per write.
+    cachedPod: (pod) => {
+      const p = cached(pod);
+      return p?.resourceVersion
+        ? { annotations: p.annotations, resourceVersion: p.resourceVersion }
+        : undefined;
     },
     ready: async () => {
       const problems: string[] = [];

@@ -451,6 +451,7 @@ export class Linker {
         this.ensureTunnelEnd(nl);
         fixed++;
       } catch (err) {
+        this.observer.linkFailed(podId(nl.end), err, nl.key);
         this.log.warn("could not build a tunnel end at start", {
           link: nl.key,
           error: (err as Error).message,

@@ -2,7 +2,8 @@
 // ratchet link of the pod ("ratchet/<peer>") as the kernel has it now, plus the boot network
 // as the default entry when the plugin told us its result. Entries written by others are
 // kept (merged by interface). Written with a JSON merge patch conditioned on the pod's
-// resourceVersion, re-read and retried on a conflict; in the background, never in a CNI call.
+// resourceVersion: the pod as the agent's pod cache holds it, or as read from the API server
+// after a conflict (someone wrote it, or the cache was behind). In the background only.
 import type { Logger } from "../log.ts";
 import { failure, type KubeApi, MERGE_PATCH, podPath, podRef } from "./kube-api.ts";
 
@@ -66,7 +67,28 @@ export function mergeStatus(
   return out;
 }
 
+/** A pod's annotations and version as the agent's pod cache holds them. */
+export interface CachedPod {
+  annotations: Record<string, string>;
+  resourceVersion: string;
+}
+
+/** Annotations and version of a Pod object (a GET's or a PATCH's answer). */
+function podOf(body: unknown): CachedPod | undefined {
+  if (!isRecord(body) || !isRecord(body.metadata)) return undefined;
+  const meta = body.metadata;
+  const annotations: Record<string, string> = {};
+  if (isRecord(meta.annotations))
+    for (const [k, v] of Object.entries(meta.annotations)) if (typeof v === "string") annotations[k] = v;
+  return {
+    annotations,
+    resourceVersion: typeof meta.resourceVersion === "string" ? meta.resourceVersion : "",
+  };
+}
+
 export interface StatusOptions {
+  /** The pod from the pod cache (no read per write); undefined: read it from the API server. */
+  cached?: (pod: string) => CachedPod | undefined;
   /** Requests in flight, at most. */
   concurrency?: number;
   /** How long changes of one pod are gathered before one write. */
@@ -75,6 +97,8 @@ export interface StatusOptions {
 
 export class NetworkStatusWriter {
   private readonly boots = new Map<string, StatusEntry>();
+  /** Our last write of each pod: the version it replaced, and the pod it made. */
+  private readonly written = new Map<string, { replaced: string; made: CachedPod }>();
   private readonly pending = new Set<string>();
   private readonly busy = new Set<string>();
   private readonly again = new Set<string>();
@@ -140,31 +164,29 @@ export class NetworkStatusWriter {
     if (!api) return;
     const { namespace, name } = podRef(pod);
     try {
+      let fromCache = true;
       for (let attempt = 1; ; attempt++) {
         const ours = this.entries(pod);
         if (!ours) {
-          this.boots.delete(pod); // no container here any more: nothing of ours to say
+          // No container here any more: nothing of ours to say.
+          this.boots.delete(pod);
+          this.written.delete(pod);
           return;
         }
-        const got = await api.call("GET", podPath(namespace, name));
-        if (got.status === 404) return;
-        if (got.status !== 200 || !isRecord(got.body)) throw new Error(`reading the pod: ${failure(got)}`);
-        const meta = isRecord(got.body.metadata) ? got.body.metadata : {};
-        const annotations = isRecord(meta.annotations) ? meta.annotations : {};
-        const text =
-          typeof annotations[NETWORK_STATUS] === "string" ? annotations[NETWORK_STATUS] : undefined;
-        const current = parseStatus(text);
-        const merged = mergeStatus(current, ours, this.boots.get(pod));
-        if (
-          JSON.stringify(merged) === JSON.stringify(current) &&
-          (text !== undefined || merged.length === 0)
-        ) {
+        const current = (fromCache && this.known(pod)) || (await this.read(api, namespace, name));
+        if (!current) return; // the pod is gone
+        const value = current.annotations[NETWORK_STATUS];
+        const text = typeof value === "string" ? value : undefined;
+        const entries = parseStatus(text);
+        const merged = mergeStatus(entries, ours, this.boots.get(pod));
+        const same = JSON.stringify(merged) === JSON.stringify(entries);
+        if (same && (text !== undefined || merged.length === 0)) {
           this.tally("unchanged");
           return;
         }
         const patch = {
           metadata: {
-            resourceVersion: meta.resourceVersion,
+            resourceVersion: current.resourceVersion,
             annotations: { [NETWORK_STATUS]: JSON.stringify(merged, null, 4) },
           },
         };
@@ -174,15 +196,38 @@ export class NetworkStatusWriter {
         });
         if (res.status === 200) {
           this.tally("patched");
+          const made = podOf(res.body);
+          if (made) this.written.set(pod, { replaced: current.resourceVersion, made });
           return;
         }
-        // Someone wrote the pod since we read it: read it again and merge again.
+        // Someone wrote the pod since (or the cache is behind): read it, merge again.
         if (res.status !== 409 || attempt >= 5) throw new Error(`patching the pod: ${failure(res)}`);
+        fromCache = false;
       }
     } catch (err) {
       this.tally("failed");
       this.log.warn("could not update the network-status annotation", { pod, error: (err as Error).message });
     }
+  }
+
+  /**
+   * The pod as the cache holds it; while the cache still shows the version our last write
+   * replaced (the watch has not brought our change yet), the pod that write made.
+   */
+  private known(pod: string): CachedPod | undefined {
+    const c = this.opts.cached?.(pod);
+    if (!c?.resourceVersion) return undefined;
+    const w = this.written.get(pod);
+    return w && w.replaced === c.resourceVersion ? w.made : c;
+  }
+
+  /** The pod's annotations and version from the API server; undefined when it is gone. */
+  private async read(api: KubeApi, namespace: string, name: string): Promise<CachedPod | undefined> {
+    const got = await api.call("GET", podPath(namespace, name));
+    if (got.status === 404) return undefined;
+    const pod = got.status === 200 ? podOf(got.body) : undefined;
+    if (!pod) throw new Error(`reading the pod: ${failure(got)}`);
+    return pod;
   }
 
   /** Resolves when no write is pending or in flight (or after timeoutMs). */

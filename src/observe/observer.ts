@@ -3,53 +3,16 @@
 // annotation current. The agent binds it to its node state and API client once loaded.
 import { toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import type { CountersReader } from "./counters-reader.ts";
 import type { Request } from "../rpc/protocol.ts";
 import { COMMIT, VERSION } from "../version.ts";
 import { EventRecorder, type EventType } from "./events.ts";
-import { type KubeApi, podRef } from "./kube-api.ts";
+import { linkSides, type ObserverBindings } from "./bindings.ts";
+import { podRef } from "./kube-api.ts";
 import { type Collected, collectLinkMetrics, type EndRecord, type LinkEnd } from "./link-metrics.ts";
 import type { AgentObserver, BootStatus, BuiltLink, LinkWait } from "./link-observer.ts";
 import { Counter, Exposition, Histogram, labelText, TallyCounter } from "./metrics.ts";
 import { NetworkStatusWriter, type StatusEntry } from "./network-status.ts";
 import { writeProcessMetrics } from "./process.ts";
-
-/**
- * This node's containers as the agent attached them, and the mark of each link's ends. A
- * container is the same object for as long as it does not change (NodeState replaces it).
- */
-export interface NodeView {
-  containers(): Iterable<{ pod: string; netns: string; links: Record<string, string> }>;
-  mark(link: string): string;
-}
-
-/** What the observer reads of the kernel (src/netlink, loaded with the agent). */
-export interface Kernel {
-  /** The links of each netns with their counters (one dump each). */
-  readCounters: CountersReader;
-  /** One interface's MAC, mark and global addresses; throws when it is not there. */
-  iface(ifname: string, netns: string): { mac: string; alias: string; ips: string[] };
-  /** Netlink requests so far by result. */
-  results: ReadonlyMap<string, number>;
-  /** Ends what reading needs (a worker thread). */
-  close?(): void;
-}
-
-export interface ObserverBindings {
-  /** This node's name (Events' reportingInstance). */
-  node: string;
-  view: NodeView;
-  kernel: Kernel;
-  /** The API client; undefined when there is none. */
-  api: () => KubeApi | undefined;
-  /** The pod's uid as the pod cache has it. */
-  uidOf: (pod: string) => string | undefined;
-  /** Why the agent is not ready (etcd, pod cache); empty when it is. */
-  ready: () => Promise<string[]>;
-  /** Requests by result kept by layers this module does not load. */
-  etcdResults: () => ReadonlyMap<string, number>;
-  kubeResults: () => ReadonlyMap<string, number>;
-}
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const BUILD_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
@@ -58,20 +21,6 @@ async function* none(): AsyncIterable<never> {}
 
 /** Eligible classifies remembered for the attach or check that follows, at most. */
 const CARRIED = 1024;
-
-/** The pod's interface and the other end (`ns/pod`, interface) of a link key. */
-export function linkSides(link: string, pod: string): { ifname: string; peer: string; peerIfname: string } {
-  const ends = link.split(":");
-  const mineFirst = (ends[0] ?? "").startsWith(`${pod}/`);
-  const [mine, theirs] = mineFirst ? [ends[0] ?? "", ends[1] ?? ""] : [ends[1] ?? "", ends[0] ?? ""];
-  const cut = (e: string) => {
-    const i = e.lastIndexOf("/");
-    return [e.slice(0, i), e.slice(i + 1)] as const;
-  };
-  const [, ifname] = cut(mine);
-  const [peer, peerIfname] = cut(theirs);
-  return { ifname, peer, peerIfname };
-}
 
 /** "ratchet/<peer>": the peer pod's name, with its namespace when it is another one. */
 function statusName(pod: string, peer: string): string {
@@ -125,7 +74,9 @@ export class Observer implements AgentObserver {
     this.b = b;
     this.events = new EventRecorder(b.api, { node: b.node, log: this.log });
     if (this.opts.networkStatus)
-      this.status = new NetworkStatusWriter(b.api, (pod) => this.statusEntries(pod), this.log);
+      this.status = new NetworkStatusWriter(b.api, (pod) => this.statusEntries(pod), this.log, {
+        ...(b.cachedPod ? { cached: b.cachedPod } : {}),
+      });
   }
 
   // ---- links ----------------------------------------------------------------------------

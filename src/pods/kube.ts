@@ -53,6 +53,8 @@ export interface PodInfo {
   annotations: Record<string, string>;
   /** The node it is scheduled to; undefined before scheduling. */
   nodeName: string | undefined;
+  /** The object's version as read ("" when unknown): a precondition for patches. */
+  resourceVersion?: string;
 }
 
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -108,6 +110,7 @@ export function podInfo(obj: unknown): PodInfo | undefined {
     labels: stringMap(m.labels),
     annotations: stringMap(m.annotations),
     nodeName: typeof spec.nodeName === "string" && spec.nodeName !== "" ? spec.nodeName : undefined,
+    resourceVersion: typeof m.resourceVersion === "string" ? m.resourceVersion : "",
   };
 }
 
@@ -410,6 +413,7 @@ export class PodReader implements Disposable {
         labels: pod.metadata?.labels ?? {},
         annotations: pod.metadata?.annotations ?? {},
         nodeName: pod.spec?.nodeName,
+        resourceVersion: pod.metadata?.resourceVersion ?? "",
       };
     } catch (err) {
       throw this.failure(id, err);

@@ -47,6 +47,7 @@ describe("PodReader with a kubeconfig", () => {
       }),
       annotations: {},
       nodeName: undefined,
+      resourceVersion: api.getPod("default", "primary-pod")?.metadata.resourceVersion as string,
     });
     expect(api.requests.at(-1)).toEqual({
       method: "GET",

@@ -36,7 +36,8 @@ import {
   labelText,
 } from "../../src/observe/metrics.ts";
 import { mergeStatus, parseStatus } from "../../src/observe/network-status.ts";
-import { linkSides, Observer } from "../../src/observe/observer.ts";
+import { linkSides } from "../../src/observe/bindings.ts";
+import { Observer } from "../../src/observe/observer.ts";
 import type { Request } from "../../src/rpc/protocol.ts";
 import { find, parseExposition, value } from "../support/metrics.ts";
 
