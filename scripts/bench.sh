@@ -3,7 +3,8 @@
 # own throwaway etcd on a free loopback port with a temporary data dir, builds bin/ratchet
 # if it is missing or older than the sources, and stops everything it started at the end.
 # Each benchmark runs side by side with its reference in the same run; a few short rounds.
-#   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run
+#   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run,
+#                                 # RATCHET_BENCH_METRIC_ENDS (default 10000) the scraped link ends
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -22,6 +23,8 @@ etcd_pid=""
 export RATCHET_TEST_PREFIX="rb$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
 cleanup() {
   [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  # The containerd benchmark's runtimes, shims, pods and mounts, should it have crashed.
+  containerd_leftovers "$work"
   # Node agents the load test started log (stdout) into $work: stop any still running.
   for fd1 in /proc/[0-9]*/fd/1; do
     case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac
@@ -37,6 +40,8 @@ if [ ! -x bin/ratchet ] || [ -n "$(find src scripts/build.ts package.json -newer
 fi
 
 start_etcd ratchet-bench "$work" || { exit 1; }
+# The test bed (containerd benchmark, load run) keeps its temp dirs here, in reach of cleanup.
+export RATCHET_TEST_WORK="$work"
 
 status=0
 bench() {
@@ -53,10 +58,13 @@ bench agent 30 400
 bench netlink 100
 bench link 60
 bench qdisc 200
+bench live 5 20
+bench cri 20
+bench metrics 40 "${RATCHET_BENCH_METRIC_ENDS:-10000}"
 
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
 t0=$SECONDS
-if ! RATCHET_TEST_WORK="$work" RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="$work/load.json" \
+if ! RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="$work/load.json" \
   "$BUN" test --timeout 900000 test/integration/load.test.ts >"$work/load.err" 2>&1; then
   echo "scripts/bench.sh: the load run failed:" >&2; tail -n 30 "$work/load.err" >&2; status=1
 fi

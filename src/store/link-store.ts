@@ -17,9 +17,9 @@
 //    still finds the pod and finishes.
 import type { Etcd3 } from "etcd3";
 import { CniError, Code } from "../cni/errors.ts";
-import type { Build, Declaration } from "../links/planner.ts";
+import type { Build, BuiltLink, Declaration } from "../links/planner.ts";
 import { type LinkSpec, podId } from "../links/spec.ts";
-import { pairChunksOf, pairIfnames, toDeclChunks } from "./codec.ts";
+import { pairChunksOf, pairIfnames, pairLinks, toDeclChunks } from "./codec.ts";
 import {
   cmp,
   type Compare,
@@ -38,7 +38,7 @@ import { Keys, VNI_BLOCKS, vniOf } from "./keys.ts";
 import type { PairState } from "./decode.ts";
 import { LinkReads } from "./link-reads.ts";
 import { removeRecords } from "./link-removal.ts";
-import type { BadRecords, EndpointRecord, PairChunk, TunnelChunk } from "./records.ts";
+import type { BadRecords, EndpointRecord, Observed, PairChunk, TunnelChunk } from "./records.ts";
 
 const MAX_COMMIT_ATTEMPTS = 8;
 
@@ -50,6 +50,10 @@ export interface Registration {
   others: Declaration[];
   /** The pods this pod had declared links to. */
   previousPeers: Set<string>;
+  /** This pod's declarations as they were (a refused live change puts them back). */
+  previous: Declaration[];
+  /** The links recorded as built between this pod and the peers read, by key. */
+  built: Map<string, BuiltLink>;
   peers: Map<string, EndpointRecord>;
   /** The built-link chunks of this pod with each peer read, by peer. */
   pairs: Map<string, PairState>;
@@ -107,6 +111,8 @@ export class LinkStore extends LinkReads {
       rev: "0",
       others: [],
       previousPeers: new Set(),
+      previous: [],
+      built: new Map(),
       peers: new Map(),
       pairs: new Map(),
       vniNext: 0,
@@ -117,7 +123,7 @@ export class LinkStore extends LinkReads {
       const head =
         n === 0
           ? {
-              mine: q.prefix(keys.declPrefix(id), { keysOnly: true, limit: PAGE }),
+              mine: q.prefix(keys.declPrefix(id), { limit: PAGE }),
               peers: q.prefix(keys.peersPrefix(id), { limit: PAGE }),
               vni: q.get(keys.vniNext),
             }
@@ -133,10 +139,12 @@ export class LinkStore extends LinkReads {
       });
       if (head) {
         reg.rev = r.revision;
-        for (const kv of await rest(this.etcd, r, head.mine)) {
+        const mine = await rest(this.etcd, r, head.mine);
+        for (const kv of mine) {
           const d = keys.parseDecl(keyOf(kv));
           if (d && d.id === id) reg.previousPeers.add(d.peer);
         }
+        reg.previous = this.declarationsOf(mine, id);
         for (const kv of await rest(this.etcd, r, head.peers)) {
           const declarer = keys.idAfter(keys.peersPrefix(id), keyOf(kv));
           if (!declarer || !sameNamespace(declarer, id)) continue;
@@ -156,7 +164,9 @@ export class LinkStore extends LinkReads {
       }
     }
     // Pods that declare links to this one without this one declaring any to them (same
-    // namespace): their declarations and the pair's chunks, read only.
+    // namespace), and those it declared links to before and no more: their declarations and
+    // the pair's chunks, read only.
+    for (const p of reg.previousPeers) if (!byPeer.has(p) && !declarers.includes(p)) declarers.push(p);
     for (const part of pack(declarers, () => ({ compares: 0, ops: 2, bytes: 0 }), {
       compares: 0,
       ops: 0,
@@ -166,6 +176,13 @@ export class LinkStore extends LinkReads {
       const reads = part.map((peer) => ({ peer, ...this.pairSlots(q, id, peer) }));
       const r = await txn(this.etcd, { reads: q });
       for (const s of reads) await this.readPair(r, id, s, reg);
+    }
+    for (const [peer, state] of reg.pairs) {
+      const [a, b] = id < peer ? [id, peer] : [peer, id];
+      for (const { chunk } of state.values())
+        if (chunk)
+          for (const l of pairLinks(a, b, chunk))
+            reg.built.set(l.key, { kind: chunk.kind, ends: chunk.ends });
     }
     return reg;
   }
@@ -398,9 +415,17 @@ export class LinkStore extends LinkReads {
         const end = podId(build.link.a) === pod ? build.link.a : build.link.b;
         return {
           key: build.link.key,
-          end: { ifname: end.ifname, ips: end.ips, ...(end.mac !== undefined ? { mac: end.mac } : {}) },
+          end: {
+            ifname: end.ifname,
+            ips: end.ips,
+            ...(end.mac !== undefined ? { mac: end.mac } : {}),
+            ...(end.netem !== undefined ? { netem: end.netem } : {}),
+          },
           vni: vni as number,
           ...(build.link.mtu !== undefined ? { mtu: build.link.mtu } : {}),
+          ...(build.link.state !== undefined ? { state: build.link.state } : {}),
+          // Rebuilt (or new) on the writer's side: the other side rebuilds too.
+          fresh: !build.update,
         };
       }),
     });
@@ -435,6 +460,81 @@ export class LinkStore extends LinkReads {
     });
     // Each chunk on its own: one that someone rewrote since stays theirs.
     for (const u of units) await txn(this.etcd, u);
+  }
+
+  /**
+   * A refused change to a running pod: its declarations go back to `previous` (those to
+   * peers it declared links to only now are removed), so nothing changes for anyone.
+   */
+  async restoreDeclarations(
+    endpoint: EndpointRecord,
+    declared: LinkSpec[],
+    previous: Declaration[],
+  ): Promise<void> {
+    const keys = this.keys;
+    const id = podId(endpoint);
+    const before = new Map<string, LinkSpec[]>();
+    for (const d of previous) {
+      if (d.declarer !== id) continue;
+      const p = podId(d.spec.peer);
+      before.set(p, [...(before.get(p) ?? []), d.spec]);
+    }
+    const units: Op[][] = [];
+    for (const p of new Set(declared.map((s) => podId(s.peer)))) {
+      if (before.has(p)) continue;
+      units.push([op.delPrefix(keys.declPairPrefix(id, p)), op.del(keys.peer(p, id))]);
+    }
+    for (const [p, specs] of before) {
+      const chunks = toDeclChunks(specs);
+      const writes = chunks.map((c, n) => op.put(keys.decl(id, p, n), c));
+      writes.push(op.delFrom(keys.decl(id, p, chunks.length), keys.declPairPrefix(id, p)));
+      if (sameNamespace(p, id)) writes.push(op.put(keys.peer(p, id), endpoint));
+      units.push(writes);
+    }
+    for (const part of pack(units, (u) => sizeOf([], u), sizeOf([], [])))
+      await txn(this.etcd, { writes: part.flat() });
+  }
+
+  /**
+   * The built links of pairs none of whose links any pod declares any more: the pair's
+   * chunks, VNI blocks and tunnel entries go (the other node's agent removes its ends when
+   * its entries go).
+   */
+  async dropPairs(id: string, peers: string[]): Promise<void> {
+    const keys = this.keys;
+    const pairs = await this.pairs(id, peers);
+    const units = peers.map((p) => {
+      const writes: Op[] = [op.delPrefix(keys.pairPrefix(id, p))];
+      const nodes = new Set<string>();
+      for (const { chunk } of pairs.get(p)?.state.values() ?? []) {
+        if (chunk?.block !== undefined) writes.push(op.del(keys.vni(chunk.block)));
+        for (const e of Object.values(chunk?.ends ?? {})) nodes.add(e.node);
+      }
+      for (const node of nodes) writes.push(op.delPrefix(keys.tunnelPairPrefix(node, id, p)));
+      return writes;
+    });
+    for (const part of pack(units, (u) => sizeOf([], u), sizeOf([], [])))
+      await txn(this.etcd, { writes: part.flat() });
+  }
+
+  /** Writes (or, with `undefined`, removes) what this node observed for ends of its pods. */
+  async writeObserved(
+    entries: Array<{ link: string; id: string; observed: Observed | undefined }>,
+  ): Promise<void> {
+    const seen = new Set<string>();
+    const ops: Op[] = [];
+    for (const e of entries) {
+      const key = this.keys.observed(e.link, e.id);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      ops.push(e.observed ? op.put(key, e.observed) : op.del(key));
+    }
+    for (const part of pack(
+      ops.map((o) => [o]),
+      (u) => sizeOf([], u),
+      sizeOf([], []),
+    ))
+      await txn(this.etcd, { writes: part.flat() });
   }
 
   /** A deregistered pod's records (link-removal.ts). */
