@@ -275,6 +275,7 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
   deleteAll(socks, views, doomed);
   const errors = createVethPairs(socks, fresh);
   // Those left down: their qdisc, then up (unless declared down).
+  const created = errors.map((e) => e === undefined);
   fresh.forEach((f, i) => {
     if (errors[i] || !f.a.down) return;
     const j = jobs[f.job] as VethJob;
@@ -290,7 +291,7 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
     // Take back the pairs that were made: deleting the `a` end takes the peer along.
     const made = new Map<string, KernelLink[]>();
     fresh.forEach((f, i) => {
-      if (!errors[i]) add(made, f.a.ns, { index: f.a.index, name: f.a.name } as KernelLink);
+      if (created[i]) add(made, f.a.ns, { index: f.a.index, name: f.a.name } as KernelLink);
     });
     try {
       deleteAll(socks, views, made);
