@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the project in one go and prints one table (as root). Starts its
-# own throwaway etcd on a free loopback port with a temporary data dir, builds bin/ratchet
+# own throwaway 3-member etcd cluster on free loopback ports with temporary data dirs, builds bin/ratchet
 # if it is missing or older than the sources, and stops everything it started at the end.
 # Each benchmark runs side by side with its reference in the same run; a few short rounds.
 #   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run,
+#                                 # RATCHET_BENCH_METRIC_ENDS (default 10000) the scraped link ends,
 #                                 # RATCHET_BENCH_LAB_LINKS (1500) and _ENDS (10000) the lab
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,6 +24,8 @@ etcd_pids=()
 export RATCHET_TEST_PREFIX="rb$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
 cleanup() {
   stop_etcd
+  # The containerd benchmark's runtimes, shims, pods and mounts, should it have crashed.
+  containerd_leftovers "$work"
   # Node agents the load test started log (stdout) into $work: stop any still running.
   for fd1 in /proc/[0-9]*/fd/1; do
     case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac
@@ -38,6 +41,8 @@ if [ ! -x bin/ratchet ] || [ -n "$(find src scripts/build.ts package.json -newer
 fi
 
 start_etcd ratchet-bench "$work" || { exit 1; }
+# The test bed (containerd benchmark, load run) keeps its temp dirs here, in reach of cleanup.
+export RATCHET_TEST_WORK="$work"
 
 status=0
 bench() {
@@ -54,11 +59,14 @@ bench agent 30 400
 bench netlink 100
 bench link 60
 bench qdisc 200
+bench live 5 20
+bench cri 20
+bench metrics 40 "${RATCHET_BENCH_METRIC_ENDS:-10000}"
 bench topology "${RATCHET_BENCH_LAB_LINKS:-1500}" "${RATCHET_BENCH_LAB_ENDS:-10000}"
 
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
 t0=$SECONDS
-if ! RATCHET_TEST_WORK="$work" RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="$work/load.json" \
+if ! RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="$work/load.json" \
   "$BUN" test --timeout 900000 test/integration/load.test.ts >"$work/load.err" 2>&1; then
   echo "scripts/bench.sh: the load run failed:" >&2; tail -n 30 "$work/load.err" >&2; status=1
 fi

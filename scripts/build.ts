@@ -57,7 +57,9 @@ export async function build(outfile = join(root, "bin", "ratchet")): Promise<str
   const buildId = `${pkg.version}-${commit}-${buildTime.toString(36)}`;
   mkdirSync(dirname(outfile), { recursive: true });
   const result = await Bun.build({
-    entrypoints: [join(root, "src", "main.ts")],
+    // The link counters worker is a thread of the agent: an entrypoint of its own (Bun
+    // embeds it as observe/counters-worker.ts; src/child/observe.ts starts it by that path).
+    entrypoints: [join(root, "src", "main.ts"), join(root, "src", "observe", "counters-worker.ts")],
     compile: {
       outfile,
       // A CNI plugin runs as root in whatever directory the runtime chose: it must not pick

@@ -111,16 +111,18 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 1
 async function iface(
   ns: string,
   name: string,
-): Promise<{ kind: string; vni?: number; remote?: string } | undefined> {
+): Promise<{ kind: string; up: boolean; vni?: number; remote?: string } | undefined> {
   const out = await sh(["ip", "-n", ns, "-j", "-d", "link", "show", "dev", name]);
   const l = (
     JSON.parse(out) as Array<{
+      flags?: string[];
       linkinfo?: { info_kind: string; info_data?: { id?: number; remote?: string } };
     }>
   )[0];
   return l
     ? {
         kind: l.linkinfo?.info_kind ?? "?",
+        up: (l.flags ?? []).includes("UP"),
         ...(l.linkinfo?.info_data?.id
           ? { vni: l.linkinfo.info_data.id, remote: l.linkinfo.info_data.remote }
           : {}),
@@ -221,6 +223,8 @@ async function main(): Promise<void> {
   await sh(["ip", "-n", `${tag}-node-a`, "link", "set", "ul0", "up"]);
   await sh(["ip", "-n", `${tag}-node-b`, "link", "set", "ul0", "up"]);
   say("node-a 10.254.0.1, node-b 10.254.0.2");
+  // node-a's agent serves /metrics, /healthz and /readyz here.
+  const metricsA = `127.0.0.1:${await freePort()}`;
   const conf = (node: "a" | "b", host: string) => ({
     cniVersion: "1.0.0",
     name: "ratchet-demo",
@@ -231,16 +235,23 @@ async function main(): Promise<void> {
     parent_address: "",
     host_netns: host,
     kubeconfig,
+    node_name: `node-${node}`,
     child_socket: join(work, `node-${node}`, "child.sock"),
     log_file: join(work, `node-${node}`, "ratchet.log"),
     delegate: { type: "loopback" },
     boot_network: { type: "loopback" },
+    ...(node === "a" ? { metrics_address: metricsA } : {}),
   });
   const confA = conf("a", hostA);
   const confB = conf("b", hostB);
   writeFileSync(join(work, "10-ratchet.conf"), JSON.stringify(confA));
 
+  // As the scheduler does before the kubelet runs a pod: each agent watches its node's pods.
+  const schedule = (pod: string, node: "a" | "b") => api?.bindPod("default", pod, `node-${node}`);
+
   step("One node: primary-pod and pair-pod on node-a");
+  schedule("primary-pod", "a");
+  schedule("pair-pod", "a");
   const p1 = await netns(`${tag}-primary-1`);
   const q1 = await netns(`${tag}-pair-1`);
   let r = await cni("ADD", confA, "primary-pod", "primary-1", p1);
@@ -252,11 +263,13 @@ async function main(): Promise<void> {
     `primary-pod in1 is a ${v1?.kind}; ping 192.168.2.101 from primary-pod: ${await ping(`${tag}-primary-1`, "192.168.2.101")}`,
   );
   console.log(await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf")]));
+  await showObservability(metricsA);
   await cni("DEL", confA, "pair-pod", "pair-1", q1);
   await cni("DEL", confA, "primary-pod", "primary-1", p1);
   say("DEL both: links and records removed");
 
   step("Two nodes: primary-pod on node-a, pair-pod on node-b");
+  schedule("pair-pod", "b");
   const p2 = await netns(`${tag}-primary-2`);
   const q2 = await netns(`${tag}-pair-2`);
   r = await cni("ADD", confA, "primary-pod", "primary-2", p2);
@@ -271,6 +284,54 @@ async function main(): Promise<void> {
     `in1 on node-a: ${a.kind} vni ${a.vni} remote ${a.remote}; in2 on node-b: ${b?.kind} vni ${b?.vni} remote ${b?.remote}`,
   );
   say(`ping 192.168.2.100 from pair-pod: ${await ping(`${tag}-pair-2`, "192.168.2.100")}`);
+
+  step("Live: the link's rate limited, then taken down and up, by editing primary-pod's annotation");
+  // As `kubectl annotate --overwrite` would: the same link as the labels, plus what changes.
+  const annotate = (extra: Record<string, unknown>) => {
+    const pod = api?.getPod("default", "primary-pod");
+    if (!pod || !api) throw new Error("primary-pod is gone from the API server");
+    const declared = [
+      {
+        peer: "pair-pod",
+        local_ifname: "in1",
+        peer_ifname: "in2",
+        local_ip: "192.168.2.100/24",
+        peer_ip: "192.168.2.101/24",
+        ...extra,
+      },
+    ];
+    const annotations = { ...pod.metadata.annotations, "ratchet/links": JSON.stringify(declared) };
+    api.putPod({ ...pod, metadata: { ...pod.metadata, annotations } });
+  };
+  const rate = async (ns: string, dev: string) => {
+    const q = JSON.parse(await sh(["tc", "-n", ns, "-j", "qdisc", "show", "dev", dev])) as Array<{
+      kind: string;
+      root?: boolean;
+      options?: { rate?: number };
+    }>;
+    const root = q.find((x) => x.root);
+    return root?.kind === "tbf" ? `tbf ${((root.options?.rate ?? 0) * 8) / 1000} kbit/s` : root?.kind;
+  };
+  annotate({ netem: { rate_kbit: 1000 } });
+  await waitFor("the rate on both ends", async () =>
+    (await rate(`${tag}-primary-2`, "in1")) === "tbf 1000 kbit/s" &&
+    (await rate(`${tag}-pair-2`, "in2")) === "tbf 1000 kbit/s"
+      ? true
+      : undefined,
+  );
+  say(
+    `netem {"rate_kbit": 1000}: in1 on node-a ${await rate(`${tag}-primary-2`, "in1")}, in2 on node-b ${await rate(`${tag}-pair-2`, "in2")}`,
+  );
+  annotate({ netem: { rate_kbit: 1000 }, state: "down" });
+  await waitFor("both ends down", async () =>
+    (await iface(`${tag}-pair-2`, "in2"))?.up === false ? true : undefined,
+  );
+  say(
+    `state "down": in2 on node-b is down; ping: ${await ping(`${tag}-pair-2`, "192.168.2.100").catch(() => "no answer")}`,
+  );
+  annotate({ netem: { rate_kbit: 1000 }, state: "up" });
+  await waitFor("both ends up", async () => ((await iface(`${tag}-pair-2`, "in2"))?.up ? true : undefined));
+  say(`state "up" again: ping 192.168.2.100 from pair-pod: ${await ping(`${tag}-pair-2`, "192.168.2.100")}`);
   console.log(await sh([join(cniBin, "ratchet"), "links", "--config", join(work, "10-ratchet.conf")]));
   const dot = await sh([
     join(cniBin, "ratchet"),
@@ -295,6 +356,36 @@ async function main(): Promise<void> {
   etcd.close();
   if (left.length > 0) throw new Error(`etcd still holds ${left.join(", ")}`);
   say("DEL both: tunnel ends and records removed");
+}
+
+/** A few lines of node-a's /metrics, and what the pods' objects now tell. */
+async function showObservability(address: string): Promise<void> {
+  const text = await (await fetch(`http://${address}/metrics`)).text();
+  const wanted = [
+    /^ratchet_link_ends\{state="(up|waiting)"\}/,
+    /^ratchet_link_(up|transmit_bytes_total)\{.*interface="in1"/,
+    /^ratchet_cni_requests_total\{/,
+  ];
+  say(`node-a's agent at http://${address}/metrics (${text.split("\n").length} lines), a few of them:`);
+  for (const line of text.split("\n")) if (wanted.some((w) => w.test(line))) say(`  ${line}`);
+  const ready = await fetch(`http://${address}/readyz`);
+  say(`/readyz: ${ready.status} ${(await ready.text()).trim()}`);
+  // Written in the background once the links are built: wait for primary-pod's in1.
+  const status = await waitFor("primary-pod's network-status", async () => {
+    const pod = api?.getPod("default", "primary-pod");
+    const text = pod?.metadata.annotations?.["k8s.v1.cni.cncf.io/network-status"];
+    return text?.includes('"in1"') ? text : undefined;
+  });
+  const entries = status
+    ? (JSON.parse(status) as Array<{ name: string; interface: string; ips: string[] }>)
+    : [];
+  say(
+    `primary-pod's network-status: ${entries.map((e) => `${e.name} ${e.interface} ${e.ips.join(" ")}`).join("; ")}`,
+  );
+  const reasons = (api?.events ?? []).map(
+    (e) => `${(e.involvedObject as { name: string }).name}: ${e.reason}`,
+  );
+  say(`Events: ${[...new Set(reasons)].join(", ")}`);
 }
 
 let failed = false;

@@ -1,6 +1,7 @@
-# Sourced by test.sh and demo.sh: installs what a fresh Debian machine with Node/npm lacks.
+# Sourced by test.sh, bench.sh and demo.sh: installs what a fresh Debian machine with Node/npm lacks.
 # ensure_deps: apt packages (etcd, reference CNI plugins, iproute2, ping, unshare, graphviz,
-# openssl) and npm ci when node_modules does not match package-lock.json.
+# openssl, containerd, runc, a C compiler) and npm ci when node_modules does not match
+# package-lock.json.
 ensure_deps() {
   local need=()
   command -v etcd >/dev/null || need+=(etcd-server)
@@ -10,6 +11,10 @@ ensure_deps() {
   command -v unshare >/dev/null || need+=(util-linux)
   command -v dot >/dev/null || need+=(graphviz)       # ratchet links --output dot is rendered with it
   command -v openssl >/dev/null || need+=(openssl)    # test certificates for the stand-in API and etcd
+  # The containerd suite: a runtime and its OCI runtime, and a static C pause program.
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  { command -v cc >/dev/null && [ -f "$(cc -print-file-name=libc.a)" ]; } || need+=(gcc libc6-dev)
   if [ ${#need[@]} -gt 0 ]; then
     echo "== apt-get install ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -109,4 +114,32 @@ vm_kernel() {
     [ "$rc" = 0 ] || { echo "could not download and unpack $pkg" >&2; return 1; }
   fi
   echo "$dir"
+}
+
+# containerd_leftovers WORK: the safety net for the containerd suite and benchmark after a
+# crash: kills the pods of every shim whose containerd socket is under WORK (a shim is its
+# pods' subreaper: they would outlive it), then every process naming WORK, then removes what
+# runc and containerd would have: the pods' cgroups (<own cgroup>/<sandbox id>), the shims'
+# sockets (containerd 1.6 keeps them in /run/containerd/s, named sha256(address/namespace/id))
+# and the mounts under WORK (pod netns, rootfs, shm), deepest first.
+containerd_leftovers() {
+  local work="$1" shim pod pods=() cgs=() socks=() cg h
+  for shim in $(pgrep -f -- "containerd-shim.* -address $work/"); do
+    socks+=("/run/containerd/s/$(tr '\0' '\n' <"/proc/$shim/cmdline" 2>/dev/null |
+      awk '/^-namespace$/{getline; ns=$0} /^-id$/{getline; id=$0} /^-address$/{getline; a=$0}
+           END{printf "%s/%s/%s", a, ns, id}' | sha256sum | cut -d' ' -f1)")
+    for pod in $(pgrep -P "$shim"); do
+      pods+=("$pod")
+      cgs+=($(cut -d: -f3 "/proc/$pod/cgroup" 2>/dev/null | grep -E '/[0-9a-f]{64}$'))
+      kill -9 "$pod" 2>/dev/null
+    done
+  done
+  pkill -f -- "$work/" 2>/dev/null
+  for pod in "${pods[@]}"; do
+    for _ in $(seq 20); do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pod/status" || break; sleep 0.1; done
+  done
+  for cg in "${cgs[@]}"; do for h in /sys/fs/cgroup/*; do rmdir "$h$cg" 2>/dev/null; done; done
+  rm -f "${socks[@]}"
+  awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  return 0
 }

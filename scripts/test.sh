@@ -29,7 +29,8 @@ etcd_pids=()
 cleanup() {
   stop_etcd
   # Safety net: tests remove what they create, but a crashed test must not leave state behind.
-  pkill -f -- "$work/" 2>/dev/null
+  # containerd's pods, shims and mounts (the containerd suite), and every process of the run.
+  containerd_leftovers "$work"
   # Node agents the tests started log (stdout) into $work: stop any still running.
   for fd1 in /proc/[0-9]*/fd/1; do
     case "$(readlink "$fd1" 2>/dev/null)" in "$work"/*) p="${fd1#/proc/}"; kill -9 "${p%%/*}" 2>/dev/null;; esac

@@ -85,6 +85,7 @@ async function main(): Promise<number> {
     env: process.env,
     readStdin: () => Bun.stdin.text(),
     write: writeOut,
+    writeTrace: (s) => process.stderr.write(s),
   });
 }
 

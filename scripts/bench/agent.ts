@@ -27,7 +27,8 @@ const bin = join(dir, "ratchet");
 copyFileSync(process.env.RATCHET_BIN ?? join(REPO, "bin", "ratchet"), bin);
 symlinkSync("ratchet", join(dir, "ratchet-child"));
 const netns = `rba${process.pid.toString(36).slice(-4)}`;
-const api = startApiServer({ dir });
+// Pods scheduled to the node the agent watches (node_name), as on a real node.
+const api = startApiServer({ dir, node: "bench-node" });
 api.putPod({
   kind: "Pod",
   metadata: { name: "web", namespace: "default", labels: { app: "web" } },
@@ -40,6 +41,7 @@ const conf = (socket: string) => ({
   type: "ratchet",
   etcd_endpoints: [ETCD],
   kubeconfig: api.writeKubeconfig(dir, { auth: "token" }),
+  node_name: "bench-node",
   log_file: join(dir, "ratchet.log"),
   child_socket: socket,
   delegate: { type: "loopback" },

@@ -26,7 +26,8 @@ copyFileSync(process.env.RATCHET_BIN ?? join(REPO, "bin", "ratchet"), bin);
 symlinkSync("ratchet", join(dir, "ratchet-child"));
 const tag = `rbl${process.pid.toString(36).slice(-3)}`;
 const prefix = `/ratchet-bench/${tag}`;
-const api = startApiServer({ dir });
+// Pods scheduled to the node the agent watches (node_name), as on a real node.
+const api = startApiServer({ dir, node: "bench-node" });
 
 // Pair i: a-i declares one link to b-i with addresses; b-i only opts in.
 for (let i = 0; i < PAIRS; i++) {
@@ -64,6 +65,7 @@ const conf = JSON.stringify({
   etcd_prefix: prefix,
   parent_address: "10.99.99.1",
   kubeconfig: api.writeKubeconfig(dir, { auth: "token" }),
+  node_name: "bench-node",
   log_file: join(dir, "ratchet.log"),
   child_socket: join(dir, "run", "child.sock"),
   delegate: { type: "loopback" },

@@ -27,12 +27,19 @@ const ratio = (a: number, b: number) => (Number.isNaN(a) || Number.isNaN(b) ? ""
 const over = (a: number, b: number) =>
   Number.isNaN(a) || Number.isNaN(b) ? "" : `+${(a - b).toFixed(1)} ms`;
 
+/** "median (p99 .., max ..)" of figures named <k>MedianMs, <k>P99Ms, <k>MaxMs. */
+const spread = (f: Figures | undefined, k: string) =>
+  `${ms(num(f, `${k}MedianMs`))} (p99 ${ms(num(f, `${k}P99Ms`))}, max ${ms(num(f, `${k}MaxMs`))})`;
+
 const p = load("passthrough");
 const a = load("agent");
 const n = load("netlink");
 const l = load("link");
+const c = load("cri");
 const L = load("load");
 const q = load("qdisc");
+const v = load("live");
+const m = load("metrics");
 const t = load("topology");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
@@ -50,6 +57,15 @@ const rows: Row[] = [
     reference: `${ms(num(p, "bridgeDelMs"))} bridge alone`,
     ratio: ratio(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
     "diff / note": over(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
+  },
+  {
+    benchmark: "Kubernetes API requests per ADD+DEL",
+    ratchet: Number.isNaN(num(p, "apiRequestsPerAddDel"))
+      ? "failed"
+      : num(p, "apiRequestsPerAddDel").toFixed(2),
+    reference: "",
+    ratio: "",
+    "diff / note": "pods the agent's pod cache holds",
   },
   {
     benchmark: "K8s pod ADD, warm agent (ineligible)",
@@ -72,6 +88,20 @@ const rows: Row[] = [
     ratio: ratio(num(l, "secondAddMs"), num(l, "ptpAddMs")),
     "diff / note": over(num(l, "secondAddMs"), num(l, "ptpAddMs")),
   },
+  ...(
+    [
+      ["plain pod RunPodSandbox (containerd)", "plainRun", "bridgeRun", 1.15],
+      ["plain pod StopPodSandbox (containerd)", "plainStop", "bridgeStop", 1.15],
+      ["linked pod RunPodSandbox (2nd of a pair)", "linkedRun", "bridgeRun", 1.5],
+      ["linked pod StopPodSandbox (2nd of a pair)", "linkedStop", "bridgeStop", 1.5],
+    ] as const
+  ).map(([benchmark, k, ref, goal]) => ({
+    benchmark,
+    ratchet: `${ms(num(c, `${k}Ms`))} (p95 ${ms(num(c, `${k}P95Ms`))})`,
+    reference: `${ms(num(c, `${ref}Ms`))} bridge alone (p95 ${ms(num(c, `${ref}P95Ms`))})`,
+    ratio: ratio(num(c, `${k}Ms`), num(c, `${ref}Ms`)),
+    "diff / note": `goal <= ${goal}x`,
+  })),
   {
     benchmark: "veth pair create+address+get",
     ratchet: ms(num(n, "netlinkNoDeleteMs")),
@@ -99,6 +129,36 @@ const rows: Row[] = [
     reference: `${ms(num(q, "tcGetMs"))} nsenter tc show`,
     ratio: ratio(num(q, "netlinkGetMs"), num(q, "tcGetMs")),
     "diff / note": `tc ${ratio(num(q, "tcGetMs"), num(q, "netlinkGetMs"))} slower`,
+  },
+  {
+    benchmark: `live change, ${num(v, "links")} links at once (per link)`,
+    ratchet: spread(v, "many"),
+    reference: `${spread(v, "floorMany")} setRootQdisc loop`,
+    ratio: ratio(num(v, "manyMedianMs"), num(v, "floorManyMedianMs")),
+    "diff / note": "API server stores the pod -> tbf rate on both ends; 10 pods x 10 links",
+  },
+  {
+    benchmark: "live change, one link",
+    ratchet: `${ms(num(v, "singleMedianMs"))} (p99 ${ms(num(v, "singleP99Ms"))})`,
+    reference: `${ms(num(v, "floorSingleMedianMs"))} setRootQdisc x2`,
+    ratio: ratio(num(v, "singleMedianMs"), num(v, "floorSingleMedianMs")),
+    "diff / note": `one of a pod's 10 links alone: ${ms(num(v, "oneOfTenMedianMs"))}`,
+  },
+  {
+    benchmark: "second pod's ADD, metrics on vs off",
+    ratchet: ms(num(m, "addOnMs")),
+    reference: `${ms(num(m, "addOffMs"))} metrics off`,
+    ratio: ratio(num(m, "addOnMs"), num(m, "addOffMs")),
+    "diff / note": `/metrics scraped every 200 ms meanwhile (${num(m, "scrapesDuringAdds")} scrapes)`,
+  },
+  {
+    benchmark: `scrape of ${num(m, "ends")} link ends`,
+    ratchet: ms(num(m, "scrapeMs")),
+    reference: "",
+    ratio: "",
+    "diff / note": m
+      ? `${num(m, "podNetns")} pod netns; kernel reads ${ms(num(m, "collectMs"))}; longest event-loop stall ${ms(num(m, "stallMaxMs"))}`
+      : "failed",
   },
   {
     benchmark: `lab: first pod's ADD (${num(t, "links")} links)`,

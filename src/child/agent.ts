@@ -4,11 +4,12 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import type { Etcd3 } from "etcd3";
 import * as v from "valibot";
 import type { NetConf } from "../cni/config.ts";
-import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
+import { CniError, Code, StoreUnavailableError, toCniError } from "../cni/errors.ts";
 import { followNode } from "../links/follow.ts";
 import { Linker, nodeSettings } from "../links/linker.ts";
 import { NodeState } from "../links/node-state.ts";
 import type { Logger } from "../log.ts";
+import { type AgentObserver, quietObserver } from "../observe/link-observer.ts";
 import type { CallParams, Method, Methods } from "../rpc/protocol.ts";
 import { paramSchemas } from "../rpc/schemas.ts";
 import { stats, storeError } from "../store/etcd-ops.ts";
@@ -17,7 +18,13 @@ import { LinkStore } from "../store/link-store.ts";
 import { BadRecords } from "../store/records.ts";
 import type { Follower } from "../store/watch.ts";
 import { hello } from "../version.ts";
-import { PodDirectory } from "./pods.ts";
+import type { LinkSpec } from "../links/spec.ts";
+import type { PodInfo } from "../pods/kube.ts";
+import { nodeName, PodDirectory } from "../pods/pods.ts";
+import { LINKS_ANNOTATION, podLinks } from "../pods/podspec.ts";
+
+// Loaded with the agent, in its chunk of the binary (a chunk of its own crashes bytecode builds).
+export { bindObserver } from "./observe.ts";
 
 /** How long a STATUS probe of etcd or the API server may take. */
 const PROBE_MS = 3000;
@@ -45,9 +52,9 @@ type Handlers = {
 type DeferredDel = Methods["detach"]["params"];
 
 export class NodeAgent {
-  readonly pods = new PodDirectory();
+  readonly pods: PodDirectory;
   private readonly stores = new Map<string, NodeStore>();
-  private readonly state: NodeState;
+  readonly state: NodeState;
   private readonly bad: BadRecords;
   private deferred: DeferredDel[] = [];
   private readonly followers = new Set<Follower>();
@@ -58,7 +65,9 @@ export class NodeAgent {
     private readonly onDrain: () => void,
     /** Node-local files: the state of attached containers, the journal of deferred DELs. */
     private readonly files: AgentFiles,
+    private readonly observer: AgentObserver = quietObserver,
   ) {
+    this.pods = new PodDirectory(log);
     this.state = new NodeState(files.state, log);
     this.bad = new BadRecords((key, problem) => log.warn("ignoring a bad value in etcd", { key, problem }));
     this.deferred = this.readJournal();
@@ -74,7 +83,7 @@ export class NodeAgent {
     },
     classify: (p, ctx) => this.classify(p, ctx.deadline),
     attach: (p, ctx) => this.attach(p, ctx),
-    detach: (p, ctx) => this.detach(p, ctx.deadline),
+    detach: (p) => this.detach(p),
     check: async (p) => {
       await (await this.store(p.conf)).linker.check(p.env);
       return { ok: true };
@@ -94,7 +103,7 @@ export class NodeAgent {
 
   /** The linker for this config's etcd, prefix and node; made (and reconciled, watched) once. */
   private async store(conf: NetConf): Promise<NodeStore> {
-    const settings = nodeSettings(conf);
+    const settings = nodeSettings(conf, nodeName(conf, process.env).name);
     const key = JSON.stringify([
       conf.etcd_endpoints,
       conf.etcd_host,
@@ -114,6 +123,7 @@ export class NodeAgent {
         this.state,
         this.log,
       );
+      linker.observer = this.observer;
       const ready = this.start(etcd, linker);
       s = { etcd, linker, ready };
       this.stores.set(key, s);
@@ -153,13 +163,118 @@ export class NodeAgent {
     }
   }
 
+  /** Orders work per pod with the requests (the server's queue); set by the agent's main. */
+  serialize: <T>(key: string, task: () => Promise<T>) => Promise<T> = (_key, task) => task();
+
+  /** Starts watching this node's pods now, not at the first ADD; their changes are applied live. */
+  watchPods(conf: NetConf): void {
+    try {
+      const cache = this.pods.cache(conf);
+      const apply = (pod: PodInfo) => {
+        const key = `pod/${pod.namespace}/${pod.name}`;
+        void this.serialize(key, () => this.applyLive(pod, conf)).catch((err: unknown) =>
+          this.log.error("could not apply a change of a running pod", {
+            pod: `${pod.namespace}/${pod.name}`,
+            error: (err as Error).message,
+          }),
+        );
+      };
+      // Only what declares links counts: ratchet's own network-status patches, or any other
+      // annotation, change nothing for the links.
+      const declaration = (pod: PodInfo) =>
+        JSON.stringify([
+          Object.entries(pod.labels)
+            .filter(([k]) => k === "ratchet" || k.startsWith("ratchet."))
+            .sort(),
+          pod.annotations[LINKS_ANNOTATION] ?? null,
+        ]);
+      cache.onChange((pod, before) => {
+        if (declaration(pod) !== declaration(before)) apply(pod);
+      });
+      // Reconcile after a start: every pod this node attached gets its declared state again
+      // (what changed while no agent ran); converging is idempotent, so nothing right is redone.
+      cache.onSynced(() => {
+        for (const [, c] of [...this.state.entries()]) {
+          const [namespace, name] = c.pod.split("/") as [string, string];
+          const pod = cache.get(namespace, name);
+          if (pod) apply(pod);
+        }
+      });
+    } catch (err) {
+      this.log.error("cannot watch this node's pods", { error: (err as Error).message });
+    }
+  }
+
+  /**
+   * A running pod's labels or annotation changed: its links follow (built, changed in place,
+   * removed). A change that fails validation or agreement changes nothing and is reported.
+   */
+  private async applyLive(pod: PodInfo, conf: NetConf): Promise<void> {
+    const id = `${pod.namespace}/${pod.name}`;
+    const found = this.state.containerOf(id);
+    if (!found) return; // not attached on this node (yet): its ADD reads the new spec
+    const [containerId, c] = found;
+    let links: LinkSpec[];
+    try {
+      const parsed = podLinks(pod, { defaultPrefix: conf.default_prefix });
+      if (!parsed.eligible) {
+        this.log.warn('a running pod no longer has ratchet: "true": its links stay until it goes', {
+          pod: id,
+        });
+        return;
+      }
+      links = parsed.links;
+    } catch (err) {
+      this.log.warn("a change of a running pod is refused: nothing changed", {
+        pod: id,
+        error: (err as Error).message,
+      });
+      this.onRefused(pod, err as Error);
+      return;
+    }
+    const { linker } = await this.store(conf);
+    const env = {
+      command: "ADD" as const,
+      containerId,
+      netns: c.netns,
+      ifname: c.ifname,
+      path: [],
+      pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid },
+    };
+    const started = Date.now();
+    try {
+      await linker.attach(env, links, { live: true });
+      this.log.info("applied a change of a running pod", {
+        pod: id,
+        links: links.length,
+        ms: Date.now() - started,
+      });
+    } catch (err) {
+      this.log.warn("a change of a running pod could not be applied: the last good state stays", {
+        pod: id,
+        error: (err as Error).message,
+      });
+      // The linker already reported it on the pod (LinkConflict or LinkFailed).
+    }
+  }
+
+  /** A refused live change, reported beyond the log. */
+  private onRefused(pod: PodInfo, err: Error): void {
+    // A Warning Event on the pod: `kubectl describe pod` says why its change did not apply.
+    this.observer.linkConflict(`${pod.namespace}/${pod.name}`, `change not applied: ${err.message}`);
+  }
+
   /** Starts on this config's store in the background (errors are logged, retried on use). */
   warm(conf: NetConf): void {
-    this.store(conf).catch((err: unknown) =>
-      this.log.warn("etcd not reachable at start; will retry on the next request", {
-        error: (err as Error).message,
-      }),
-    );
+    this.store(conf).catch((err: unknown) => {
+      const e = toCniError(err);
+      this.log.warn(
+        e.code === Code.TryAgainLater
+          ? "etcd not reachable at start; will retry on the next request"
+          : "cannot take up this node's links at start",
+        { error: e.message },
+      );
+    });
   }
 
   private async classify(p: CallParams, deadline: number): Promise<Methods["classify"]["result"]> {
@@ -173,7 +288,10 @@ export class NodeAgent {
     return { eligible: c.eligible, links: c.links.length };
   }
 
-  private async attach(p: CallParams, ctx: CallContext): Promise<Methods["attach"]["result"]> {
+  private async attach(
+    p: Methods["attach"]["params"],
+    ctx: CallContext,
+  ): Promise<Methods["attach"]["result"]> {
     if (!p.env.pod) throw new CniError(Code.Internal, "attach needs K8S_POD_NAMESPACE and K8S_POD_NAME");
     const c = await this.pods.classify(p.env.pod, p.conf, ctx.deadline);
     if (!c.eligible) {
@@ -187,6 +305,7 @@ export class NodeAgent {
     ctx.signal.throwIfAborted();
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links);
+    this.observer.attached(`${c.pod.namespace}/${c.pod.name}`, p.boot);
     this.log.info("attached", {
       pod: `${c.pod.namespace}/${c.pod.name}`,
       containerId: p.env.containerId,
@@ -198,7 +317,7 @@ export class NodeAgent {
     return { interfaces };
   }
 
-  private async detach(p: CallParams, deadline: number): Promise<Methods["detach"]["result"]> {
+  private async detach(p: CallParams): Promise<Methods["detach"]["result"]> {
     let owned: boolean | undefined;
     try {
       owned = await (await this.store(p.conf)).linker.detach(p.env);
@@ -214,15 +333,13 @@ export class NodeAgent {
       return { owned: null };
     }
     if (owned !== undefined) return { owned };
-    // No endpoint of this container: a plain pod, or a repeated DEL. The pod's labels tell,
-    // if the pod can still be read.
+    // No endpoint of this container: ratchet built nothing for it. Which plugin served it (the
+    // boot network or the delegate) is what the pod cache knows of its labels; never an API
+    // request: a DEL does not wait for the API server. When it cannot tell, both plugins'
+    // DELs run (each tolerates a container it never saw).
     if (!p.env.pod) return { owned: false };
-    try {
-      const c = await this.pods.classify(p.env.pod, p.conf, Math.min(deadline, Date.now() + PROBE_MS));
-      return { owned: c.eligible ? null : false };
-    } catch {
-      return { owned: null };
-    }
+    const eligible = this.pods.knownEligible(p.env.pod, p.conf);
+    return { owned: eligible === false ? false : null };
   }
 
   private async status(p: CallParams, deadline: number): Promise<Methods["status"]["result"]> {

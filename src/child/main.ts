@@ -1,3 +1,6 @@
+// The node agent (ratchet-child): one per node, serves the plugin on a unix socket, holds the
+// etcd and Kubernetes clients and owns every link change on its node. This file: its modes
+// (serve, --check, --pod) and its lifecycle (socket lock, takeover, drain, idle exit).
 import { mkdirSync } from "node:fs";
 import { loadConfigFile } from "../cni/config-file.ts";
 import { dirname } from "node:path";
@@ -6,29 +9,53 @@ import { CniError, Code, toCniError } from "../cni/errors.ts";
 import { option } from "../argv.ts";
 import { Logger } from "../log.ts";
 import { BUILD_ID, hello } from "../version.ts";
+import { ObserveServer } from "../observe/http.ts";
+import { Observer } from "../observe/observer.ts";
 import type { NodeAgent } from "./agent.ts";
 import { SocketLock } from "./lock.ts";
+import { missingVtep } from "./vtep.ts";
 import { requestKey, Server } from "./server.ts";
 
-/** `ratchet-child --check`: can this node reach etcd with this config? */
+/**
+ * `ratchet-child --check`: can this node reach etcd with this config (the exit code), and
+ * does it have a VXLAN endpoint (`vxlan`: what is missing, and what that means)?
+ */
 async function check(conf: NetConf): Promise<number> {
   const { openEtcd, describeEtcdError } = await import("../store/etcd.ts");
+  const vxlan = await vtepCheck(conf);
   let client: ReturnType<typeof openEtcd> | undefined;
   try {
     // Inside the try: a config openEtcd refuses (unreadable file, http:// with TLS files) is a failed check too.
     client = openEtcd(conf);
     const status = await client.maintenance.status();
-    process.stdout.write(
-      `${JSON.stringify({ etcd: { ok: true, endpoints: etcdEndpoints(conf), version: status.version } })}\n`,
-    );
+    const etcd = { ok: true, endpoints: etcdEndpoints(conf), version: status.version };
+    process.stdout.write(`${JSON.stringify({ etcd, vxlan })}\n`);
     return 0;
   } catch (err) {
-    process.stdout.write(
-      `${JSON.stringify({ etcd: { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) } })}\n`,
-    );
+    const etcd = { ok: false, endpoints: etcdEndpoints(conf), error: describeEtcdError(err, conf, client) };
+    process.stdout.write(`${JSON.stringify({ etcd, vxlan })}\n`);
     return 1;
   } finally {
     client?.close();
+  }
+}
+
+/** This node's VTEP as the agent will find it, or the problem in plain words. */
+async function vtepCheck(conf: NetConf): Promise<{ ok: boolean; vtep?: string; problem?: string }> {
+  const missing = missingVtep(conf);
+  if (missing) return { ok: false, problem: missing };
+  if (conf.parent_address) return { ok: true, vtep: conf.parent_address };
+  const iface = conf.parent_interface as string;
+  try {
+    const { firstIpv4Address } = await import("../netlink/addr.ts");
+    const addr = firstIpv4Address(iface, conf.host_netns);
+    if (addr) return { ok: true, vtep: addr };
+    return {
+      ok: false,
+      problem: `parent_interface ${JSON.stringify(iface)} has no IPv4 address: set parent_address or add one`,
+    };
+  } catch (err) {
+    return { ok: false, problem: `parent_interface ${JSON.stringify(iface)}: ${(err as Error).message}` };
   }
 }
 
@@ -45,7 +72,10 @@ async function classifyPod(
     const slash = ref.indexOf("/");
     if (slash <= 0 || slash === ref.length - 1)
       throw new CniError(Code.InvalidPodSpec, `--pod ${JSON.stringify(ref)}: expected NAMESPACE/NAME`);
-    const [{ PodReader }, { podLinks }] = await Promise.all([import("./kube.ts"), import("./podspec.ts")]);
+    const [{ PodReader }, { podLinks }] = await Promise.all([
+      import("../pods/kube.ts"),
+      import("../pods/podspec.ts"),
+    ]);
     using reader = PodReader.fromConfig(conf, env);
     const pod = await reader.readPod(ref.slice(0, slash), ref.slice(slash + 1), 10_000);
     const { eligible, links } = podLinks(pod, { defaultPrefix: conf.default_prefix });
@@ -98,18 +128,27 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     await server.idle();
     finish(0);
   };
+  // Metrics, health, Events and the network-status annotation (src/observe).
+  const observer = new Observer(log, { networkStatus: conf.network_status_annotation });
+  const http = conf.metrics_address ? new ObserveServer(conf.metrics_address, observer, log) : undefined;
   // Listen first, load the etcd and Kubernetes clients meanwhile: the plugin that started
   // us connects (and says hello) while they load, and its real request waits for them.
-  const loading = import("./agent.ts").then(
-    ({ NodeAgent, agentFiles }) => new NodeAgent(log, () => void shutdown("drain"), agentFiles(conf)),
+  const loading = import("./agent.ts").then(({ NodeAgent, agentFiles, bindObserver }) =>
+    bindObserver(
+      observer,
+      new NodeAgent(log, () => void shutdown("drain"), agentFiles(conf), observer),
+      conf,
+      log,
+    ),
   );
   server = new Server({
     socket: conf.child_socket,
     log,
-    handle: async (req, signal) =>
+    handle: observer.track(async (req, signal) =>
       req.method === "hello"
         ? hello()
         : (await loading).handle(req.method, req.params, { deadline: req.deadline, signal }),
+    ),
     keyOf: requestKey,
   });
   server.listen();
@@ -120,7 +159,11 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
     build: BUILD_ID,
     foreground: opts.foreground,
   });
-  // Take up this node's links now (reconcile, watch), not at the first request.
+  // Watch this node's pods and take up its links (reconcile, watch) now, not at the first request.
+  agent.serialize = (key, task) => (server ? server.serialize(key, task) : task());
+  agent.watchPods(conf);
+  const missing = missingVtep(conf);
+  if (missing) log.warn(missing);
   if (conf.etcd_endpoints || conf.etcd_host) agent.warm(conf);
 
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
@@ -139,6 +182,8 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   }
   const code = await done;
   clearInterval(timer);
+  http?.stop();
+  await observer.close();
   agent.close();
   lock.release();
   log.close();

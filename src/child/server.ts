@@ -253,6 +253,16 @@ export class Server {
     }
   }
 
+  /** Runs work of the agent's own (a live link change) in the same per-pod order as requests. */
+  serialize<T>(key: string, task: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    return this.queue.run(key, task).finally(() => {
+      this.inFlight--;
+      this.lastActivity = Date.now();
+      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    });
+  }
+
   get busy(): boolean {
     return this.inFlight > 0;
   }

@@ -5,7 +5,9 @@ import { option } from "../argv.ts";
 import { loadConfigFile } from "../cni/config-file.ts";
 import { type EndSpec, type LinkSpec, podId, toLink } from "../links/spec.ts";
 import { openEtcd } from "../store/etcd.ts";
+import type { Netem } from "../links/impair.ts";
 import { LinkStore } from "../store/link-store.ts";
+import type { Observed } from "../store/records.ts";
 import { BadRecords } from "../store/records.ts";
 
 export const DEFAULT_CONFIG = "/etc/cni/net.d/10-ratchet.conf";
@@ -28,6 +30,10 @@ export interface LinksView {
     vni?: number;
     state: LinkState;
     why?: string;
+    /** What the pods declare: admin state, MTU, each end's impairment ({}: none). */
+    declared: { state: "up" | "down"; mtu?: number; a: { netem: Netem }; b: { netem: Netem } };
+    /** What each end's node read back from the kernel (absent: not reported). */
+    observed: { a?: Observed; b?: Observed };
   }>;
 }
 
@@ -36,7 +42,11 @@ export async function readView(conf: ReturnType<typeof loadConfigFile>): Promise
   const etcd = openEtcd(conf);
   try {
     const bad = new BadRecords((key, problem) => process.stderr.write(`ignoring ${key}: ${problem}\n`));
-    const { endpoints, decls, records } = await new LinkStore(etcd, conf.etcd_prefix, bad).snapshot();
+    const { endpoints, decls, records, observed } = await new LinkStore(
+      etcd,
+      conf.etcd_prefix,
+      bad,
+    ).snapshot();
     const declared = new Map<string, LinkSpec>();
     const linkCount = new Map<string, number>();
     const counted = new Set<string>();
@@ -86,6 +96,8 @@ export async function readView(conf: ReturnType<typeof loadConfigFile>): Promise
           why = `built for an older container of ${stale.join(", ")}`;
         }
       }
+      const obsA = observed.get(`${key} ${podId(link.a)}`);
+      const obsB = observed.get(`${key} ${podId(link.b)}`);
       view.links.push({
         key,
         a,
@@ -94,6 +106,13 @@ export async function readView(conf: ReturnType<typeof loadConfigFile>): Promise
         ...(rec?.vni !== undefined ? { vni: rec.vni } : {}),
         state,
         ...(why ? { why } : {}),
+        declared: {
+          state: link.state ?? "up",
+          ...(link.mtu !== undefined ? { mtu: link.mtu } : {}),
+          a: { netem: link.a.netem ?? {} },
+          b: { netem: link.b.netem ?? {} },
+        },
+        observed: { ...(obsA ? { a: obsA } : {}), ...(obsB ? { b: obsB } : {}) },
       });
     }
     return view;
@@ -122,18 +141,45 @@ export function formatTable(v: LinksView): string {
   const end = (e: LinksView["links"][number]["a"]) =>
     `${e.pod}:${e.ifname}${e.ips.length ? ` ${e.ips.join(",")}` : ""}`;
   const links = [
-    ["A", "B", "KIND", "VNI", "STATE"],
+    ["A", "B", "KIND", "VNI", "ADMIN", "NETEM A", "NETEM B", "MTU", "SINCE", "STATE"],
     ...v.links.map((l) => [
       end(l.a),
       end(l.b),
       l.kind,
       l.vni === undefined ? "-" : String(l.vni),
+      adminCell(l),
+      netemCell(l.declared.a.netem, l.observed.a),
+      netemCell(l.declared.b.netem, l.observed.b),
+      String(l.observed.a?.mtu || l.observed.b?.mtu || l.declared.mtu || "-"),
+      l.observed.a?.since ?? l.observed.b?.since ?? "-",
       l.why ? `${l.state} (${l.why})` : l.state,
     ]),
   ];
   const section = (title: string, rows: string[][]) =>
     `${title} (${rows.length - 1})\n${rows.length > 1 ? align(rows) : "(none)"}\n`;
   return `${section("ENDPOINTS", eps)}\n${section("LINKS", links)}`;
+}
+
+/** "delay_ms=10,loss_percent=1" or "-" for none. */
+function netemText(n: Netem | undefined): string {
+  const parts = Object.entries(n ?? {}).map(([k, x]) => `${k}=${x}`);
+  return parts.length > 0 ? parts.join(",") : "-";
+}
+
+/** Declared impairment; the observed one beside it when it differs, with the reason if known. */
+function netemCell(declared: Netem, seen: Observed | undefined): string {
+  const want = netemText(declared);
+  if (!seen?.present) return want;
+  const have = netemText(seen.netem);
+  if (have === want) return want;
+  return `${want} (observed ${have}${seen.error ? `: ${seen.error}` : ""})`;
+}
+
+/** Declared admin state; the observed one of each end when it differs. */
+function adminCell(l: LinksView["links"][number]): string {
+  const seen = [l.observed.a, l.observed.b].filter((o) => o?.present).map((o) => (o?.up ? "up" : "down"));
+  const off = seen.filter((s) => s !== l.declared.state);
+  return off.length > 0 ? `${l.declared.state} (observed ${seen.join("/")})` : l.declared.state;
 }
 
 const q = (s: string) => JSON.stringify(s);
@@ -161,9 +207,32 @@ export function formatDot(v: LinksView): string {
     // Graphviz's own line break is the two characters \n inside the quoted label.
     const kind = `${l.kind}${l.vni !== undefined ? ` vni ${l.vni}` : ""}`;
     const end = (e: typeof l.a) => `${e.ifname} ${e.ips.join(",")}`;
-    const label = [end(l.a), kind, end(l.b)].join("\\n");
-    const style = l.state === "up" ? "solid" : l.state === "waiting for peer" ? "dashed" : "dotted";
-    const color = l.state === "up" ? "black" : l.state === "waiting for peer" ? "gray" : "red";
+    const impaired = [l.declared.a.netem, l.declared.b.netem].some((n) => Object.keys(n).length > 0);
+    const netem = impaired ? `netem ${netemText(l.declared.a.netem)} / ${netemText(l.declared.b.netem)}` : "";
+    const down = l.declared.state === "down" ? "DOWN" : "";
+    const label = [
+      end(l.a),
+      [kind, down].filter(Boolean).join(" "),
+      ...(netem ? [netem] : []),
+      end(l.b),
+    ].join("\\n");
+    // Broken: dotted red; waiting: dashed gray; down: dotted gray; impaired: bold orange.
+    const style =
+      l.state === "broken" || l.declared.state === "down"
+        ? "dotted"
+        : l.state === "waiting for peer"
+          ? "dashed"
+          : impaired
+            ? "bold"
+            : "solid";
+    const color =
+      l.state === "broken"
+        ? "red"
+        : l.state === "waiting for peer" || l.declared.state === "down"
+          ? "gray"
+          : impaired
+            ? "orange"
+            : "black";
     const attrs = `label=${q(label).replaceAll("\\\\n", "\\n")}, style=${style}, color=${color}`;
     lines.push(`  ${q(l.a.pod)} -- ${q(l.b.pod)} [${attrs}];`);
   }

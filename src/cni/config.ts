@@ -1,6 +1,6 @@
 import * as v from "valibot";
 import { CniError, Code } from "./errors.ts";
-import { interfaceNameProblem, show } from "./names.ts";
+import { interfaceNameProblem, podNameProblem, show } from "./names.ts";
 
 // The network configuration ratchet reads on stdin. Field names follow the original
 // ratchet-cni README (our compatibility contract); the rest are additions. Unknown fields
@@ -30,6 +30,22 @@ const port = v.pipe(
   v.integer("must be an integer"),
   v.minValue(1, "must be between 1 and 65535"),
   v.maxValue(65535, "must be between 1 and 65535"),
+);
+
+/** "host:port" to listen on: an IPv4 address, [IPv6], a name, or nothing (every address). */
+export function listenAddressProblem(a: string): string | undefined {
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$/.exec(a);
+  if (!m) return "must be host:port, e.g. 127.0.0.1:9464, [::1]:9464 or :9464 (or empty: off)";
+  if (Number(m[2]) > 65535) return "port must be 0..65535";
+  return undefined;
+}
+
+const listenAddress = v.pipe(
+  v.string("metrics_address must be a string"),
+  v.check(
+    (a) => a === "" || listenAddressProblem(a) === undefined,
+    (i) => listenAddressProblem(i.input) ?? "",
+  ),
 );
 
 const etcdUrl = v.pipe(
@@ -101,6 +117,18 @@ export const NetConf = v.pipe(
     etcd_username: v.optional(v.pipe(v.string(), v.nonEmpty())),
     etcd_password_file: v.optional(absolutePath("etcd_password_file")),
     kubeconfig: v.optional(absolutePath("kubeconfig")),
+    /** This node's Kubernetes name, whose pods the agent watches; else $NODE_NAME, else the hostname. */
+    node_name: v.optional(
+      v.pipe(
+        v.string(),
+        v.rawCheck(({ dataset, addIssue }) => {
+          if (!dataset.typed) return;
+          // Node names follow the same rule as pod names: DNS-1123 subdomains.
+          const problem = podNameProblem(dataset.value);
+          if (problem) addIssue({ message: `node_name ${show(dataset.value)} ${problem}` });
+        }),
+      ),
+    ),
     child_socket: v.optional(absolutePath("child_socket"), "/run/ratchet/child.sock"),
     child_idle_seconds: v.optional(
       v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(86400 * 7)),
@@ -111,6 +139,10 @@ export const NetConf = v.pipe(
       v.picklist(["error", "warn", "info", "debug"], "log_level must be one of error, warn, info, debug"),
       "info",
     ),
+    /** Where the agent serves /metrics, /healthz and /readyz; "" serves none of them. */
+    metrics_address: v.optional(listenAddress, ""),
+    /** Keep each ratchet pod's k8s.v1.cni.cncf.io/network-status annotation current. */
+    network_status_annotation: v.optional(v.boolean("network_status_annotation must be true or false"), true),
     default_prefix: v.optional(
       v.pipe(
         v.number(),

@@ -61,8 +61,14 @@ export async function execPlugin(run: PluginRun): Promise<unknown> {
       { cause: err },
     );
   }
-  proc.stdin.write(JSON.stringify(run.conf));
-  await proc.stdin.end();
+  try {
+    proc.stdin.write(JSON.stringify(run.conf));
+    await proc.stdin.end();
+  } catch (err) {
+    // A plugin may exit without reading its config (e.g. a command it does not know): its
+    // exit code and output say what happened, not the broken pipe.
+    if ((err as NodeJS.ErrnoException).code !== "EPIPE") throw err;
+  }
   const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
   let parsed: unknown;
   if (stdout.trim() !== "") {

@@ -9,7 +9,7 @@
 //
 // What it trusts: netns paths only from this node's own CNI calls (NodeState); values from
 // etcd only after the store's schema checks; interfaces only when they carry the link's mark.
-import { hostname } from "node:os";
+import { existsSync } from "node:fs";
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
 import { CniError, Code } from "../cni/errors.ts";
@@ -17,18 +17,21 @@ import { show } from "../cni/names.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Logger } from "../log.ts";
 import { firstIpv4Address } from "../netlink/index.ts";
+import { type LinkObserver, quietObserver } from "../observe/link-observer.ts";
 import type { Committed, LinkStore } from "../store/link-store.ts";
 import type { EndpointRecord } from "../store/records.ts";
 import {
   type BuiltEnd,
   buildTunnelEnds,
   buildVeths,
+  type EndProps,
   type Place,
   removeEnds,
   type VethJob,
 } from "./builder.ts";
 import type { NodeState } from "./node-state.ts";
 import { type Build, plan } from "./planner.ts";
+import { recordObserved, removeLinks } from "./observed.ts";
 import { type LinkSpec, podId, sides } from "./spec.ts";
 
 /** The node-level settings a linker works with (one per etcd + prefix + node). */
@@ -37,10 +40,13 @@ export interface NodeSettings {
   parentInterface: string | undefined;
   parentAddress: string;
   hostNetns: string | undefined;
+  /** The node's Kubernetes name: what names it in etcd when it has no VTEP. */
+  nodeName: string;
 }
 
-export function nodeSettings(conf: NetConf): NodeSettings {
+export function nodeSettings(conf: NetConf, nodeName: string): NodeSettings {
   return {
+    nodeName,
     prefix: conf.etcd_prefix,
     parentInterface: conf.parent_interface,
     parentAddress: conf.parent_address,
@@ -91,15 +97,17 @@ function grouped<T>(items: T[], key: (x: T) => string): Map<string, T[]> {
 
 export class LinkerBase {
   private identity: { node: string; vtep: string | undefined } | undefined;
+  /** Hears of links built, waiting, failed, removed (Events, metrics, network-status). */
+  observer: LinkObserver = quietObserver;
 
   constructor(
     readonly store: LinkStore,
     readonly settings: NodeSettings,
     readonly state: NodeState,
-    protected readonly log: Logger,
+    readonly log: Logger,
   ) {}
 
-  /** This node: its VTEP address when it has one, else its name (NODE_NAME, or the host name). */
+  /** This node: its VTEP address when it has one, else its Kubernetes node name. */
   get node(): string {
     return this.whoAmI().node;
   }
@@ -111,7 +119,7 @@ export class LinkerBase {
   protected whoAmI(): { node: string; vtep: string | undefined } {
     if (!this.identity) {
       const vtep = findVtep(this.settings);
-      this.identity = { node: vtep ?? (process.env.NODE_NAME || hostname()).toLowerCase(), vtep };
+      this.identity = { node: vtep ?? this.settings.nodeName, vtep };
     }
     return this.identity;
   }
@@ -122,13 +130,24 @@ export class LinkerBase {
     return c && c.pod === id ? { pod: id, netns: c.netns } : undefined;
   }
 
-  protected tunnel(vni: number, remote: string, mtu: number | undefined) {
-    return { vni, remote, mtu, underlay: this.settings.parentInterface, hostNetns: this.settings.hostNetns };
+  protected tunnel(vni: number, remote: string, props: EndProps) {
+    return {
+      vni,
+      remote,
+      ...props,
+      underlay: this.settings.parentInterface,
+      hostNetns: this.settings.hostNetns,
+    };
   }
 
   // ---- ADD ---------------------------------------------------------------------------
 
-  async attach(env: Call, declared: LinkSpec[]): Promise<AttachedInterface[]> {
+  /**
+   * Registers the container and makes its links match `declared`: builds what is missing,
+   * changes in place what exists, removes what no pod declares any more. `live`: a change to
+   * a running pod (not an ADD): a failure undoes only what this call built.
+   */
+  async attach(env: Call, declared: LinkSpec[], opts: { live?: boolean } = {}): Promise<AttachedInterface[]> {
     const id = podOf(env);
     const { node, vtep } = this.whoAmI();
     const me: Place = { pod: id, netns: env.netns };
@@ -145,26 +164,34 @@ export class LinkerBase {
     const links = this.state.get(env.containerId)?.links ?? {};
     this.state.set(env.containerId, { pod: id, netns: env.netns, ifname: env.ifname, links });
     this.state.flush();
+    const forget = () => {
+      if (opts.live) return;
+      this.state.delete(env.containerId);
+      this.state.flush();
+    };
     // Round trip 1: register and read.
     let reg: Awaited<ReturnType<LinkStore["register"]>>;
     try {
       reg = await this.store.register(endpoint, declared);
     } catch (err) {
-      this.state.delete(env.containerId);
-      this.state.flush();
+      forget();
       throw err;
     }
     let p: ReturnType<typeof plan>;
     try {
-      p = plan({ id, cniIfname: env.ifname, node, vtep, declared, ...reg });
+      p = plan({ id, containerId: env.containerId, cniIfname: env.ifname, node, vtep, declared, ...reg });
     } catch (err) {
-      await this.store
-        .unregister(endpoint, reg.rev, declared)
-        .catch((e: unknown) =>
-          this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }),
-        );
+      if (err instanceof CniError) this.observer.linkConflict(id, err.message);
+      forget();
+      const undo = opts.live
+        ? this.store.restoreDeclarations(endpoint, declared, reg.previous)
+        : this.store.unregister(endpoint, reg.rev, declared);
+      await undo.catch((e: unknown) =>
+        this.log.warn("could not undo a refused registration", { pod: id, error: (e as Error).message }),
+      );
       throw err;
     }
+    for (const w of p.waits) this.observer.linkWaits(id, w);
     for (const [, ws] of grouped(p.waits, (w) => `${w.peer}\0${w.state}\0${w.why}`)) {
       const w = ws[0] as (typeof ws)[number];
       const fields = {
@@ -177,13 +204,18 @@ export class LinkerBase {
       if (w.state === "waiting") this.log.info("link waits", fields);
       else this.log.warn(w.state === "refused" ? "link refused" : "link in conflict: it waits", fields);
     }
-    // A veth needs the peer's netns, which only this node's own calls can tell.
+    // A veth needs the peer's netns, which only this node's own calls can tell, and which must
+    // still be there (a sandbox whose DEL never reached the agent leaves its entry behind).
     const unplaced = new Set<string>();
+    const gone = new Set<string>();
     const builds: Build[] = p.builds.filter((b) => {
-      if (b.kind === "vxlan" || this.place(podId(b.peer), b.peer.containerId)) return true;
-      unplaced.add(podId(b.peer));
+      if (b.kind === "vxlan") return true;
+      const peerAt = this.place(podId(b.peer), b.peer.containerId);
+      if (peerAt && existsSync(peerAt.netns)) return true;
+      (peerAt ? gone : unplaced).add(podId(b.peer));
       return false;
     });
+    for (const peer of gone) this.log.info("link waits: its peer's netns is gone", { pod: id, peer });
     for (const peer of unplaced) {
       this.log.warn("link waits: its peer is registered on this node but this agent never attached it", {
         pod: id,
@@ -200,18 +232,27 @@ export class LinkerBase {
     try {
       out = this.buildCommitted(id, me, committed);
     } catch (err) {
-      this.state.delete(env.containerId);
-      this.state.flush();
-      await this.store.abandon(endpoint, committed).catch((e: unknown) =>
+      this.observer.linkFailed(id, err);
+      forget();
+      // Chunks holding links built before this call stay: those links are still there.
+      const mine = committed.filter((c) => c.links.every((l) => !l.build.update));
+      await this.store.abandon(endpoint, mine).catch((e: unknown) =>
         this.log.warn("could not take back the records of a failed ADD", {
           pod: id,
           error: (e as Error).message,
         }),
       );
-      await this.store.unregister(endpoint, reg.rev, declared).catch(() => undefined);
+      if (!opts.live) await this.store.unregister(endpoint, reg.rev, declared).catch(() => undefined);
+      // What the kernel holds now for the pod's ends, and why it differs from the declaration.
+      if (opts.live) await recordObserved(this, id, (err as Error).message);
       throw err;
     }
     this.state.flush();
+    if (p.removals.length > 0) {
+      const kept = new Set(committed.map((c) => podId(c.peer)));
+      await removeLinks(this, id, me, p.removals, reg.built, kept);
+    }
+    await recordObserved(this, id);
     return out;
   }
 
@@ -225,28 +266,43 @@ export class LinkerBase {
         if (c.kind === "veth") {
           const peer = this.place(podId(c.peer), c.peer.containerId) as Place;
           veths.push({
-            job: { link: build.link.key, mtu: build.link.mtu, mine, me, theirs, peer },
+            job: {
+              link: build.link.key,
+              mtu: build.link.mtu,
+              state: build.link.state,
+              mine,
+              me,
+              theirs,
+              peer,
+            },
             c,
             build,
           });
         } else tunnels.push({ c, build, vni: vni as number });
       }
     }
+    const started = performance.now();
     const builtVeths = buildVeths(veths.map((v) => v.job));
     const ends = buildTunnelEnds(
       tunnels.map((t) => ({
         link: t.build.link.key,
         end: sides(t.build.link, id).mine,
         at: me,
-        tunnel: this.tunnel(t.vni, t.c.peer.vtep as string, t.build.link.mtu),
-        fresh: true,
+        tunnel: this.tunnel(t.vni, t.c.peer.vtep as string, {
+          mtu: t.build.link.mtu,
+          state: t.build.link.state,
+        }),
+        fresh: !t.build.update,
       })),
     );
     const failed = ends.find((e): e is Error => e instanceof Error);
     if (failed) {
+      // What this call made; ends built before it (changed in place) stay.
       const made = [
-        ...veths.map((v) => v.job),
-        ...tunnels.map((t) => ({ link: t.build.link.key, mine: sides(t.build.link, id).mine })),
+        ...veths.filter((v) => !v.build.update).map((v) => v.job),
+        ...tunnels
+          .filter((t) => !t.build.update)
+          .map((t) => ({ link: t.build.link.key, mine: sides(t.build.link, id).mine })),
       ];
       removeEnds(
         me,
@@ -259,7 +315,30 @@ export class LinkerBase {
     for (const [containerId, vs] of grouped(veths, (v) => v.c.peer.containerId)) {
       this.state.addLinks(containerId, Object.fromEntries(vs.map((v) => [v.job.link, v.job.theirs.ifname])));
     }
-    for (const [peer, list] of grouped([...veths, ...tunnels], (x) => podId(x.c.peer))) {
+    const built = [...builtVeths, ...ends] as BuiltEnd[];
+    const all = [...veths, ...tunnels];
+    const seconds = (performance.now() - started) / 1000 / Math.max(1, all.length);
+    all.forEach((x, i) => {
+      const b = built[i] as BuiltEnd;
+      if (b.changed?.length)
+        this.log.info("link changed", { link: x.build.link.key, pod: id, changed: b.changed });
+      if (x.build.update) return;
+      const { mine, theirs } = sides(x.build.link, id);
+      this.observer.linkBuilt({
+        link: x.build.link.key,
+        kind: x.c.kind,
+        pod: id,
+        ifname: mine.ifname,
+        peer: podId(x.c.peer),
+        peerIfname: theirs.ifname,
+        both: x.c.kind === "veth",
+        seconds,
+      });
+    });
+    for (const [peer, list] of grouped(
+      all.filter((x) => !x.build.update),
+      (x) => podId(x.c.peer),
+    )) {
       this.log.info("links built", {
         pod: id,
         peer,

@@ -5,7 +5,7 @@
 // Work comes in batches (a pod may have thousands of links): each netns involved is read
 // once (one dump of its links, one of its addresses), and the changes go out through
 // src/netlink/bulk.ts, many requests per sendmsg, one socket (one netns switch) per netns.
-// What is already right is left as it is.
+// What is already right is left as it is, or changed in place (converge.ts).
 import { CniError, Code } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { Logger } from "../log.ts";
@@ -14,18 +14,27 @@ import {
   createVxlans,
   deleteIndexes,
   dumpLinks,
-  finishExisting,
   NetnsSockets,
   type NewEnd,
   randomMac,
 } from "../netlink/bulk.ts";
-import { type Link as KernelLink, NetlinkError, NetnsNotFoundError } from "../netlink/index.ts";
+import {
+  type Impairment,
+  type Link as KernelLink,
+  listRootQdiscs,
+  NetlinkError,
+  NetnsNotFoundError,
+  sameImpairment,
+} from "../netlink/index.ts";
+import { converge, type EndProps } from "./converge.ts";
+import { toImpairment } from "./impair.ts";
 import type { EndSpec } from "./spec.ts";
+
+export { converge, type EndProps } from "./converge.ts";
 
 import {
   classify,
   groupOf,
-  hasAll,
   markOf,
   marked,
   type NetnsView,
@@ -45,15 +54,38 @@ export {
   presenceIn,
 } from "./ownership.ts";
 
+/** The root qdisc's impairment of a link of a view (one dump per netns, at first use). */
+function rootOf(v: NetnsView, index: number): Impairment | undefined {
+  v.roots ??= new Map(listRootQdiscs(v.netns).map((q) => [q.ifindex, q.impairment]));
+  return v.roots.get(index);
+}
+
+/** Is an end of ours already what `end` and `props` declare (MTU, state, addresses, qdisc)? */
+function settled(v: NetnsView, l: KernelLink, end: EndSpec, props: EndProps): boolean {
+  if (props.mtu !== undefined && l.mtu !== props.mtu) return false;
+  if (l.up !== ((props.state ?? "up") === "up")) return false;
+  const have = (v.addrs.get(l.index) ?? []).filter((a) => a.scope !== "link");
+  const text = new Set(have.map((a) => `${a.address}/${a.prefixLength}`));
+  if (text.size !== end.ips.length || !end.ips.every((ip) => text.has(ip))) return false;
+  return sameImpairment(rootOf(v, l.index), toImpairment(end.netem));
+}
+
+/** A new end is left down when it needs a qdisc first, or is declared down. */
+const staysDown = (end: EndSpec, props: EndProps) =>
+  props.state === "down" || toImpairment(end.netem) !== undefined;
+
 export interface BuiltEnd {
   name: string;
   mac: string;
   sandbox: string;
+  /** Kept and changed in place: what changed (absent: created). */
+  changed?: string[];
 }
 
 export interface VethJob {
   link: string;
   mtu: number | undefined;
+  state?: EndProps["state"];
   mine: EndSpec;
   me: Place;
   theirs: EndSpec;
@@ -99,7 +131,9 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
   const views = new Views(socks);
   const doomed = new Map<string, KernelLink[]>();
   const fresh: Array<{ job: number; a: NewEnd; b: NewEnd }> = [];
+  const inPlace: number[] = [];
   const out: BuiltEnd[] = new Array(jobs.length);
+  const props = (j: VethJob): EndProps => ({ mtu: j.mtu, state: j.state });
   jobs.forEach((j, n) => {
     const vm = views.get(j.me.netns);
     const vp = views.get(j.peer.netns);
@@ -116,15 +150,12 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
         b.kind === "veth" &&
         a.peerIndex === b.index &&
         b.peerIndex === a.index &&
-        a.up &&
-        b.up &&
-        (j.mtu === undefined || (a.mtu === j.mtu && b.mtu === j.mtu)) &&
         (j.mine.mac === undefined || a.mac === j.mine.mac) &&
-        (j.theirs.mac === undefined || b.mac === j.theirs.mac) &&
-        hasAll(vm, a, j.mine.ips) &&
-        hasAll(vp, b, j.theirs.ips);
+        (j.theirs.mac === undefined || b.mac === j.theirs.mac);
       if (right) {
         out[n] = { name: j.mine.ifname, mac: a.mac, sandbox: j.me.netns };
+        // Changed in place: MTU, addresses, qdisc, state (also what a killed agent left).
+        if (!settled(vm, a, j.mine, props(j)) || !settled(vp, b, j.theirs, props(j))) inPlace.push(n);
         return;
       }
     }
@@ -140,17 +171,39 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
       group: groupOf(at.netns),
       ips: e.ips,
       ...(j.mtu !== undefined ? { mtu: j.mtu } : {}),
+      // A veth's ends come up together: both stay down when either needs finishing.
+      ...(staysDown(j.mine, props(j)) || staysDown(j.theirs, props(j)) ? { down: true } : {}),
     });
     fresh.push({ job: n, a: end(j.mine, j.me, vm), b: end(j.theirs, j.peer, vp) });
   });
+  for (const n of inPlace) {
+    const j = jobs[n] as VethJob;
+    const changed = [
+      ...converge(j.link, j.mine, j.me, props(j)),
+      ...converge(j.link, j.theirs, j.peer, props(j)),
+    ];
+    (out[n] as BuiltEnd).changed = changed;
+  }
   deleteAll(socks, views, doomed);
   const errors = createVethPairs(socks, fresh);
+  // Those left down: their qdisc, then up (unless declared down).
+  const created = errors.map((e) => e === undefined);
+  fresh.forEach((f, i) => {
+    if (errors[i] || !f.a.down) return;
+    const j = jobs[f.job] as VethJob;
+    try {
+      converge(j.link, j.mine, j.me, props(j));
+      converge(j.link, j.theirs, j.peer, props(j));
+    } catch (err) {
+      errors[i] = err as NetlinkError;
+    }
+  });
   const failed = errors.findIndex((e) => e !== undefined);
   if (failed >= 0) {
     // Take back the pairs that were made: deleting the `a` end takes the peer along.
     const made = new Map<string, KernelLink[]>();
     fresh.forEach((f, i) => {
-      if (!errors[i]) add(made, f.a.ns, { index: f.a.index, name: f.a.name } as KernelLink);
+      if (created[i]) add(made, f.a.ns, { index: f.a.index, name: f.a.name } as KernelLink);
     });
     try {
       deleteAll(socks, views, made);
@@ -163,10 +216,9 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
   return out;
 }
 
-export interface TunnelSpec {
+export interface TunnelSpec extends EndProps {
   vni: number;
   remote: string;
-  mtu: number | undefined;
   underlay: string | undefined;
   hostNetns: string | undefined;
 }
@@ -191,7 +243,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
   using socks = new NetnsSockets();
   const views = new Views(socks);
   const doomed = new Map<string, KernelLink[]>();
-  const finish = new Map<string, Array<{ job: number; l: KernelLink; ips: string[] }>>();
+  const inPlace: number[] = [];
   const create: number[] = [];
   jobs.forEach((j, n) => {
     try {
@@ -212,11 +264,9 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
         p.link.vni === j.tunnel.vni &&
         p.link.remote === j.tunnel.remote;
       if (right && !j.fresh) {
-        // An agent killed while building it may have left it without addresses, or down.
-        const have = new Set((v.addrs.get(p.link.index) ?? []).map((a) => `${a.address}/${a.prefixLength}`));
-        const missing = j.end.ips.filter((ip) => !have.has(ip));
-        if (missing.length > 0 || !p.link.up) add(finish, j.at.netns, { job: n, l: p.link, ips: missing });
+        // Changed in place: addresses, qdisc, state (also what a killed agent left unfinished).
         out[n] = { name: j.end.ifname, mac: p.link.mac, sandbox: j.at.netns };
+        if (!settled(v, p.link, j.end, j.tunnel)) inPlace.push(n);
         return;
       }
       if (p.state === "ours") add(doomed, j.at.netns, p.link);
@@ -231,15 +281,13 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
     for (const n of create) out[n] = err as Error;
     return out;
   }
-  // Finishing an existing end: its missing addresses, then up, as for a new one.
-  for (const [netns, items] of finish) {
-    const errors = finishExisting(
-      socks,
-      items.map((it) => ({ name: it.l.name, ns: netns, index: it.l.index, ips: it.ips })),
-    );
-    items.forEach((it, i) => {
-      if (errors[i]) out[it.job] = errors[i] as Error;
-    });
+  for (const n of inPlace) {
+    const j = jobs[n] as TunnelJob;
+    try {
+      (out[n] as BuiltEnd).changed = converge(j.link, j.end, j.at, j.tunnel);
+    } catch (err) {
+      out[n] = err as Error;
+    }
   }
   const byHost = new Map<string | undefined, number[]>();
   for (const n of create) add(byHost, (jobs[n] as TunnelJob).tunnel.hostNetns, n);
@@ -260,6 +308,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
           group: groupOf(j.at.netns),
           ips: j.end.ips,
           ...(j.tunnel.mtu !== undefined ? { mtu: j.tunnel.mtu } : {}),
+          ...(staysDown(j.end, j.tunnel) ? { down: true } : {}),
         },
         vni: j.tunnel.vni,
         remote: j.tunnel.remote,
@@ -269,7 +318,22 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
     const errors = createVxlans(socks, hostNs, specs);
     list.forEach((n, i) => {
       const s = specs[i] as (typeof specs)[number];
-      out[n] = errors[i] ?? { name: s.end.name, mac: s.end.mac, sandbox: s.end.ns };
+      const j = jobs[n] as TunnelJob;
+      let err: Error | undefined = errors[i];
+      if (!err && s.end.down) {
+        // Its qdisc, then up (unless declared down); a failure leaves nothing of it.
+        try {
+          converge(j.link, j.end, j.at, j.tunnel);
+        } catch (e) {
+          err = e as Error;
+          try {
+            removeEnds(j.at, [{ link: j.link, ifname: j.end.ifname }]);
+          } catch {
+            // the first error is the one to report
+          }
+        }
+      }
+      out[n] = err ?? { name: s.end.name, mac: s.end.mac, sandbox: s.end.ns };
     });
   }
   return out;

@@ -69,10 +69,16 @@ export async function followNode(
     etcd,
     prefix,
     {
-      put: (kv: IKeyValue) => {
+      put: (kv: IKeyValue, prev: IKeyValue | undefined) => {
         const t = linker.store.tunnelChunkOf(kv, node);
         // Our own ADD wrote this entry and built those ends itself.
         if (t && t.builtBy !== node) queue.push({ put: t });
+        // Links the entry held and holds no more: their ends go if the links are gone.
+        const before = prev ? linker.store.tunnelChunkOf(prev, node) : undefined;
+        const now = new Set(t?.ends.map((e) => e.key) ?? []);
+        const left = before?.ends.filter((e) => !now.has(e.key)) ?? [];
+        const pair = keys.parsePair(prefix, kv.key.toString());
+        if (before && pair && left.length > 0) queue.push({ drop: pair, prev: { ...before, ends: left } });
       },
       delete: (kv: IKeyValue, prev: IKeyValue | undefined) => {
         const pair = keys.parsePair(prefix, kv.key.toString());

@@ -2,7 +2,7 @@
 // reconcile at start, DEL, CHECK and GC. Every kernel change goes through the builder in
 // batches, and the node-local state is saved once per operation.
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
-import { NetnsNotFoundError } from "../netlink/index.ts";
+import { type Impairment, listRootQdiscs, NetnsNotFoundError, sameImpairment } from "../netlink/index.ts";
 import { type TunnelChunk, tunnelEnds } from "../store/records.ts";
 import { LinkerBase, podOf, type Call } from "./attach.ts";
 import {
@@ -14,6 +14,8 @@ import {
   removeEnds,
   type TunnelJob,
 } from "./builder.ts";
+import { fromImpairment, toImpairment } from "./impair.ts";
+import { recordObserved } from "./observed.ts";
 import { linkOf } from "./planner.ts";
 import { podId, sides } from "./spec.ts";
 
@@ -60,24 +62,45 @@ export class Linker extends LinkerBase {
           link: e.key,
           end: e.end,
           at,
-          tunnel: this.tunnel(e.vni, e.remote, e.mtu),
-          fresh,
+          tunnel: this.tunnel(e.vni, e.remote, { mtu: e.mtu, state: e.state }),
+          // An entry marked fresh: the other node (re)built its side just now, so ours is
+          // rebuilt too (fresh neighbours); otherwise only the link's properties changed.
+          fresh: fresh && (e.fresh ?? true),
           containerId: t.containerId,
         });
       }
     }
+    const started = performance.now();
     const results = buildTunnelEnds(jobs);
+    const seconds = (performance.now() - started) / 1000 / Math.max(1, jobs.length);
     let built = 0;
+    const touched = new Set<string>();
     results.forEach((r, i) => {
       const j = jobs[i] as (typeof jobs)[number];
       if (r instanceof Error) {
+        this.observer.linkFailed(j.at.pod, r, j.link);
         this.log.error("could not build a tunnel end", { link: j.link, pod: j.at.pod, error: r.message });
         return;
       }
       built++;
+      touched.add(j.at.pod);
       this.state.addLinks(j.containerId, { [j.link]: j.end.ifname });
+      if (r.changed?.length)
+        this.log.info("link changed", { link: j.link, pod: j.at.pod, changed: r.changed });
+      const other = j.link.split(":").find((e) => e !== `${j.at.pod}/${j.end.ifname}`) ?? "";
+      this.observer.linkBuilt({
+        link: j.link,
+        kind: "vxlan",
+        pod: j.at.pod,
+        ifname: j.end.ifname,
+        peer: other.slice(0, other.lastIndexOf("/")),
+        peerIfname: other.slice(other.lastIndexOf("/") + 1),
+        both: false,
+        seconds,
+      });
     });
     this.state.flush();
+    for (const pod of touched) void recordObserved(this, pod);
     if (built > 0)
       this.log.info("tunnel ends in place for peers on another node", {
         ends: built,
@@ -107,6 +130,7 @@ export class Linker extends LinkerBase {
       const at = (list[0] as (typeof list)[number]).at;
       const r = removeEnds(at, list, this.log);
       for (const f of r.failures) this.log.warn("could not remove a tunnel end", { pod: at.pod, error: f });
+      for (const x of r.removed) this.observer.linkRemoved(at.pod, x.link);
       this.state.dropLinks(
         containerId,
         r.removed.map((x) => x.link),
@@ -159,6 +183,7 @@ export class Linker extends LinkerBase {
         this.log,
       );
       if (r.removed.length > 0) this.log.info("removed link ends", { pod: id, ends: r.removed.length });
+      for (const k of links.keys()) this.observer.linkRemoved(id, k, podsOf(k).find((p) => p !== id) ?? id);
       if (r.failures.length > 0) {
         throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${r.failures.join("; ")}`);
       }
@@ -169,6 +194,14 @@ export class Linker extends LinkerBase {
       for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
       const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podId(d.spec.peer)));
       await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo);
+      // Reports of our ends, and of the other ends on this node (a veth goes whole).
+      const gone = [...links.keys()].flatMap((link) => [
+        { link, id, observed: undefined },
+        ...[...this.state.entries()]
+          .filter(([cid, o]) => cid !== env.containerId && o.links[link])
+          .map(([, o]) => ({ link, id: o.pod, observed: undefined })),
+      ]);
+      await this.store.writeObserved(gone).catch(() => undefined);
     }
     if (local) {
       this.state.delete(env.containerId);
@@ -192,8 +225,10 @@ export class Linker extends LinkerBase {
     const links = [...groupBy(own.decls, (d) => d.link)].map(([k, decls]) => linkOf(k, decls));
     const peers = await this.store.endpoints([...new Set(links.map((l) => podId(sides(l, id).theirs)))]);
     let view: NetnsView | undefined;
+    let roots = new Map<number, Impairment | undefined>();
     try {
       view = inspect(env.netns);
+      roots = new Map(listRootQdiscs(env.netns).map((q) => [q.ifindex, q.impairment]));
     } catch (err) {
       if (!(err instanceof NetnsNotFoundError)) throw err;
     }
@@ -211,7 +246,14 @@ export class Linker extends LinkerBase {
         continue;
       }
       const l = p.link;
-      if (!l.up) problems.push(`${mine.ifname} is down`);
+      const want = link.state ?? "up";
+      if (l.up !== (want === "up"))
+        problems.push(`state of ${mine.ifname} is ${l.up ? "up" : "down"}, declared ${want}`);
+      const impairment = roots.get(l.index);
+      if (!sameImpairment(impairment, toImpairment(mine.netem))) {
+        const have = JSON.stringify(fromImpairment(impairment));
+        problems.push(`netem of ${mine.ifname} is ${have}, declared ${JSON.stringify(mine.netem ?? {})}`);
+      }
       if (link.mtu !== undefined && l.mtu !== link.mtu)
         problems.push(`${mine.ifname} has MTU ${l.mtu}, expected ${link.mtu}`);
       const have = (view?.addrs.get(l.index) ?? []).map((a) => `${a.address}/${a.prefixLength}`);

@@ -6,7 +6,13 @@ import { NotOursError } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { Address } from "../netlink/addr.ts";
 import { dumpAddresses, dumpLinks, IndexAllocator, NetnsSockets } from "../netlink/bulk.ts";
-import { getLink, type Link as KernelLink, LinkNotFoundError, NetnsNotFoundError } from "../netlink/index.ts";
+import {
+  getLink,
+  type Impairment,
+  type Link as KernelLink,
+  LinkNotFoundError,
+  NetnsNotFoundError,
+} from "../netlink/index.ts";
 
 const digest = (text: string) => createHash("sha256").update(text).digest();
 
@@ -39,7 +45,9 @@ export type Presence =
 
 export function classify(link: string, l: KernelLink | undefined, netns: string): Presence {
   if (!l) return { state: "absent" };
-  const ours = l.alias === markOf(link) || (l.alias === "" && l.group === groupOf(netns));
+  // Half-built by an agent that died before it could set the alias: no alias, our group.
+  const halfBuilt = l.alias === "" && l.group === groupOf(netns) && (l.kind === "veth" || l.kind === "vxlan");
+  const ours = l.alias === markOf(link) || halfBuilt;
   return ours ? { state: "ours", link: l } : { state: "foreign", link: l };
 }
 
@@ -63,6 +71,8 @@ export interface NetnsView {
   all: KernelLink[];
   addrs: Map<number, Address[]>;
   alloc: IndexAllocator;
+  /** Root qdiscs by ifindex, read at first use. */
+  roots?: Map<number, Impairment | undefined>;
 }
 
 /** Reads each netns once per batch. */
@@ -106,8 +116,3 @@ export function notOurs(link: string, ifname: string, at: Place, l: KernelLink):
       "rename the link's interface or remove that interface",
   );
 }
-
-export const hasAll = (v: NetnsView, l: KernelLink, ips: string[]) => {
-  const have = new Set((v.addrs.get(l.index) ?? []).map((a) => `${a.address}/${a.prefixLength}`));
-  return ips.every((ip) => have.has(ip));
-};

@@ -20,6 +20,8 @@ export interface Declaration {
 export interface PlanInput {
   /** "ns/pod" of the pod being added. */
   id: string;
+  /** Its container (CNI_CONTAINERID). */
+  containerId: string;
   /** CNI_IFNAME of this call: the boot network's interface, never a link's. */
   cniIfname: string;
   /** This node (its VTEP address, else its name). */
@@ -32,6 +34,8 @@ export interface PlanInput {
   others: Declaration[];
   /** The pods this pod declared links to before (its declarations in the store). */
   previousPeers: Iterable<string>;
+  /** The links recorded as built between this pod and its peers, by key. */
+  built?: Map<string, BuiltLink>;
   /** Registered peers' endpoints, by "ns/pod". */
   peers: Map<string, EndpointRecord>;
 }
@@ -40,6 +44,8 @@ export interface Build {
   link: Link;
   peer: EndpointRecord;
   kind: LinkKind;
+  /** Built already for these two containers: change it in place, never re-create it. */
+  update: boolean;
 }
 
 export interface Plan {
@@ -51,6 +57,8 @@ export interface Plan {
   waits: Array<{ link: string; peer: string; state: "waiting" | "refused" | "conflict"; why: string }>;
   /** Pods this pod declared links to before and declares none to now. */
   stale: string[];
+  /** Links built for this pod that no declaration keeps: their ends and records go. */
+  removals: Array<{ link: string; ifname: string; peer: string }>;
   /** Every link of the pod and its interface name on this pod (for DEL when etcd is away). */
   ifnames: Map<string, string>;
 }
@@ -65,6 +73,28 @@ function counts(id: string, d: Declaration): boolean {
   return ends.includes(d.declarer) && ends.includes(id);
 }
 
+/** A link recorded as built: its kind and, per pod ("ns/pod"), the node and container. */
+export interface BuiltLink {
+  kind: LinkKind;
+  ends: Record<string, { node: string; containerId: string }>;
+}
+
+/** Is `prev` this very link, built for these two containers (so it changes in place)? */
+export function builtFor(
+  prev: BuiltLink | undefined,
+  kind: LinkKind,
+  id: string,
+  containerId: string,
+  peer: EndpointRecord,
+): boolean {
+  return (
+    prev !== undefined &&
+    prev.kind === kind &&
+    prev.ends[id]?.containerId === containerId &&
+    prev.ends[podId(peer)]?.containerId === peer.containerId
+  );
+}
+
 /** One link from its agreeing declarations: the optional values any of them gives. */
 export function linkOf(key: string, decls: Declaration[]): Link {
   const [first, ...rest] = decls;
@@ -75,6 +105,9 @@ export function linkOf(key: string, decls: Declaration[]): Link {
     if (link.mtu === undefined && o.mtu !== undefined) link.mtu = o.mtu;
     if (link.a.mac === undefined && o.a.mac !== undefined) link.a.mac = o.a.mac;
     if (link.b.mac === undefined && o.b.mac !== undefined) link.b.mac = o.b.mac;
+    if (link.a.netem === undefined && o.a.netem !== undefined) link.a.netem = o.a.netem;
+    if (link.b.netem === undefined && o.b.netem !== undefined) link.b.netem = o.b.netem;
+    if (link.state === undefined && o.state !== undefined) link.state = o.state;
   }
   return link;
 }
@@ -179,10 +212,21 @@ export function plan(input: PlanInput): Plan {
       });
       continue;
     }
-    builds.push({ link, peer, kind });
+    const update = builtFor(input.built?.get(k), kind, id, input.containerId, peer);
+    builds.push({ link, peer, kind, update });
   }
 
   const declaredPeers = new Set(input.declared.map((s) => podId(s.peer)));
   const stale = [...new Set(input.previousPeers)].filter((p) => !declaredPeers.has(p));
-  return { builds, waits, stale, ifnames };
+  // A built link that no declaration keeps is gone.
+  const removals: Plan["removals"] = [];
+  for (const k of input.built?.keys() ?? []) {
+    if (groups.has(k)) continue;
+    const ends = k.split(":").map((e) => e.split("/"));
+    const mine = ends.find((e) => `${e[0]}/${e[1]}` === id);
+    const theirs = ends.find((e) => e !== mine);
+    if (!mine || !theirs) continue;
+    removals.push({ link: k, ifname: mine[2] as string, peer: `${theirs[0]}/${theirs[1]}` });
+  }
+  return { builds, waits, stale, removals, ifnames };
 }

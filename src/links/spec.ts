@@ -1,6 +1,7 @@
 // A link as pods declare it, and its direction-independent form. Pure data and rules, no
 // I/O: the pod parser, the store and the planner all speak these types.
 import { show } from "../cni/names.ts";
+import { type LinkState, type Netem, sameNetem } from "./impair.ts";
 
 export interface EndSpec {
   namespace: string;
@@ -10,12 +11,16 @@ export interface EndSpec {
   ips: string[];
   /** Lower-case, unicast. */
   mac?: string;
+  /** Impairment on this end's egress ({} declares none). */
+  netem?: Netem;
 }
 
 export interface LinkSpec {
   local: EndSpec;
   peer: EndSpec;
   mtu?: number;
+  /** Admin state of both ends; "up" when not given. */
+  state?: LinkState;
   primary?: boolean;
   source: "labels" | "annotation";
 }
@@ -60,8 +65,12 @@ export function linkDifferences(a: LinkSpec, b: LinkSpec): string[] {
       out.push(`addresses of ${name}: ${JSON.stringify(x.ips)} vs ${JSON.stringify(y.ips)}`);
     if (x.mac !== undefined && y.mac !== undefined && x.mac !== y.mac)
       out.push(`MAC of ${name}: ${show(x.mac)} vs ${show(y.mac)}`);
+    if (x.netem !== undefined && y.netem !== undefined && !sameNetem(x.netem, y.netem))
+      out.push(`netem of ${name}: ${JSON.stringify(x.netem)} vs ${JSON.stringify(y.netem)}`);
   }
   if (a.mtu !== undefined && b.mtu !== undefined && a.mtu !== b.mtu) out.push(`MTU: ${a.mtu} vs ${b.mtu}`);
+  if (a.state !== undefined && b.state !== undefined && a.state !== b.state)
+    out.push(`state: ${a.state} vs ${b.state}`);
   // Both pods claiming primary is a conflict; one pod saying it twice is not.
   if (!sameSide && a.primary === true && b.primary === true) out.push("both ends are primary");
   return out;
@@ -76,14 +85,17 @@ export function mergeLinks(a: LinkSpec, b: LinkSpec): LinkSpec {
   const o = endId(a.local) === endId(b.local) ? b : reverseLink(b);
   const end = (x: EndSpec, y: EndSpec): EndSpec => {
     const mac = x.mac ?? y.mac;
-    return mac === undefined ? { ...x } : { ...x, mac };
+    const netem = x.netem ?? y.netem;
+    return { ...x, ...(mac === undefined ? {} : { mac }), ...(netem === undefined ? {} : { netem }) };
   };
   const mtu = a.mtu ?? b.mtu;
+  const state = a.state ?? b.state;
   const primary = a.primary === true || (o === b && b.primary === true);
   return {
     local: end(a.local, o.local),
     peer: end(a.peer, o.peer),
     ...(mtu !== undefined ? { mtu } : {}),
+    ...(state !== undefined ? { state } : {}),
     ...(primary ? { primary: true } : {}),
     source: a.source,
   };
@@ -95,6 +107,7 @@ export interface Link {
   a: EndSpec;
   b: EndSpec;
   mtu?: number;
+  state?: LinkState;
 }
 
 export const podId = (e: { namespace: string; pod: string }): string => `${e.namespace}/${e.pod}`;
@@ -104,7 +117,13 @@ export function toLink(key: string, spec: LinkSpec): Link {
   const localFirst = endId(spec.local) < endId(spec.peer);
   const [a, b] = localFirst ? [spec.local, spec.peer] : [spec.peer, spec.local];
   // Copies: merging values of other declarations must not change the declaration itself.
-  return { key, a: { ...a }, b: { ...b }, ...(spec.mtu !== undefined ? { mtu: spec.mtu } : {}) };
+  return {
+    key,
+    a: { ...a },
+    b: { ...b },
+    ...(spec.mtu !== undefined ? { mtu: spec.mtu } : {}),
+    ...(spec.state !== undefined ? { state: spec.state } : {}),
+  };
 }
 
 /** The end of `link` that belongs to pod `id`, and the other one. */

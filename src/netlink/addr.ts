@@ -22,6 +22,7 @@ import {
   RT_SCOPE_LINK,
   RT_SCOPE_UNIVERSE,
   RTM_GETADDR,
+  RTM_DELADDR,
   RTM_NEWADDR,
   attrU32,
 } from "./nl.ts";
@@ -90,6 +91,28 @@ export function addAddress(ifname: string, cidr: string, ns?: string): void {
       const attrs = [new Attr(IFA_LOCAL, bytes), new Attr(IFA_ADDRESS, bytes)];
       if (v6) attrs.push(attrU32(IFA_FLAGS, flags));
       sock.change(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, hdr, attrs);
+    },
+    true,
+  );
+}
+
+/** Removes an address from a link. `ip addr del CIDR dev NAME` */
+export function deleteAddress(ifname: string, cidr: string, ns?: string): void {
+  checkName(ifname);
+  const what = `delete address ${cidr} from ${JSON.stringify(ifname)} ${inNetns(ns)}`;
+  let addr: ParsedCidr;
+  try {
+    addr = parseCidr(cidr);
+  } catch (err) {
+    fail(what, err);
+  }
+  withSocket(
+    ns,
+    what,
+    (sock) => {
+      const { index } = queryLink(sock, ifname);
+      const hdr = new IfAddrMsg(addr.family === 6 ? AF_INET6 : AF_INET, addr.prefixLength, 0, 0, index);
+      sock.change(RTM_DELADDR, 0, hdr, [new Attr(IFA_LOCAL, new Bytes(addr.bytes))]);
     },
     true,
   );

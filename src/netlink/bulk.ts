@@ -65,6 +65,8 @@ export interface NewEnd {
   mtu?: number;
   /** CIDRs. */
   ips: string[];
+  /** Left down (the caller finishes it: a qdisc first, or a link declared down). */
+  down?: boolean;
 }
 
 /** What a failed item was doing, with the kernel's reason. */
@@ -320,13 +322,13 @@ export function createVxlans(
  */
 function bringUp(
   socks: NetnsSockets,
-  ends: Array<Pick<NewEnd, "name" | "ns" | "index">>,
+  ends: Array<Pick<NewEnd, "name" | "ns" | "index" | "down">>,
   items: number[],
   errors: Array<NetlinkError | undefined>,
 ): void {
   const byNs = new Map<string, number[]>();
   ends.forEach((e, k) => {
-    push(byNs, e.ns, k);
+    if (!e.down) push(byNs, e.ns, k);
   });
   for (const [ns, list] of byNs) {
     const sock = socks.socket(ns);

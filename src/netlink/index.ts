@@ -34,8 +34,10 @@ export {
   type VxlanLink,
   type VxlanSpec,
 } from "./link.ts";
-export { addAddress, firstIpv4Address, listAddresses, type Address } from "./addr.ts";
+export { addAddress, deleteAddress, firstIpv4Address, listAddresses, type Address } from "./addr.ts";
 export { withNetns } from "./netns.ts";
+export { listLinkCounters, type LinkCounters } from "./counters.ts";
+export { requestResults as netlinkRequestResults } from "./socket.ts";
 export { deleteRootQdisc, getRootQdisc, listRootQdiscs, setRootQdisc } from "./qdisc.ts";
 export {
   IMPAIRMENT_LIMITS,

@@ -65,9 +65,9 @@ export interface LinkBase {
   flags: number;
   /** IFLA_IFALIAS: a free-form label ("" when none); ratchet's ownership mark. */
   alias: string;
-  masterIndex: number | undefined;
-  /** IFLA_GROUP: the device group (0 unless someone set one). */
+  /** IFLA_GROUP: the device group (0 by default). */
   group: number;
+  masterIndex: number | undefined;
   /** IFLA_LINK_NETNSID: set when the peer / lower device lives in another netns. */
   linkNetnsId: number | undefined;
   /** IFLA_STATS64; undefined when the request asked the kernel to skip statistics. */
@@ -131,8 +131,8 @@ export function decodeLink(m: NlMsg): Link {
     operstate: OPERSTATES[attrs.u8(IFLA_OPERSTATE) ?? 0] ?? "unknown",
     flags: hdr.flags,
     alias: attrs.str(IFLA_IFALIAS) ?? "",
-    masterIndex: attrs.u32(IFLA_MASTER),
     group: attrs.u32(IFLA_GROUP) ?? 0,
+    masterIndex: attrs.u32(IFLA_MASTER),
     linkNetnsId: attrs.u32(IFLA_LINK_NETNSID),
     stats: decodeStats(attrs.get(IFLA_STATS64)),
   };

@@ -12,6 +12,7 @@ import {
   IFLA_ADDRESS,
   IFLA_EXT_MASK,
   IFLA_IFALIAS,
+  IFLA_GROUP,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
@@ -156,6 +157,8 @@ export interface VethEnd {
   mac?: string;
   /** IFLA_IFALIAS, set right after creation (the kernel ignores it in RTM_NEWLINK). */
   alias?: string;
+  /** IFLA_GROUP, set in the create request. */
+  group?: number;
 }
 
 // The attributes of a new link's ifinfomsg that both veth ends and vxlan share.
@@ -164,9 +167,12 @@ function endAttrs(
   nsFd: NetnsFd | undefined,
   mtu: number | undefined,
   mac: string | undefined,
+  group: number | undefined,
 ): Attr[] {
   const attrs = [attrString(IFLA_IFNAME, name)];
   if (nsFd) attrs.push(attrU32(IFLA_NET_NS_FD, nsFd.fd));
+  // The kernel takes the group in the create request itself (unlike the alias).
+  if (group !== undefined) attrs.push(attrU32(IFLA_GROUP, group));
   if (mtu !== undefined) attrs.push(attrU32(IFLA_MTU, mtu));
   if (mac !== undefined) attrs.push(new Attr(IFLA_ADDRESS, new Bytes(macBytes(mac))));
   return attrs;
@@ -204,9 +210,12 @@ export function addVethPair(spec: { a: VethEnd; b: VethEnd }): void {
     // The peer cannot be brought up inside the same request (veth_open fails with ENOTCONN
     // until both ends are registered), so it is set up right after.
     const peer = root.add(IFLA_INFO_DATA).add(VETH_INFO_PEER, new IfInfoMsg());
-    for (const at of endAttrs(b.name, fdB, b.mtu, b.mac)) peer.add(at);
+    for (const at of endAttrs(b.name, fdB, b.mtu, b.mac, b.group)) peer.add(at);
     withSocket(undefined, what(a, b), (sock) =>
-      sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [...endAttrs(a.name, fdA, a.mtu, a.mac), root]),
+      sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [
+        ...endAttrs(a.name, fdA, a.mtu, a.mac, a.group),
+        root,
+      ]),
     );
   } catch (err) {
     if (
@@ -268,6 +277,8 @@ export interface VxlanSpec {
   alias?: string;
   /** Create it up (the default), or down for the caller to finish and bring up. */
   up?: boolean;
+  /** IFLA_GROUP, set in the create request. */
+  group?: number;
 }
 
 export const VXLAN_PORT = 4789;
@@ -329,7 +340,7 @@ export function addVxlan(spec: VxlanSpec): void {
     data.add(attrU8(IFLA_VXLAN_LEARNING, spec.learning === false ? 0 : 1));
     const up = spec.up === false ? new IfInfoMsg() : new IfInfoMsg(AF_UNSPEC, 0, IFF_UP, IFF_UP);
     sock.change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, up, [
-      ...endAttrs(spec.name, nsFd, mtu, spec.mac),
+      ...endAttrs(spec.name, nsFd, mtu, spec.mac, spec.group),
       linkInfo,
     ]);
   });

@@ -46,6 +46,12 @@ new DataView(KERNEL.buffer).setUint16(0, libc.AF_NETLINK, true);
 
 let nextSeq = (Date.now() & 0x7fffffff) >>> 0;
 
+/** Requests this process sent, by result: "ok" or the errno name of the failure (for metrics). */
+export const requestResults = new Map<string, number>();
+function tally(result: string): void {
+  requestResults.set(result, (requestResults.get(result) ?? 0) + 1);
+}
+
 export class NetlinkSocket implements Disposable {
   /** How many dumps, process-wide, were redone because the kernel marked them interrupted. */
   static redoneDumps = 0;
@@ -188,6 +194,17 @@ export class NetlinkSocket implements Disposable {
    * with ETIMEDOUT when the kernel stays silent past the socket's receive timeout.
    */
   exchange(msg: Message, isDump: boolean): { msgs: NlMsg[]; interrupted: boolean } {
+    try {
+      const answer = this.roundTrip(msg, isDump);
+      tally("ok");
+      return answer;
+    } catch (err) {
+      tally(err instanceof ErrnoError ? err.code : "error");
+      throw err;
+    }
+  }
+
+  private roundTrip(msg: Message, isDump: boolean): { msgs: NlMsg[]; interrupted: boolean } {
     if (this.closed) throw new Error("netlink socket is closed");
     const op = MESSAGE_NAMES[msg.type] ?? `type ${msg.type}`;
     msg.seq = nextSeq = (nextSeq + 1) >>> 0;

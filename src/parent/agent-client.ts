@@ -6,7 +6,8 @@ import type { CniEnv } from "../cni/env.ts";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
 import { Connection, ConnectionLost } from "../rpc/connection.ts";
-import type { CallParams, Methods } from "../rpc/protocol.ts";
+import { NO_TRACE, type Trace } from "../trace.ts";
+import type { BootNetwork, CallParams, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Agent, Classification } from "./classify.ts";
@@ -39,8 +40,14 @@ async function startChild(conf: NetConf, takeover: boolean, log: Logger): Promis
       stderr: out,
       detached: true,
     });
-    proc.stdin.write(JSON.stringify(conf));
-    await proc.stdin.end();
+    try {
+      proc.stdin.write(JSON.stringify(conf));
+      await proc.stdin.end();
+    } catch (err) {
+      // It exited at once: another agent holds the socket lock (exit 0), which we go on to
+      // talk to; the exit code tells the rest.
+      if ((err as NodeJS.ErrnoException).code !== "EPIPE") throw err;
+    }
     proc.unref();
     log.info("started the node agent", { child: path, childPid: proc.pid, takeover });
     return proc;
@@ -60,6 +67,8 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
   let takeover = false;
   const until = Date.now() + START_TIMEOUT_MS;
   let lastError = "";
+  /** When the child we started lost the socket lock (exit 0) and nobody answered since. */
+  let lostAt: number | undefined;
   for (let attempt = 0; ; attempt++) {
     try {
       const conn = await Connection.open(socket);
@@ -77,11 +86,18 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
     if (!started) {
       started = await startChild(conf, takeover, log);
     } else if (started.exitCode !== null && started.exitCode !== 0) {
-      // Exit 0 means another child won the socket lock: keep knocking. Anything else failed.
       throw new AgentUnavailableError(
         `the node agent exited with code ${started.exitCode} before answering on ${socket}`,
         `see ${conf.log_file}`,
       );
+    } else if (started.exitCode === 0) {
+      // Another child held the socket lock: it serves soon, or it was a dying one (killed,
+      // its lock not yet released). If nobody answers for a while, start ours again.
+      lostAt ??= Date.now();
+      if (Date.now() - lostAt > 300) {
+        started = undefined;
+        lostAt = undefined;
+      }
     }
     if (Date.now() >= until) {
       throw new AgentUnavailableError(
@@ -97,7 +113,10 @@ export async function connectChild(conf: NetConf, log: Logger): Promise<Connecti
 /** The Agent the CNI handlers use: each method is one request to the child. */
 export class ChildAgent implements Agent {
   private conn: Connection | undefined;
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly trace: Trace = NO_TRACE,
+  ) {}
 
   private async call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
     method: M,
@@ -108,8 +127,9 @@ export class ChildAgent implements Agent {
     // and ask again, once. Every request is safe to repeat (attach rebuilds, detach is idempotent).
     for (let attempt = 0; ; attempt++) {
       try {
-        this.conn ??= await connectChild(conf, this.log);
-        return await this.conn.call(method, params, REQUEST_TIMEOUT_MS);
+        this.conn ??= await this.trace.span("agent connection", () => connectChild(conf, this.log));
+        const conn = this.conn;
+        return await this.trace.span(`agent ${method}`, () => conn.call(method, params, REQUEST_TIMEOUT_MS));
       } catch (err) {
         if (err instanceof CniError && !(err instanceof AgentUnavailableError)) throw err;
         this.conn?.close();
@@ -140,8 +160,9 @@ export class ChildAgent implements Agent {
     return { eligible: r.eligible };
   }
 
-  async attach(env: CniEnv, conf: NetConf): Promise<AttachedInterface[]> {
-    return (await this.call("attach", this.params(env, conf), conf)).interfaces;
+  async attach(env: CniEnv, conf: NetConf, boot?: BootNetwork): Promise<AttachedInterface[]> {
+    return (await this.call("attach", { ...this.params(env, conf), ...(boot ? { boot } : {}) }, conf))
+      .interfaces;
   }
 
   async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {

@@ -1,6 +1,7 @@
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
 import type { AttachedInterface } from "../cni/result.ts";
+import type { BootNetwork } from "../rpc/protocol.ts";
 
 /** What ratchet decided for one pod: pass it through, or give it links. */
 export interface Classification {
@@ -13,8 +14,11 @@ export interface Classification {
  */
 export interface Agent {
   classify(env: CniEnv, conf: NetConf): Promise<Classification>;
-  /** Registers the container and builds the links whose peers are ready. */
-  attach(env: CniEnv, conf: NetConf): Promise<AttachedInterface[]>;
+  /**
+   * Registers the container and builds the links whose peers are ready; `boot` is the boot
+   * network's interface, for the pod's network-status annotation.
+   */
+  attach(env: CniEnv, conf: NetConf, boot?: BootNetwork): Promise<AttachedInterface[]>;
   /** Removes the container's links and records; true when ratchet had attached it. */
   detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined>;
   /** Throws when a link of this container is missing or wrong. */

@@ -8,6 +8,8 @@ import { CniError, Code } from "../cni/errors.ts";
 import { appendInterfaces, emptyResult, formatResult, parseResult, type Result } from "../cni/result.ts";
 import type { Command } from "../cni/versions.ts";
 import type { Logger } from "../log.ts";
+import type { Trace } from "../trace.ts";
+import type { BootNetwork } from "../rpc/protocol.ts";
 import type { Agent } from "./classify.ts";
 
 export interface Context {
@@ -17,6 +19,8 @@ export interface Context {
   conf: NetConf;
   agent: Agent;
   log: Logger;
+  /** RATCHET_TRACE=1: the time of each step on stderr. */
+  trace: Trace;
 }
 
 /** Standalone: ratchet runs `delegate` itself. Chained: no delegate, another plugin ran before. */
@@ -57,7 +61,9 @@ function forward(ctx: Context, command: Command, extra: Record<string, unknown> 
 async function run(ctx: Context, sub: PluginConf, command: Command, extra?: Record<string, unknown>) {
   const top = { cniVersion: ctx.conf.cniVersion, name: ctx.conf.name };
   ctx.log.debug("running plugin", { plugin: sub.type, command, containerId: ctx.env.containerId });
-  return delegate(sub, top, command, ctx.rawEnv, ctx.env.path, forward(ctx, command, extra));
+  return ctx.trace.span(`plugin ${sub.type} ${command}`, () =>
+    delegate(sub, top, command, ctx.rawEnv, ctx.env.path, forward(ctx, command, extra)),
+  );
 }
 
 async function runAdd(ctx: Context, sub: PluginConf): Promise<Result> {
@@ -96,12 +102,36 @@ export async function cmdAdd(ctx: Context): Promise<Record<string, unknown>> {
   const boot = chained(conf) ? undefined : conf.boot_network;
   const base = boot ? await runAdd(ctx, boot) : (prev ?? emptyResult());
   try {
-    const attached = await ctx.agent.attach(ctx.env, conf);
+    const net = conf.network_status_annotation
+      ? bootNetwork(base, ctx.env, boot?.name ?? conf.name)
+      : undefined;
+    const attached = await ctx.agent.attach(ctx.env, conf, net);
     return formatResult(appendInterfaces(base, attached), conf.cniVersion);
   } catch (err) {
     if (boot) await undoAdd(ctx, boot);
     throw err;
   }
+}
+
+/**
+ * The pod's interface in the boot network's (or the previous plugin's) result: the one named
+ * CNI_IFNAME in the pod's netns, else the first in it. Its addresses without prefix length.
+ */
+export function bootNetwork(result: Result, env: CniEnv, name: string): BootNetwork | undefined {
+  const inPod = (i: Result["interfaces"][number]) => i.sandbox === env.netns;
+  let idx = result.interfaces.findIndex((i) => inPod(i) && i.name === env.ifname);
+  if (idx < 0) idx = result.interfaces.findIndex(inPod);
+  const iface = result.interfaces[idx];
+  if (!iface) return undefined;
+  const ips = result.ips.filter((ip) => ip.interface === idx).map((ip) => ip.address.split("/")[0] as string);
+  const dns = Object.keys(result.dns).length > 0 ? { ...result.dns } : undefined;
+  return {
+    name,
+    interface: iface.name,
+    ips,
+    ...(iface.mac ? { mac: iface.mac } : {}),
+    ...(dns ? { dns } : {}),
+  };
 }
 
 /** The plugins that may hold state for this container, for DEL, CHECK and GC. */

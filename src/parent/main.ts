@@ -10,6 +10,7 @@ import {
   SUPPORTED_VERSIONS,
 } from "../cni/versions.ts";
 import { Logger } from "../log.ts";
+import { NO_TRACE, Trace } from "../trace.ts";
 import { ChildAgent } from "./agent-client.ts";
 import type { Agent } from "./classify.ts";
 import { HANDLERS, type Context } from "./commands.ts";
@@ -18,6 +19,8 @@ export interface ParentIO {
   env: Record<string, string | undefined>;
   readStdin: () => Promise<string>;
   write: (s: string) => void;
+  /** Where RATCHET_TRACE=1 writes the time of each step (stderr). */
+  writeTrace?: (s: string) => void;
 }
 
 /** Larger configs are refused before parsing (a runtime never sends one this big). */
@@ -46,14 +49,16 @@ function parseJson(text: string): unknown {
   }
 }
 
-export type AgentFactory = (log: Logger) => Agent & { close?: () => void };
+export type AgentFactory = (log: Logger, trace: Trace) => Agent & { close?: () => void };
 
 export async function runParent(
   _args: string[],
   io: ParentIO,
-  makeAgent: AgentFactory = (log) => new ChildAgent(log),
+  makeAgent: AgentFactory = (log, trace) => new ChildAgent(log, trace),
 ): Promise<number> {
   const started = performance.now();
+  const trace = io.env.RATCHET_TRACE === "1" && io.writeTrace ? new Trace(io.writeTrace) : NO_TRACE;
+  trace.mark("parent started");
   let version = LATEST_VERSION;
   let log: Logger | undefined;
   let env: CniEnv | undefined;
@@ -79,10 +84,12 @@ export async function runParent(
     requireSupportedVersion(conf.cniVersion);
     requireCommandInVersion(env.command, conf.cniVersion);
     log = new Logger("parent", conf.log_level, conf.log_file);
-    agent = makeAgent(log);
-    const ctx: Context = { env, rawEnv: io.env, conf, agent, log };
+    agent = makeAgent(log, trace);
+    const ctx: Context = { env, rawEnv: io.env, conf, agent, log, trace };
+    trace.mark("config and environment read");
 
     const result = await HANDLERS[env.command](ctx);
+    trace.total(env.command);
     if (result !== undefined) io.write(`${JSON.stringify(result)}\n`);
     // Successes are debug: a passthrough pod is not news, and writing costs the parent memory.
     log.debug(`${env.command} done`, fields(env, started));

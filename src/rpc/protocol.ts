@@ -18,6 +18,17 @@ export interface CallParams {
   conf: NetConf;
 }
 
+/** The boot (or delegate) network's interface in the pod: the default network-status entry. */
+export interface BootNetwork {
+  /** The network's name. */
+  name: string;
+  interface: string;
+  /** Addresses without prefix length, as the Multus format has them. */
+  ips: string[];
+  mac?: string | undefined;
+  dns?: Record<string, unknown> | undefined;
+}
+
 export interface Attachment {
   containerID: string;
   ifname: string;
@@ -28,7 +39,10 @@ export interface Methods {
   /** Stop accepting work, finish what is in flight, exit: a newer binary takes over. */
   drain: { params: Record<string, never>; result: { draining: true } };
   classify: { params: CallParams; result: { eligible: boolean; links: number } };
-  attach: { params: CallParams; result: { interfaces: AttachedInterface[] } };
+  attach: {
+    params: CallParams & { boot?: BootNetwork | undefined };
+    result: { interfaces: AttachedInterface[] };
+  };
   /** owned: true (ratchet had it), false (never), null (cannot tell). */
   detach: { params: CallParams; result: { owned: boolean | null } };
   check: { params: CallParams; result: { ok: true } };

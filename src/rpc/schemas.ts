@@ -34,6 +34,13 @@ const Env = v.object({
   ),
 });
 const Call = v.object({ env: Env, conf: NetConf });
+const Boot = v.object({
+  name: v.string(),
+  interface: v.string(),
+  ips: v.array(v.string()),
+  mac: v.optional(v.string()),
+  dns: v.optional(v.record(v.string(), v.unknown())),
+});
 const Empty = v.object({});
 
 type ParamSchemas = { [M in Method]: v.GenericSchema<unknown, Methods[M]["params"]> };
@@ -41,7 +48,7 @@ export const paramSchemas: ParamSchemas = {
   hello: Empty as v.GenericSchema<unknown, Record<string, never>>,
   drain: Empty as v.GenericSchema<unknown, Record<string, never>>,
   classify: Call,
-  attach: Call,
+  attach: v.object({ ...Call.entries, boot: v.optional(Boot) }),
   detach: Call,
   check: Call,
   status: Call,

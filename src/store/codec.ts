@@ -17,6 +17,7 @@ const chunkEnd = (e: EndSpec): ChunkEnd => ({
   ifname: e.ifname,
   ips: e.ips,
   ...(e.mac !== undefined ? { mac: e.mac } : {}),
+  ...(e.netem !== undefined ? { netem: e.netem } : {}),
 });
 
 /** A pod's declarations of links to one peer (local = the pod), as the chunks stored for them. */
@@ -27,6 +28,7 @@ export function toDeclChunks(specs: LinkSpec[]): DeclChunk[] {
       local: chunkEnd(s.local),
       peer: chunkEnd(s.peer),
       ...(s.mtu !== undefined ? { mtu: s.mtu } : {}),
+      ...(s.state !== undefined ? { state: s.state } : {}),
       ...(s.primary !== undefined ? { primary: s.primary } : {}),
       source: s.source,
     })),
@@ -45,6 +47,7 @@ export function fromDeclChunk(declarer: string, peer: string, chunk: DeclChunk):
       local: endOf(declarer, l.local),
       peer: endOf(peer, l.peer),
       ...(l.mtu !== undefined ? { mtu: l.mtu } : {}),
+      ...(l.state !== undefined ? { state: l.state } : {}),
       ...(l.primary !== undefined ? { primary: l.primary } : {}),
       source: l.source,
     };

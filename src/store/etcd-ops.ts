@@ -202,8 +202,12 @@ async function scanRange(
   }
 }
 
-/** Transactions sent by this process: one round trip each (the ADD benchmark reports them). */
-export const stats = { roundTrips: 0 };
+/**
+ * Transactions sent by this process: one round trip each (the ADD benchmark reports them),
+ * and their results by kind ("ok", "unavailable", "refused"; for metrics).
+ */
+export const stats = { roundTrips: 0, results: new Map<string, number>() };
+const tally = (result: string) => stats.results.set(result, (stats.results.get(result) ?? 0) + 1);
 
 /**
  * Runs one transaction; etcd errors become StoreUnavailableError or StoreRefusedError. One
@@ -225,8 +229,11 @@ export async function txn(client: Etcd3, t: Txn): Promise<TxnResult> {
   try {
     res = await client.kv.txn({ compare, success, failure });
   } catch (err) {
-    throw storeError(err);
+    const e = storeError(err);
+    tally(e instanceof StoreUnavailableError ? "unavailable" : "refused");
+    throw e;
   }
+  tally("ok");
   return new TxnResult(
     res.succeeded,
     String(res.header.revision),

@@ -17,6 +17,8 @@
 //   <p>/v1/vni-next                                  the next VNI block to try
 //   <p>/v1/nodes/<node>/endpoints/<ns>/<pod>         index: the node's endpoints (reconcile, GC)
 //   <p>/v1/nodes/<node>/links/<ns>/<a>/<ns>/<b>/<c>  TunnelChunk: this node's ends of pair chunk c
+//   <p>/v1/observed/<link>/<ns>/<pod>                Observed: what the kernel holds for that end
+//                                                    of <link>, written by the agent of its node
 //
 // A node's agent watches only <p>/v1/nodes/<its node>/ (<node>: its VTEP address, else its
 // name), so etcd traffic grows with links, not nodes x links.
@@ -89,6 +91,12 @@ export class Keys {
   }
   get vniNext(): string {
     return `${this.root}vni-next`;
+  }
+  get observedPrefix(): string {
+    return `${this.root}observed/`;
+  }
+  observed(link: string, id: string): string {
+    return `${this.root}observed/${link}/${id}`;
   }
   nodeEndpoint(node: string, id: string): string {
     return `${this.root}nodes/${node}/endpoints/${id}`;

@@ -208,9 +208,17 @@ function tunnelWrites(
       const end = podId(build.link.a) === pod ? build.link.a : build.link.b;
       return {
         key: build.link.key,
-        end: { ifname: end.ifname, ips: end.ips, ...(end.mac !== undefined ? { mac: end.mac } : {}) },
+        end: {
+          ifname: end.ifname,
+          ips: end.ips,
+          ...(end.mac !== undefined ? { mac: end.mac } : {}),
+          ...(end.netem !== undefined ? { netem: end.netem } : {}),
+        },
         vni: vni as number,
         ...(build.link.mtu !== undefined ? { mtu: build.link.mtu } : {}),
+        ...(build.link.state !== undefined ? { state: build.link.state } : {}),
+        // Rebuilt (or new) on the writer's side: the other side rebuilds too.
+        fresh: !build.update,
       };
     }),
   });

@@ -7,7 +7,15 @@ import { pairLinks } from "./codec.ts";
 import { type PairState, StoreBase } from "./decode.ts";
 import { keyOf, PAGE, pack, Query, read, rest, scan, type Slot } from "./etcd-ops.ts";
 import { pairOf } from "./keys.ts";
-import type { EndpointRecord, LinkKind, PairChunk, TunnelChunk } from "./records.ts";
+import {
+  decodeValue,
+  type EndpointRecord,
+  type LinkKind,
+  type Observed,
+  ObservedSchema,
+  type PairChunk,
+  type TunnelChunk,
+} from "./records.ts";
 
 const sameNamespace = (x: string, y: string) => x.split("/")[0] === y.split("/")[0];
 const NO_SIZE = { compares: 0, ops: 0, bytes: 0 };
@@ -111,12 +119,22 @@ export class LinkReads extends StoreBase {
     endpoints: Map<string, EndpointRecord>;
     decls: Declaration[];
     records: Map<string, LinkView>;
+    /** "<link> <ns>/<pod>" -> what that end's node read back. */
+    observed: Map<string, Observed>;
   }> {
     const keys = this.keys;
     const eps = await scan(this.etcd, keys.endpointsPrefix);
     const at = { revision: eps.revision };
     const declKvs = (await scan(this.etcd, keys.allDeclsPrefix, at)).kvs;
     const linkKvs = (await scan(this.etcd, keys.linksPrefix, at)).kvs;
+    const obsKvs = (await scan(this.etcd, keys.observedPrefix, at)).kvs;
+    const observed = new Map<string, Observed>();
+    for (const kv of obsKvs) {
+      const parts = keyOf(kv).slice(keys.observedPrefix.length).split("/");
+      if (parts.length !== 7) continue;
+      const o = decodeValue(ObservedSchema, keyOf(kv), kv.value, this.bad);
+      if (o) observed.set(`${parts.slice(0, 5).join("/")} ${parts.slice(5).join("/")}`, o);
+    }
     const endpoints = new Map<string, EndpointRecord>();
     for (const kv of eps.kvs) {
       const id = keys.idAfter(keys.endpointsPrefix, keyOf(kv));
@@ -135,7 +153,7 @@ export class LinkReads extends StoreBase {
           ends: chunk.ends,
         });
     }
-    return { endpoints, decls: this.declarationsOf(declKvs), records };
+    return { endpoints, decls: this.declarationsOf(declKvs), records, observed };
   }
 
   /** This node's endpoint index and tunnel entries, and the revision they were read at. */

@@ -16,18 +16,16 @@
 //  - removeRecords (link-removal.ts): the pairs first, the endpoint last, so a retried DEL
 //    still finds the pod and finishes.
 import type { Etcd3 } from "etcd3";
-import type { Build, Declaration } from "../links/planner.ts";
+import type { Build, BuiltLink, Declaration } from "../links/planner.ts";
 import { type LinkSpec, podId } from "../links/spec.ts";
-import { toDeclChunks } from "./codec.ts";
+import { pairLinks, toDeclChunks } from "./codec.ts";
 import { cmp, keyOf, type Op, op, PAGE, pack, Query, rest, type Slot, sizeOf, txn } from "./etcd-ops.ts";
 import { Keys, VNI_BLOCKS } from "./keys.ts";
 import type { PairState } from "./decode.ts";
 import { LinkReads } from "./link-reads.ts";
 import { commitLinks } from "./link-commit.ts";
 import { removeRecords } from "./link-removal.ts";
-import type { BadRecords, EndpointRecord } from "./records.ts";
-
-const _MAX_COMMIT_ATTEMPTS = 8;
+import type { BadRecords, EndpointRecord, Observed } from "./records.ts";
 
 /** What one registration saw, besides writing the pod's endpoint and declarations. */
 export interface Registration {
@@ -37,6 +35,10 @@ export interface Registration {
   others: Declaration[];
   /** The pods this pod had declared links to. */
   previousPeers: Set<string>;
+  /** This pod's declarations as they were (a refused live change puts them back). */
+  previous: Declaration[];
+  /** The links recorded as built between this pod and the peers read, by key. */
+  built: Map<string, BuiltLink>;
   peers: Map<string, EndpointRecord>;
   /** The built-link chunks of this pod with each peer read, by peer. */
   pairs: Map<string, PairState>;
@@ -96,6 +98,8 @@ export class LinkStore extends LinkReads {
       rev: "0",
       others: [],
       previousPeers: new Set(),
+      previous: [],
+      built: new Map(),
       peers: new Map(),
       pairs: new Map(),
       vniNext: 0,
@@ -106,7 +110,7 @@ export class LinkStore extends LinkReads {
       const head =
         n === 0
           ? {
-              mine: q.prefix(keys.declPrefix(id), { keysOnly: true, limit: PAGE }),
+              mine: q.prefix(keys.declPrefix(id), { limit: PAGE }),
               peers: q.prefix(keys.peersPrefix(id), { limit: PAGE }),
               vni: q.get(keys.vniNext),
             }
@@ -122,10 +126,12 @@ export class LinkStore extends LinkReads {
       });
       if (head) {
         reg.rev = r.revision;
-        for (const kv of await rest(this.etcd, r, head.mine)) {
+        const mine = await rest(this.etcd, r, head.mine);
+        for (const kv of mine) {
           const d = keys.parseDecl(keyOf(kv));
           if (d && d.id === id) reg.previousPeers.add(d.peer);
         }
+        reg.previous = this.declarationsOf(mine, id);
         for (const kv of await rest(this.etcd, r, head.peers)) {
           const declarer = keys.idAfter(keys.peersPrefix(id), keyOf(kv));
           if (!declarer || !sameNamespace(declarer, id)) continue;
@@ -145,7 +151,9 @@ export class LinkStore extends LinkReads {
       }
     }
     // Pods that declare links to this one without this one declaring any to them (same
-    // namespace): their declarations and the pair's chunks, read only.
+    // namespace), and those it declared links to before and no more: their declarations and
+    // the pair's chunks, read only.
+    for (const p of reg.previousPeers) if (!byPeer.has(p) && !declarers.includes(p)) declarers.push(p);
     for (const part of pack(declarers, () => ({ compares: 0, ops: 2, bytes: 0 }), {
       compares: 0,
       ops: 0,
@@ -155,6 +163,13 @@ export class LinkStore extends LinkReads {
       const reads = part.map((peer) => ({ peer, ...this.pairSlots(q, id, peer) }));
       const r = await txn(this.etcd, { reads: q });
       for (const s of reads) await this.readPair(r, id, s, reg);
+    }
+    for (const [peer, state] of reg.pairs) {
+      const [a, b] = id < peer ? [id, peer] : [peer, id];
+      for (const { chunk } of state.values())
+        if (chunk)
+          for (const l of pairLinks(a, b, chunk))
+            reg.built.set(l.key, { kind: chunk.kind, ends: chunk.ends });
     }
     return reg;
   }
@@ -190,9 +205,7 @@ export class LinkStore extends LinkReads {
     }
   }
 
-  /**
-   * Round trip 2 of an ADD: records the links this pod builds (link-commit.ts).
-   */
+  /** Round trip 2 of an ADD: records the links this pod builds (link-commit.ts). */
   commit(
     endpoint: EndpointRecord,
     reg: Registration,
@@ -221,6 +234,81 @@ export class LinkStore extends LinkReads {
     });
     // Each chunk on its own: one that someone rewrote since stays theirs.
     for (const u of units) await txn(this.etcd, u);
+  }
+
+  /**
+   * A refused change to a running pod: its declarations go back to `previous` (those to
+   * peers it declared links to only now are removed), so nothing changes for anyone.
+   */
+  async restoreDeclarations(
+    endpoint: EndpointRecord,
+    declared: LinkSpec[],
+    previous: Declaration[],
+  ): Promise<void> {
+    const keys = this.keys;
+    const id = podId(endpoint);
+    const before = new Map<string, LinkSpec[]>();
+    for (const d of previous) {
+      if (d.declarer !== id) continue;
+      const p = podId(d.spec.peer);
+      before.set(p, [...(before.get(p) ?? []), d.spec]);
+    }
+    const units: Op[][] = [];
+    for (const p of new Set(declared.map((s) => podId(s.peer)))) {
+      if (before.has(p)) continue;
+      units.push([op.delPrefix(keys.declPairPrefix(id, p)), op.del(keys.peer(p, id))]);
+    }
+    for (const [p, specs] of before) {
+      const chunks = toDeclChunks(specs);
+      const writes = chunks.map((c, n) => op.put(keys.decl(id, p, n), c));
+      writes.push(op.delFrom(keys.decl(id, p, chunks.length), keys.declPairPrefix(id, p)));
+      if (sameNamespace(p, id)) writes.push(op.put(keys.peer(p, id), endpoint));
+      units.push(writes);
+    }
+    for (const part of pack(units, (u) => sizeOf([], u), sizeOf([], [])))
+      await txn(this.etcd, { writes: part.flat() });
+  }
+
+  /**
+   * The built links of pairs none of whose links any pod declares any more: the pair's
+   * chunks, VNI blocks and tunnel entries go (the other node's agent removes its ends when
+   * its entries go).
+   */
+  async dropPairs(id: string, peers: string[]): Promise<void> {
+    const keys = this.keys;
+    const pairs = await this.pairs(id, peers);
+    const units = peers.map((p) => {
+      const writes: Op[] = [op.delPrefix(keys.pairPrefix(id, p))];
+      const nodes = new Set<string>();
+      for (const { chunk } of pairs.get(p)?.state.values() ?? []) {
+        if (chunk?.block !== undefined) writes.push(op.del(keys.vni(chunk.block)));
+        for (const e of Object.values(chunk?.ends ?? {})) nodes.add(e.node);
+      }
+      for (const node of nodes) writes.push(op.delPrefix(keys.tunnelPairPrefix(node, id, p)));
+      return writes;
+    });
+    for (const part of pack(units, (u) => sizeOf([], u), sizeOf([], [])))
+      await txn(this.etcd, { writes: part.flat() });
+  }
+
+  /** Writes (or, with `undefined`, removes) what this node observed for ends of its pods. */
+  async writeObserved(
+    entries: Array<{ link: string; id: string; observed: Observed | undefined }>,
+  ): Promise<void> {
+    const seen = new Set<string>();
+    const ops: Op[] = [];
+    for (const e of entries) {
+      const key = this.keys.observed(e.link, e.id);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      ops.push(e.observed ? op.put(key, e.observed) : op.del(key));
+    }
+    for (const part of pack(
+      ops.map((o) => [o]),
+      (u) => sizeOf([], u),
+      sizeOf([], []),
+    ))
+      await txn(this.etcd, { writes: part.flat() });
   }
 
   /** A deregistered pod's records (link-removal.ts). */

@@ -13,6 +13,7 @@ import {
   containerIdProblem,
 } from "../cni/names.ts";
 import { type EndSpec, endId, type LinkSpec } from "../links/spec.ts";
+import { LINK_STATES, type LinkState, NetemSchema } from "../links/impair.ts";
 import { DECL_CHUNK, LINK_CHUNK, MAX_VNI, VNI_BLOCKS } from "./keys.ts";
 
 const named = (problem: (s: string) => string | undefined) =>
@@ -54,6 +55,7 @@ export const EndSpecSchema = v.object({
   ifname: Ifname,
   ips: v.pipe(v.array(Cidr), v.maxLength(64)),
   mac: v.optional(Mac),
+  netem: v.optional(NetemSchema),
 });
 
 export const LinkSpecSchema = v.pipe(
@@ -61,6 +63,7 @@ export const LinkSpecSchema = v.pipe(
     local: EndSpecSchema,
     peer: EndSpecSchema,
     mtu: v.optional(Mtu),
+    state: v.optional(v.picklist(LINK_STATES)),
     primary: v.optional(v.boolean()),
     source: v.picklist(["labels", "annotation"]),
   }),
@@ -97,6 +100,7 @@ const ChunkEndSchema = v.object({
   ifname: Ifname,
   ips: v.pipe(v.array(Cidr), v.maxLength(64)),
   mac: v.optional(Mac),
+  netem: v.optional(NetemSchema),
 });
 export type ChunkEnd = v.InferOutput<typeof ChunkEndSchema>;
 
@@ -108,6 +112,7 @@ export const DeclChunkSchema = v.object({
         local: ChunkEndSchema,
         peer: ChunkEndSchema,
         mtu: v.optional(Mtu),
+        state: v.optional(v.picklist(LINK_STATES)),
         primary: v.optional(v.boolean()),
         source: v.picklist(["labels", "annotation"]),
       }),
@@ -145,7 +150,17 @@ export const TunnelChunkSchema = v.pipe(
     /** The node whose ADD wrote this entry (and already built its own ends). */
     builtBy: NodeId,
     ends: v.pipe(
-      v.array(v.object({ key: v.string(), end: ChunkEndSchema, vni: Vni, mtu: v.optional(Mtu) })),
+      v.array(
+        v.object({
+          key: v.string(),
+          end: ChunkEndSchema,
+          vni: Vni,
+          mtu: v.optional(Mtu),
+          state: v.optional(v.picklist(LINK_STATES)),
+          /** The writer (re)built its own end just now: rebuild this one too (fresh neighbours). */
+          fresh: v.optional(v.boolean()),
+        }),
+      ),
       v.minLength(1),
       v.maxLength(LINK_CHUNK),
     ),
@@ -165,6 +180,8 @@ export interface TunnelEnd {
   vni: number;
   remote: string;
   mtu?: number;
+  state?: LinkState;
+  fresh?: boolean;
   builtBy: string;
 }
 
@@ -179,8 +196,27 @@ export function tunnelEnds(t: TunnelChunk): TunnelEnd[] {
     remote: t.remote,
     builtBy: t.builtBy,
     ...(e.mtu !== undefined ? { mtu: e.mtu } : {}),
+    ...(e.state !== undefined ? { state: e.state } : {}),
+    ...(e.fresh !== undefined ? { fresh: e.fresh } : {}),
   }));
 }
+
+/** What the kernel holds for one end, as its node's agent read it back. */
+export const ObservedSchema = v.object({
+  node: NodeId,
+  ifname: Ifname,
+  present: v.boolean(),
+  up: v.boolean(),
+  carrier: v.boolean(),
+  mtu: v.number(),
+  /** The root qdisc in the declared form ({}: the kernel's default). */
+  netem: NetemSchema,
+  /** When this was read (after the last change ratchet applied). */
+  since: v.string(),
+  /** Why the kernel differs from the declaration, when a change could not be applied. */
+  error: v.optional(v.string()),
+});
+export type Observed = v.InferOutput<typeof ObservedSchema>;
 
 // Compile-time check that the schemas and the spec types stay the same shape.
 const _end: EndSpec = {} as v.InferOutput<typeof EndSpecSchema>;

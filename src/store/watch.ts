@@ -9,7 +9,8 @@ import type { Logger } from "../log.ts";
 import { storeError } from "./etcd-ops.ts";
 
 export interface FollowHandlers {
-  put(kv: IKeyValue): void;
+  /** `prev`: the value before the put, if any (etcd sends it with the event). */
+  put(kv: IKeyValue, prev: IKeyValue | undefined): void;
   /** `prev`: the value before the delete (etcd sends it with the event). */
   delete(kv: IKeyValue, prev: IKeyValue | undefined): void;
   /** Re-reads the prefix, acts on what it finds, and returns the revision it read at. */
@@ -51,7 +52,7 @@ export class Follower {
     }
     this.watcher = w;
     // Handlers never throw out of the watch: what fails is logged and skipped.
-    w.on("put", (kv) => this.guard(() => this.handlers.put(kv), kv));
+    w.on("put", (kv, prev) => this.guard(() => this.handlers.put(kv, prev), kv));
     w.on("delete", (kv, prev) => this.guard(() => this.handlers.delete(kv, prev), kv));
     w.on("disconnected", (err: Error) =>
       this.log.debug("etcd watch disconnected; it resumes by itself", {

@@ -11,7 +11,8 @@ import { startApiServer } from "../support/apiserver.ts";
 
 const dirs: Array<{ path: string; [Symbol.dispose](): void }> = [];
 // The pods these tests add: plain (non-ratchet) pods the agent looks up through the API.
-const api = startApiServer();
+// Scheduled to the node the agents watch (node_name below).
+const api = startApiServer({ node: "child-test-node" });
 for (const name of [
   "plain-pod",
   "plain-pod-2",
@@ -48,6 +49,7 @@ function node(extra: Record<string, unknown> = {}) {
     child_socket: socket,
     child_idle_seconds: 60,
     kubeconfig,
+    node_name: "child-test-node",
     delegate: { type: "loopback" },
     ...extra,
   };

@@ -1,14 +1,16 @@
-// The parent asks the node agent about each Kubernetes pod: ordinary pods pass through,
-// failures to read the pod or bad ratchet labels stop the ADD before anything is created.
+// The parent asks the node agent about each Kubernetes pod: ordinary pods pass through (from
+// the agent's pod cache), a pod the API server does not know goes to the delegate, failures to
+// read a pod the cache lacks or bad ratchet labels stop the ADD before anything is created.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { startApiServer, type ApiServer } from "../support/apiserver.ts";
-import { killChildren } from "../support/child.ts";
+import { killChildren, waitFor } from "../support/child.ts";
 import { cni } from "../support/cni.ts";
 import { REPO, tempDir } from "../support/env.ts";
 import { linkInfo, makeNetns } from "../support/netns.ts";
 
 const scratch = tempDir("ratchet-classify-");
+const NODE = "classify-node";
 let api: ApiServer;
 let conf: Record<string, unknown>;
 
@@ -17,7 +19,7 @@ beforeAll(() => {
   api.putPod({
     kind: "Pod",
     metadata: { name: "web", namespace: "default", labels: { app: "web" } },
-    spec: {},
+    spec: { nodeName: NODE },
   });
   api.putPod({
     kind: "Pod",
@@ -31,7 +33,7 @@ beforeAll(() => {
         "ratchet.pair_ifname": "in2",
       },
     },
-    spec: {},
+    spec: { nodeName: NODE },
   });
   conf = {
     cniVersion: "1.0.0",
@@ -39,6 +41,7 @@ beforeAll(() => {
     type: "ratchet",
     etcd_host: "127.0.0.1",
     kubeconfig: api.writeKubeconfig(scratch.path, { auth: "token" }),
+    node_name: NODE,
     log_file: join(scratch.path, "ratchet.log"),
     child_socket: join(scratch.path, "run", "child.sock"),
     delegate: { type: "loopback" },
@@ -55,25 +58,31 @@ const args = (ns: string, name: string) =>
   `IgnoreUnknown=1;K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=c`;
 
 describe("classification through the node agent", () => {
-  test("a pod without the ratchet label goes to the delegate; the agent read it from the API", async () => {
+  test("a pod without the ratchet label passes through to the delegate, from the agent's pod cache", async () => {
     await using ns = await makeNetns();
-    const r = await cni({
-      command: "ADD",
-      conf,
-      containerId: "web-1",
-      netns: ns.path,
-      ifname: "lo",
-      args: args("default", "web"),
-    });
-    expect(r.stderr).toBe("");
-    expect(r.code).toBe(0);
-    expect((r.json as { interfaces: Array<{ name: string }> }).interfaces.map((i) => i.name)).toEqual(["lo"]);
-    expect(
-      api.requests.some((q) => q.path === "/api/v1/namespaces/default/pods/web" && q.status === 200),
-    ).toBe(true);
+    const add = (id: string) =>
+      cni({
+        command: "ADD",
+        conf,
+        containerId: id,
+        netns: ns.path,
+        ifname: "lo",
+        args: args("default", "web"),
+      });
+    const first = await add("web-1");
+    expect(first.stderr).toBe("");
+    expect(first.code).toBe(0);
+    expect((first.json as { interfaces: Array<{ name: string }> }).interfaces.map((i) => i.name)).toEqual([
+      "lo",
+    ]);
+    // Once the agent watches this node's pods, it reads them from memory: no GET at all.
+    await waitFor("the agent's pod watch", () => api.watchCount === 1);
+    const mark = api.requests.length;
+    expect((await add("web-1b")).code).toBe(0);
+    expect(api.requests.slice(mark)).toEqual([]);
   });
 
-  test("a pod the API does not know: code 11, and the delegate never ran", async () => {
+  test("a pod the API does not know (a static pod): the delegate serves it, after one GET", async () => {
     await using ns = await makeNetns();
     const r = await cni({
       command: "ADD",
@@ -84,9 +93,12 @@ describe("classification through the node agent", () => {
       args: args("default", "ghost"),
       env: {},
     });
-    expect(r.code).toBe(1);
-    expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("pod default/ghost not found") });
-    expect(await linkInfo(ns.name, "eth0")).toBeUndefined();
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect((r.json as { interfaces: Array<{ name: string }> }).interfaces.map((i) => i.name)).toEqual(["lo"]);
+    expect(api.requests.filter((q) => q.path === "/api/v1/namespaces/default/pods/ghost")).toMatchObject([
+      { method: "GET", status: 404 },
+    ]);
   });
 
   test("bad ratchet labels: code 103 naming pod, label, value and problem; nothing created", async () => {
@@ -114,17 +126,26 @@ describe("classification through the node agent", () => {
     expect(await linkInfo(ns.name, "eth0")).toBeUndefined();
   });
 
-  test("API server failing: code 11 within the deadline, nothing created", async () => {
+  test("API server failing: a cached pod passes; one the cache lacks gets code 11, nothing created", async () => {
     await using ns = await makeNetns();
     api.setFault({ status: 503, message: "etcdserver: leader changed" });
     try {
-      const r = await cni({
+      const cached = await cni({
         command: "ADD",
         conf,
         containerId: "web-2",
         netns: ns.path,
         ifname: "lo",
         args: args("default", "web"),
+      });
+      expect(cached.code).toBe(0);
+      const r = await cni({
+        command: "ADD",
+        conf,
+        containerId: "new-2",
+        netns: ns.path,
+        ifname: "lo",
+        args: args("default", "not-cached"),
       });
       expect(r.code).toBe(1);
       expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("503") });
@@ -133,7 +154,7 @@ describe("classification through the node agent", () => {
     }
   });
 
-  test("API server too slow: code 11 after the pod read deadline (10 s), not a hang", async () => {
+  test("API server too slow: for a pod the cache lacks, code 11 after the pod read deadline (10 s), not a hang", async () => {
     await using ns = await makeNetns();
     api.setDelay(15_000);
     try {
@@ -141,10 +162,10 @@ describe("classification through the node agent", () => {
       const r = await cni({
         command: "ADD",
         conf,
-        containerId: "web-3",
+        containerId: "new-3",
         netns: ns.path,
         ifname: "lo",
-        args: args("default", "web"),
+        args: args("default", "not-cached"),
       });
       expect(r.code).toBe(1);
       expect(r.json).toMatchObject({ code: 11, msg: expect.stringContaining("no answer within") });

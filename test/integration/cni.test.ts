@@ -13,7 +13,8 @@ import { startApiServer } from "../support/apiserver.ts";
 const scratch = tempDir("ratchet-cni-");
 /** The newest version Debian's bridge plugin speaks. */
 const BRIDGE_MAX = "1.0.0";
-const api = startApiServer();
+// Scheduled to the node the agent watches (node_name below).
+const api = startApiServer({ node: "cni-test-node" });
 api.putPod({
   kind: "Pod",
   metadata: { name: "plain-pod", namespace: "default", labels: { app: "plain" } },
@@ -57,6 +58,7 @@ function ratchetConf(version: string, extra: Record<string, unknown>): Record<st
     log_file: join(scratch.path, "ratchet.log"),
     child_socket: join(scratch.path, "run", "child.sock"),
     kubeconfig,
+    node_name: "cni-test-node",
     ...extra,
   };
 }

@@ -7,8 +7,8 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadAll } from "js-yaml";
 import { loadConfigFile } from "../../src/cni/config-file.ts";
-import { PodReader } from "../../src/child/kube.ts";
-import { podLinks } from "../../src/child/podspec.ts";
+import { PodReader } from "../../src/pods/kube.ts";
+import { podLinks } from "../../src/pods/podspec.ts";
 import { startApiServer } from "../support/apiserver.ts";
 import { REPO, tempDir } from "../support/env.ts";
 

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PodReader, TokenFile } from "../../src/child/kube.ts";
+import { PodReader, TokenFile } from "../../src/pods/kube.ts";
 import { CniError } from "../../src/cni/errors.ts";
 import { startApiServer } from "../support/apiserver.ts";
 import { makeCa } from "../support/certs.ts";
@@ -47,10 +47,12 @@ describe("PodReader with a kubeconfig", () => {
       }),
       annotations: {},
       nodeName: undefined,
+      resourceVersion: api.getPod("default", "primary-pod")?.metadata.resourceVersion as string,
     });
     expect(api.requests.at(-1)).toEqual({
       method: "GET",
       path: "/api/v1/namespaces/default/pods/primary-pod",
+      query: "",
       token: api.token,
       status: 200,
     });
@@ -162,7 +164,7 @@ describe("PodReader with a kubeconfig", () => {
     });
     expect((await failure(reader.readPod("default", "primary-pod", 5000))).message).toBe(
       `cannot read pod default/primary-pod: the API server ${api.url} answered ` +
-        `403 Forbidden (the node agent needs RBAC permission to get pods): ` +
+        `403 Forbidden (the node agent needs RBAC permission to get, list and watch pods): ` +
         `pods "primary-pod" is forbidden: User "x" cannot get resource "pods"`,
     );
     api.setFault(undefined);

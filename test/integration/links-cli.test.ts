@@ -30,7 +30,7 @@ const args = (name: string, cid: string) =>
   `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=${cid}`;
 
 beforeAll(async () => {
-  api = startApiServer({ podFiles: [join(REPO, "pod_specs", "example.yaml")] });
+  api = startApiServer({ podFiles: [join(REPO, "pod_specs", "example.yaml")], node: "links-node" });
   const lonely = [
     {
       peer: "never-comes",
@@ -58,6 +58,7 @@ beforeAll(async () => {
     etcd_prefix: prefix,
     parent_address: "10.253.0.1",
     kubeconfig: api.writeKubeconfig(scratch.path, { auth: "token" }),
+    node_name: "links-node",
     log_file: join(scratch.path, "ratchet.log"),
     child_socket: join(scratch.path, "run", "child.sock"),
     delegate: { type: "loopback" },
@@ -121,6 +122,9 @@ test("JSON: every endpoint and link with its kind and state", async () => {
       kind: "-",
       state: "waiting for peer",
       why: "not registered: default/never-comes",
+      declared: { state: "up", a: { netem: {} }, b: { netem: {} } },
+      // Waiting: lonely's agent reports its end as not there yet.
+      observed: { a: expect.objectContaining({ ifname: "net1", present: false }) },
     },
     {
       key: "default/pair-pod/in2:default/primary-pod/in1",
@@ -128,6 +132,12 @@ test("JSON: every endpoint and link with its kind and state", async () => {
       b: { pod: "default/primary-pod", ifname: "in1", ips: ["192.168.2.100/24"], node: "10.253.0.1" },
       kind: "veth",
       state: "up",
+      declared: { state: "up", a: { netem: {} }, b: { netem: {} } },
+      // Both ends on this node: its agent reports what the kernel holds for each.
+      observed: {
+        a: expect.objectContaining({ ifname: "in2", present: true, up: true, carrier: true, netem: {} }),
+        b: expect.objectContaining({ ifname: "in1", present: true, up: true, carrier: true, netem: {} }),
+      },
     },
   ] as unknown as View["links"]);
   // Nothing secret in it: no config, no credentials, just the picture.
@@ -141,7 +151,7 @@ test("table: aligned, one line per endpoint and per link", async () => {
   expect(lines[0]).toBe("ENDPOINTS (3)");
   expect(lines[1]).toMatch(/^POD\s+NODE\s+CONTAINER\s+LINKS\s+SINCE$/);
   expect(lines.find((l) => l.startsWith("default/pair-pod:in2 192.168.2.101/24"))).toMatch(
-    /default\/primary-pod:in1 192\.168\.2\.100\/24\s+veth\s+-\s+up$/,
+    /default\/primary-pod:in1 192\.168\.2\.100\/24\s+veth\s+-\s+up\s+-\s+-\s+\d+\s+\S+\s+up$/,
   );
   expect(lines.find((l) => l.startsWith("default/lonely:net1"))).toContain(
     "waiting for peer (not registered: default/never-comes)",

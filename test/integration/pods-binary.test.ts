@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PodReader } from "../../src/child/kube.ts";
+import { PodReader } from "../../src/pods/kube.ts";
 import { show } from "../../src/cni/names.ts";
 import { startApiServer, type ApiServer } from "../support/apiserver.ts";
 import { EXAMPLE_LINKS } from "../support/pods.ts";
@@ -44,11 +44,8 @@ describe("ratchet-child --pod in the compiled binary, checkout hidden", () => {
     });
     const pair = await classifyHidden(dir.path, api, "default/pair-pod");
     expect(pair.code).toBe(0);
-    expect(JSON.parse(pair.stdout)).toEqual({
-      pod: "default/pair-pod",
-      eligible: true,
-      links: [EXAMPLE_LINKS["pair-pod"]],
-    });
+    // The original's pair pod only opts in: its primary's labels declare the link.
+    expect(JSON.parse(pair.stdout)).toEqual({ pod: "default/pair-pod", eligible: true, links: [] });
     expect(api.requests.map((r) => [r.path, r.status])).toEqual([
       ["/api/v1/namespaces/default/pods/primary-pod", 200],
       ["/api/v1/namespaces/default/pods/pair-pod", 200],
@@ -131,8 +128,8 @@ describe("apiserver-fixture", () => {
       expect(info.kubeconfig).toBe(join(dir.path, "kubeconfig"));
 
       using podReader = new PodReader({ kubeconfig: info.kubeconfig });
-      expect((await podReader.readPod("default", "pair-pod", 5000)).labels["ratchet.pair_name"]).toBe(
-        "primary-pod",
+      expect((await podReader.readPod("default", "primary-pod", 5000)).labels["ratchet.pair_name"]).toBe(
+        "pair-pod",
       );
       proc.kill("SIGTERM");
       expect(await proc.exited).toBe(0);

@@ -1,32 +1,13 @@
 // What one pod's labels may do to another pod: nothing beyond the link both agreed to.
 // A peer's own interfaces are never removed or renamed, and namespaces are boundaries.
 import { describe, expect, test } from "bun:test";
-import { annotatedPod, makeCluster } from "../support/cluster.ts";
+import { annotatedPod, ifindexIn, makeCluster, optInPod } from "../support/cluster.ts";
 import { ipIn } from "../support/netns.ts";
-
-/** A ratchet pod that only opts in (its peers declare the links). */
-function optIn(name: string, namespace = "default") {
-  return {
-    apiVersion: "v1",
-    kind: "Pod",
-    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" } },
-    spec: {},
-  };
-}
-
-async function ifindex(ns: string, name: string): Promise<number | undefined> {
-  try {
-    return (JSON.parse(await ipIn(ns, ["-j", "link", "show", "dev", name])) as Array<{ ifindex: number }>)[0]
-      ?.ifindex;
-  } catch {
-    return undefined;
-  }
-}
 
 describe("a pod's links cannot reach into its peer", () => {
   test("a link naming the peer's CNI_IFNAME is refused; the peer's interface is untouched", async () => {
     await using c = await makeCluster({ nodes: 1 });
-    c.putPod(optIn("victim"));
+    c.putPod(optInPod("victim"));
     c.putPod(
       annotatedPod("attacker", [
         {
@@ -42,11 +23,11 @@ describe("a pod's links cannot reach into its peer", () => {
     const victim = await n.pod("victim");
     // The victim's own network: an eth0 made by "another plugin".
     await ipIn(victim.netns.name, ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
-    const before = await ifindex(victim.netns.name, "eth0");
+    const before = await ifindexIn(victim.netns.name, "eth0");
     expect((await victim.add()).code).toBe(0);
     const attacker = await n.pod("attacker");
     expect((await attacker.add()).code).toBe(0);
-    expect(await ifindex(victim.netns.name, "eth0")).toBe(before as number);
+    expect(await ifindexIn(victim.netns.name, "eth0")).toBe(before as number);
     expect(await c.iface(attacker, "x0")).toBeUndefined();
     expect(n.logTail(100)).toContain('"msg":"link refused"');
     expect(n.logTail(100)).toContain("it names the peer's CNI_IFNAME");
@@ -59,8 +40,8 @@ describe("a pod's links cannot reach into its peer", () => {
 
   test("a link naming another of the peer's interfaces fails, naming it, leaves it alone", async () => {
     await using c = await makeCluster({ nodes: 2 });
-    c.putPod(optIn("victim"));
-    c.putPod(optIn("victim2"));
+    c.putPod(optInPod("victim"));
+    c.putPod(optInPod("victim2"));
     c.putPod(
       annotatedPod("attacker", [
         {
@@ -90,8 +71,8 @@ describe("a pod's links cannot reach into its peer", () => {
       await ipIn(v.netns.name, ["link", "add", "net1", "type", "veth", "peer", "name", "net1p"]);
       expect((await v.add()).code).toBe(0);
     }
-    const netIdx = await ifindex(victim.netns.name, "net1");
-    const netIdx2 = await ifindex(victim2.netns.name, "net1");
+    const netIdx = await ifindexIn(victim.netns.name, "net1");
+    const netIdx2 = await ifindexIn(victim2.netns.name, "net1");
 
     // Same node: the peer's end would take a name that is not ratchet's: refused, named.
     const attacker = await n1.pod("attacker");
@@ -101,7 +82,7 @@ describe("a pod's links cannot reach into its peer", () => {
     expect((r.json as { msg: string }).msg).toContain(`interface "net1" in netns "${victim.netns.path}"`);
     expect((r.json as { msg: string }).msg).toContain("of pod default/victim");
     expect((r.json as { msg: string }).msg).toContain("was not built by ratchet for this link");
-    expect(await ifindex(victim.netns.name, "net1")).toBe(netIdx as number);
+    expect(await ifindexIn(victim.netns.name, "net1")).toBe(netIdx as number);
     expect((await attacker.del()).code).toBe(0);
 
     // Across nodes: the victim's agent refuses to replace its net1.
@@ -112,7 +93,7 @@ describe("a pod's links cannot reach into its peer", () => {
       await Bun.sleep(50);
     expect(n2.logTail(200)).toContain("could not build a tunnel end");
     expect(n2.logTail(200)).toContain('interface \\"net1\\"');
-    expect(await ifindex(victim2.netns.name, "net1")).toBe(netIdx2 as number);
+    expect(await ifindexIn(victim2.netns.name, "net1")).toBe(netIdx2 as number);
     expect((await c.iface(victim2, "net1"))?.kind).toBe("veth");
 
     for (const p of [attacker, attacker2, victim, victim2]) {
@@ -142,7 +123,7 @@ describe("namespaces are boundaries", () => {
         "team-a",
       ),
     );
-    c.putPod(optIn("b", "team-b"));
+    c.putPod(optInPod("b", "team-b"));
     const n = c.node(1);
     const a = await n.pod("a", "team-a");
     const b = await n.pod("b", "team-b");

@@ -66,7 +66,15 @@ describe("the store with thousands of links", () => {
       const reg = await store.register(hub, declared);
       const registerTrips = stats.roundTrips - before;
       expect(reg.peers.size).toBe(PEERS);
-      const p = plan({ id: "lab/hub", cniIfname: "eth0", node: hub.node, vtep: hub.vtep, declared, ...reg });
+      const p = plan({
+        id: "lab/hub",
+        containerId: hub.containerId,
+        cniIfname: "eth0",
+        node: hub.node,
+        vtep: hub.vtep,
+        declared,
+        ...reg,
+      });
       expect(p.builds).toHaveLength(PEERS * PER_PEER);
       expect(p.builds.every((b) => b.kind === "vxlan")).toBe(true);
 

@@ -5,26 +5,16 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { annotatedPod, type Cluster, makeCluster, type Node } from "../support/cluster.ts";
+import {
+  annotatedPod,
+  type Cluster,
+  ifindexIn,
+  makeCluster,
+  type Node,
+  optInPod,
+} from "../support/cluster.ts";
+import { groupOf } from "../../src/links/builder.ts";
 import { ipIn } from "../support/netns.ts";
-
-function optIn(name: string, namespace = "default") {
-  return {
-    apiVersion: "v1",
-    kind: "Pod",
-    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" } },
-    spec: {},
-  };
-}
-
-async function ifindex(ns: string, name: string): Promise<number | undefined> {
-  try {
-    const out = JSON.parse(await ipIn(ns, ["-j", "link", "show", "dev", name])) as Array<{ ifindex: number }>;
-    return out[0]?.ifindex;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Waits until the node's log holds `text` (the agent reacts to etcd asynchronously). */
 async function logShows(n: Node, text: string, ms = 5000): Promise<boolean> {
@@ -39,19 +29,10 @@ async function logShows(n: Node, text: string, ms = 5000): Promise<boolean> {
 const keysUnder = async (c: Cluster, sub: string) =>
   (await c.etcdKeys()).filter((k) => k.startsWith(`${c.etcdPrefix}/v1/${sub}`));
 
-async function finish(c: Cluster): Promise<void> {
-  for (const p of c.pods) {
-    if (!p.netnsExists) continue;
-    expect((await p.del()).code).toBe(0);
-    await p.removeNetns();
-  }
-  await c.assertClean();
-}
-
 describe("interface takeover", () => {
   test("a link naming an interface another plugin made fails, names it, leaves no record; a retry deletes nothing", async () => {
     await using c = await makeCluster({ nodes: 1 });
-    c.putPod(optIn("peer"));
+    c.putPod(optInPod("peer"));
     c.putPod(
       annotatedPod("owner", [
         {
@@ -68,7 +49,7 @@ describe("interface takeover", () => {
     expect((await peer.add()).code).toBe(0);
     const owner = await n.pod("owner");
     await ipIn(owner.netns.name, ["link", "add", "t0", "type", "veth", "peer", "name", "t0p"]);
-    const before = await ifindex(owner.netns.name, "t0");
+    const before = await ifindexIn(owner.netns.name, "t0");
     for (let attempt = 0; attempt < 2; attempt++) {
       const r = await owner.add();
       expect(r.code).toBe(1);
@@ -77,16 +58,61 @@ describe("interface takeover", () => {
       expect(msg).toContain(`interface "t0" in netns "${owner.netns.path}" of pod default/owner`);
       expect(msg).toContain("was not built by ratchet for this link");
       // Nothing half-made: no peer end, no link record a later ADD could read as "built".
-      expect(await ifindex(peer.netns.name, "t1")).toBeUndefined();
+      expect(await ifindexIn(peer.netns.name, "t1")).toBeUndefined();
       expect(await keysUnder(c, "links/")).toEqual([]);
-      expect(await ifindex(owner.netns.name, "t0")).toBe(before as number);
+      expect(await ifindexIn(owner.netns.name, "t0")).toBe(before as number);
     }
-    await finish(c);
+    await c.stopAllAndAssertClean();
+  });
+
+  test("an end in ratchet's device group without an alias (its agent died mid-build) is its own: replaced", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    c.putPod(optInPod("peer"));
+    c.putPod(
+      annotatedPod("owner", [
+        {
+          peer: "peer",
+          local_ifname: "h0",
+          peer_ifname: "h1",
+          local_ip: "10.86.0.1/30",
+          peer_ip: "10.86.0.2/30",
+        },
+      ]),
+    );
+    const n = c.node(1);
+    const peer = await n.pod("peer");
+    expect((await peer.add()).code).toBe(0);
+    const owner = await n.pod("owner");
+    // What a killed agent leaves: the veth created (in ratchet's group for that netns), no
+    // alias yet.
+    const group = String(groupOf(owner.netns.path));
+    await ipIn(owner.netns.name, [
+      "link",
+      "add",
+      "h0",
+      "group",
+      group,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "h0x",
+    ]);
+    // The same without ratchet's group is someone else's.
+    await ipIn(peer.netns.name, ["link", "add", "zz", "type", "veth", "peer", "name", "zzx"]);
+    const before = await ifindexIn(owner.netns.name, "h0");
+    expect((await owner.add()).code).toBe(0);
+    expect((await c.iface(owner, "h0"))?.kind).toBe("veth");
+    expect(await ifindexIn(owner.netns.name, "h0")).not.toBe(before as number);
+    expect(await ifindexIn(owner.netns.name, "h0x")).toBeUndefined();
+    expect(await c.ping(owner, "10.86.0.2")).toBe(true);
+    expect(await ifindexIn(peer.netns.name, "zz")).toBeDefined();
+    await c.stopAllAndAssertClean();
   });
 
   test("across nodes, an unmarked VXLAN device of the tunnel end's name is not replaced", async () => {
     await using c = await makeCluster({ nodes: 2 });
-    c.putPod(optIn("far"));
+    c.putPod(optInPod("far"));
     c.putPod(
       annotatedPod("near", [
         {
@@ -100,14 +126,14 @@ describe("interface takeover", () => {
     );
     const far = await c.node(2).pod("far");
     await ipIn(far.netns.name, ["link", "add", "u1", "type", "vxlan", "id", "99", "dstport", "4789"]);
-    const before = await ifindex(far.netns.name, "u1");
+    const before = await ifindexIn(far.netns.name, "u1");
     expect((await far.add()).code).toBe(0);
     const near = await c.node(1).pod("near");
     expect((await near.add()).code).toBe(0);
     expect(await logShows(c.node(2), "was not built by ratchet for this link")).toBe(true);
-    expect(await ifindex(far.netns.name, "u1")).toBe(before as number);
+    expect(await ifindexIn(far.netns.name, "u1")).toBe(before as number);
     expect((await c.iface(far, "u1"))?.vni).toBe(99);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 });
 
@@ -143,18 +169,18 @@ describe("forged etcd values are data, never orders", () => {
     expect(await c.iface(real, "g0")).toBeUndefined();
     expect(n.logTail(100)).toContain("this agent never attached it");
     await c.deleteEtcdPrefix();
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 
   test("forged tunnel-end entries cannot touch an unmarked interface, CNI_IFNAME, the host or crash the agent", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("real"));
+    c.putPod(optInPod("real"));
     const real = await n.pod("real");
     expect((await real.add()).code).toBe(0);
     const [agent] = n.agents();
     await ipIn(real.netns.name, ["link", "add", "keep0", "type", "veth", "peer", "name", "keep0p"]);
-    const keep = await ifindex(real.netns.name, "keep0");
+    const keep = await ifindexIn(real.netns.name, "keep0");
     const vtep = n.underlay;
     // A tunnel entry (one chunk of the pair default/other, default/real) naming `ifname`.
     const entry = (ifname: string, containerId: string) => ({
@@ -179,15 +205,15 @@ describe("forged etcd values are data, never orders", () => {
     expect(await logShows(n, "ignoring a bad value in etcd")).toBe(true);
     // Entries deleted: the agent removes only ends it built (none of these).
     await c.deleteEtcdPrefix();
-    expect(await ifindex(real.netns.name, "keep0")).toBe(keep as number);
-    expect(await ifindex(n.host.name, "ul0")).toBeDefined();
+    expect(await ifindexIn(real.netns.name, "keep0")).toBe(keep as number);
+    expect(await ifindexIn(n.host.name, "ul0")).toBeDefined();
     expect(await n.strayHostLinks()).toEqual([]);
     // Still the same agent, still answering.
     const other = await n.pod("plain");
-    c.putPod(optIn("plain"));
+    c.putPod(optInPod("plain"));
     expect((await other.add()).code).toBe(0);
     expect(n.agents()).toEqual([agent as number]);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 });
 
@@ -195,7 +221,7 @@ describe("consent first", () => {
   test("a declaration from another namespace never makes the other pod's own ADD fail, nor is stored under it", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("friend", "victim"));
+    c.putPod(optInPod("friend", "victim"));
     c.putPod(
       annotatedPod(
         "target",
@@ -235,7 +261,7 @@ describe("consent first", () => {
     const underVictim = (await keysUnder(c, "decl/victim/")).filter((k) => k.endsWith("/attacker/intruder"));
     expect(underVictim).toEqual([]);
     expect((await keysUnder(c, "peers/victim/")).filter((k) => k.includes("attacker"))).toEqual([]);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 });
 
@@ -243,7 +269,7 @@ describe("DEL tells the truth", () => {
   test("an end the kernel refuses to remove fails the DEL with the reason; the records stay for the retry", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("b"));
+    c.putPod(optInPod("b"));
     const link = {
       peer: "b",
       local_ifname: "d0",
@@ -271,13 +297,13 @@ describe("DEL tells the truth", () => {
     await ipIn(a.netns.name, ["link", "set", "d0", "name", "lo"]);
     expect((await a.del()).code).toBe(0);
     expect(await keysUnder(c, "endpoints/default/a")).toEqual([]);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 
   test("with the agent unreachable, DEL still runs the plugins' DEL and then fails with 11", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("lone"));
+    c.putPod(optInPod("lone"));
     const lone = await n.pod("lone");
     expect((await lone.add()).code).toBe(0);
     const r = await lone.del({
@@ -286,7 +312,7 @@ describe("DEL tells the truth", () => {
     });
     expect(r.code).toBe(1);
     expect((r.json as { code: number }).code).toBe(11);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   });
 });
 
@@ -294,7 +320,7 @@ describe("the agent survives every input", () => {
   test("endless lines and idle connections are closed; RSS stays bounded; the agent keeps serving", async () => {
     await using c = await makeCluster({ nodes: 1 });
     const n = c.node(1);
-    c.putPod(optIn("p1"));
+    c.putPod(optInPod("p1"));
     const p1 = await n.pod("p1");
     expect((await p1.add()).code).toBe(0);
     const [pid] = n.agents();
@@ -332,9 +358,9 @@ describe("the agent survives every input", () => {
     while (!idleClosed && Date.now() < until) await Bun.sleep(50);
     expect(idleClosed).toBe(true);
     expect(n.agents()).toEqual([pid as number]);
-    c.putPod(optIn("p2"));
+    c.putPod(optInPod("p2"));
     expect((await (await n.pod("p2")).add()).code).toBe(0);
-    await finish(c);
+    await c.stopAllAndAssertClean();
   }, 60_000);
 
   test("an existing socket directory keeps its mode; the DEL journal skips a bad line", async () => {
@@ -351,7 +377,7 @@ describe("the agent survives every input", () => {
       conf,
     };
     writeFileSync(`${socket}.deferred-del.jsonl`, `{"env": 12\n${JSON.stringify(good)}\n`);
-    c.putPod(optIn("q"));
+    c.putPod(optInPod("q"));
     const q = await n.pod("q");
     expect((await q.add({ child_socket: socket })).code).toBe(0);
     expect(statSync(shared).mode & 0o777).toBe(0o755);

@@ -60,6 +60,10 @@ export interface AnnotationLink {
   peer_mac?: string;
   mtu?: number;
   primary?: boolean;
+  state?: "up" | "down";
+  netem?: Record<string, number> | null;
+  local_netem?: Record<string, number> | null;
+  peer_netem?: Record<string, number> | null;
 }
 
 /** A ratchet pod (`ratchet: "true"`) whose links come from the annotation. */
@@ -86,6 +90,26 @@ export function plainPod(name: string, namespace = "default"): PodObject {
     metadata: { name, namespace, uid: crypto.randomUUID(), labels: { app: name } },
     spec: {},
   };
+}
+
+/** A ratchet pod that only opts in (`ratchet: "true"`): its peers declare its links. */
+export function optInPod(name: string, namespace = "default"): PodObject {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, namespace, uid: crypto.randomUUID(), labels: { ratchet: "true" } },
+    spec: {},
+  };
+}
+
+/** The ifindex of `dev` in netns `ns` (by name), or undefined when there is none. */
+export async function ifindexIn(ns: string, dev: string): Promise<number | undefined> {
+  try {
+    const out = JSON.parse(await ipIn(ns, ["-j", "link", "show", "dev", dev])) as Array<{ ifindex: number }>;
+    return out[0]?.ifindex;
+  } catch {
+    return undefined;
+  }
 }
 
 function b64(s: string): string {
@@ -150,6 +174,7 @@ export class Node {
       etcd_endpoints: etcdEndpoints(),
       etcd_prefix: this.cluster.etcdPrefix,
       kubeconfig: this.cluster.kubeconfig,
+      node_name: this.name,
       child_socket: this.socket,
       log_file: this.logFile,
       child_idle_seconds: 600,
@@ -194,11 +219,11 @@ export class Node {
     return readFileSync(this.logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
   }
 
-  /** Links in the host netns other than lo and ul0. */
-  async strayHostLinks(): Promise<string[]> {
+  /** Links in the host netns other than lo, ul0 and `allowed`. */
+  async strayHostLinks(allowed: string[] = []): Promise<string[]> {
     const out = await ipIn(this.host.name, ["-j", "link", "show"]);
     const list = JSON.parse(out) as Array<{ ifname: string }>;
-    return list.map((l) => l.ifname).filter((n) => n !== "lo" && n !== "ul0");
+    return list.map((l) => l.ifname).filter((n) => n !== "lo" && n !== "ul0" && !allowed.includes(n));
   }
 }
 
@@ -216,11 +241,12 @@ export class Pod {
     readonly ifname = "eth0",
   ) {}
 
+  /** CNI_ARGS as a runtime passes them, with the pod's current uid when the API server has the pod. */
   get args(): string {
-    return (
-      `IgnoreUnknown=1;K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name};` +
-      `K8S_POD_INFRA_CONTAINER_ID=${this.containerId}`
-    );
+    const uid = this.node.cluster.api.getPod(this.namespace, this.name)?.metadata.uid;
+    const pod = `K8S_POD_NAMESPACE=${this.namespace};K8S_POD_NAME=${this.name}`;
+    const ids = `K8S_POD_INFRA_CONTAINER_ID=${this.containerId}${uid ? `;K8S_POD_UID=${uid}` : ""}`;
+    return `IgnoreUnknown=1;${pod};${ids}`;
   }
 
   /** Runs one CNI command for this container with this node's config (plus `conf` overrides). */
@@ -330,26 +356,41 @@ export class Cluster implements AsyncDisposable {
     return n;
   }
 
+  /** A sandbox for the pod on `node`; the pod (if the API server has it yet) is bound to that node. */
   async makePod(node: Node, name: string, namespace: string): Promise<Pod> {
     const netns = await makeNetns("p");
     const pod = new Pod(node, name, namespace, `${this.id}-${name}-${(podSeq++).toString(36)}`, netns);
     this.pods.push(pod);
+    const obj = this.api.getPod(namespace, name);
+    if (obj && obj.spec?.nodeName !== node.name) this.api.bindPod(namespace, name, node.name);
     return pod;
   }
 
   /** Runs the installed binary as a runtime does, the checkout hidden. */
   cni(
-    inv: Pick<Invocation, "command" | "conf" | "containerId" | "netns" | "ifname" | "args">,
+    inv: Pick<Invocation, "command" | "conf" | "containerId" | "netns" | "ifname" | "args" | "env">,
   ): Promise<CniRun> {
     return cni({ ...inv, bin: this.runner, visible: true });
   }
 
+  /**
+   * Adds or updates a pod in the API server. As the scheduler would have, it is bound to the
+   * node of its latest sandbox (if it has one and the object names no node).
+   */
   putPod(pod: unknown): PodObject {
-    return this.api.putPod(pod);
+    return this.bind(this.api.putPod(pod));
   }
 
   loadPods(file: string): PodObject[] {
-    return this.api.loadPods(file);
+    return this.api.loadPods(file).map((p) => this.bind(p));
+  }
+
+  private bind(p: PodObject): PodObject {
+    if (p.spec?.nodeName) return p;
+    const sandbox = this.pods.findLast(
+      (s) => s.namespace === p.metadata.namespace && s.name === p.metadata.name,
+    );
+    return sandbox ? this.api.bindPod(p.metadata.namespace, p.metadata.name, sandbox.node.name) : p;
   }
 
   deletePod(namespace: string, name: string): boolean {
@@ -445,10 +486,21 @@ export class Cluster implements AsyncDisposable {
   /**
    * Asserts the cluster is back to empty: every pod sandbox stopped (its netns removed), no
    * key left under the prefix (waited for a little: a peer node's agent cleans up
-   * asynchronously), only lo and ul0 in each host netns, at most one agent per node, and
-   * every agent exits on SIGTERM. Throws one error listing everything found.
+   * asynchronously), only lo and ul0 (and `allowHostLinks`) in each host netns, at most one
+   * agent per node, and every agent exits on SIGTERM. Throws one error listing everything found.
    */
-  async assertClean(opts: { etcdWaitMs?: number } = {}): Promise<void> {
+  /** DEL and remove every pod sandbox still there (a DEL that fails throws), then assertClean. */
+  async stopAllAndAssertClean(): Promise<void> {
+    for (const p of this.pods) {
+      if (!p.netnsExists) continue;
+      const r = await p.del();
+      if (r.code !== 0) throw new Error(`DEL of ${p.namespace}/${p.name}: ${r.stdout}`);
+      await p.removeNetns();
+    }
+    await this.assertClean();
+  }
+
+  async assertClean(opts: { etcdWaitMs?: number; allowHostLinks?: string[] } = {}): Promise<void> {
     const problems: string[] = [];
     for (const p of this.pods)
       if (p.netnsExists)
@@ -468,7 +520,7 @@ export class Cluster implements AsyncDisposable {
       problems.push(`etcd could not be read: ${(err as Error).message}`);
     }
     for (const n of this.nodes) {
-      const stray = await n.strayHostLinks();
+      const stray = await n.strayHostLinks(opts.allowHostLinks);
       if (stray.length > 0)
         problems.push(`${n.name}: stray links in host netns ${n.host.name}: ${stray.join(", ")}`);
       const agents = n.agents();

@@ -2,6 +2,7 @@
 import { afterAll } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import { removePauseImage } from "./cri/pause-image.ts";
 import { removeInstalledBin } from "./env.ts";
 
 // Under scripts/test.sh every temporary directory of the tests lives in this run's work
@@ -12,6 +13,7 @@ const before = new Set(work ? ours(work) : []);
 
 afterAll(() => {
   removeInstalledBin();
+  removePauseImage();
   if (!work) return;
   const left = ours(work).filter((f) => !before.has(f));
   if (left.length > 0) {

@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import { parseNetConf } from "../../src/cni/config.ts";
 import { CniError } from "../../src/cni/errors.ts";
-import { podLinks } from "../../src/child/podspec.ts";
+import { podLinks } from "../../src/pods/podspec.ts";
 import { rng } from "../support/rng.ts";
 
 const SEED = Number(process.env.RATCHET_FUZZ_SEED ?? 20261128);

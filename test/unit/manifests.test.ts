@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { load, loadAll } from "js-yaml";
 import { loadConfigFile } from "../../src/cni/config-file.ts";
 import { parseNetConf, type NetConf } from "../../src/cni/config.ts";
-import { podLinks, type PodMeta } from "../../src/child/podspec.ts";
+import { podLinks, type PodMeta } from "../../src/pods/podspec.ts";
 import { REPO, tempDir } from "../support/env.ts";
 
 type Obj = Record<string, unknown>;
@@ -123,10 +123,14 @@ describe("every manifest", () => {
 });
 
 describe("RBAC", () => {
-  test("the ClusterRole grants get, list and watch on pods and nothing else", () => {
+  test("the ClusterRole grants get, list, watch and patch on pods, create and patch on events, nothing else", () => {
     const role = one(k8sDocs, "ClusterRole", "ratchet");
     const rules = list(role.rules, "rules");
-    expect(rules).toEqual([{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }]);
+    expect(rules).toEqual([
+      { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] },
+      { apiGroups: [""], resources: ["pods"], verbs: ["patch"] },
+      { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
+    ]);
     expect(role.aggregationRule).toBeUndefined();
   });
 
@@ -254,6 +258,30 @@ describe("the DaemonSet", () => {
     for (const c of [...initContainers, ...containers]) expect(c.image).toBe("ratchet:latest");
   });
 
+  test("probes and the metrics port follow the config's metrics_address", () => {
+    const conf = parseNetConf(JSON.parse(configText));
+    const port = Number(conf.metrics_address.split(":").pop());
+    expect(port).toBeGreaterThan(0);
+    expect(list(agent.ports, "agent.ports")).toEqual([
+      { name: "metrics", containerPort: port, protocol: "TCP" },
+    ]);
+    const get = (probe: string) => o(o(agent[probe], probe).httpGet, `${probe}.httpGet`);
+    expect(get("readinessProbe")).toEqual({ path: "/readyz", port: "metrics" });
+    expect(get("livenessProbe")).toEqual({ path: "/healthz", port: "metrics" });
+    // Host network: kubelet probes the node's address, so the agent must listen on it.
+    expect(conf.metrics_address.startsWith("0.0.0.0:")).toBe(true);
+    const annotations = o(o(o(ds.spec, "spec").template, "template").metadata, "metadata").annotations;
+    expect(o(annotations, "annotations")["prometheus.io/port"]).toBe(String(port));
+  });
+
+  test("the install and agent containers know the node's name (NODE_NAME from spec.nodeName)", () => {
+    for (const c of [install, agent])
+      expect(c.env).toContainEqual({
+        name: "NODE_NAME",
+        valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } },
+      });
+  });
+
   test("the agent mounts the host paths it shares with the plugin, netns with HostToContainer", () => {
     const m = mounts(agent);
     expect([...m.keys()].sort()).toEqual([
@@ -330,6 +358,7 @@ function sandbox(root: string): Sandbox {
       KUBERNETES_SERVICE_PORT: "443",
       RATCHET_ETCD_SERVICE_HOST: "10.96.23.45",
       RATCHET_ETCD_SERVICE_PORT: "2379",
+      NODE_NAME: "node-7.example",
     },
   };
 }
@@ -372,6 +401,7 @@ describe("the install script, run in a temp dir", () => {
     const conf = loadConfigFile(join(e.CNI_CONF_DIR as string, "10-ratchet.conf"));
     expect(conf.etcd_endpoints).toEqual(["http://10.96.23.45:2379"]);
     expect(conf.kubeconfig).toBe("/etc/cni/net.d/ratchet-kubeconfig");
+    expect(conf.node_name).toBe("node-7.example");
 
     // The kubeconfig: the API server, the CA and token files on the host path.
     const kcPath = join(e.CNI_CONF_DIR as string, "ratchet-kubeconfig");
@@ -430,6 +460,18 @@ describe("the install script, run in a temp dir", () => {
     expect(readFileSync(join(sb.env.CNI_CONF_DIR as string, "ratchet-kubeconfig"), "utf8")).toContain(
       'server: "https://[fd00:96::1]:443"',
     );
+  });
+
+  test("a config that names its node keeps it; a NODE_NAME that is not a node name is refused", () => {
+    using dir = tempDir("ratchet-k8s-install-");
+    const sb = sandbox(dir.path);
+    writeFileSync(sb.env.RATCHET_CONFIG_SOURCE as string, configText.replace("{", '{"node_name": "fixed",'));
+    expect(runScript(script(install), sb.env).code).toBe(0);
+    expect(loadConfigFile(join(sb.env.CNI_CONF_DIR as string, "10-ratchet.conf")).node_name).toBe("fixed");
+    writeFileSync(sb.env.RATCHET_CONFIG_SOURCE as string, configText);
+    const bad = runScript(script(install), { ...sb.env, NODE_NAME: 'x", "evil": "1' });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("is not a node name");
   });
 
   test("without a service account token it fails before writing any config", () => {

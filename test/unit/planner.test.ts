@@ -32,6 +32,7 @@ function endpoint(id: string, node = "10.1.0.1", ifname = "eth0"): EndpointRecor
 function input(over: Partial<PlanInput>): PlanInput {
   return {
     id: "ns/a",
+    containerId: "c-a",
     cniIfname: "eth0",
     node: "10.1.0.1",
     vtep: "10.1.0.1",

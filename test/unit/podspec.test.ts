@@ -13,7 +13,7 @@ import {
   sameLink,
   type LinkSpec,
   type PodMeta,
-} from "../../src/child/podspec.ts";
+} from "../../src/pods/podspec.ts";
 import { REPO } from "../support/env.ts";
 import { EXAMPLE_LINKS, podMeta, readPodYaml } from "../support/pods.ts";
 
@@ -51,14 +51,45 @@ describe("the original example pair (pod_specs/example.yaml)", () => {
     });
   });
 
-  test("pair-pod: the mirror, not primary, same link key, and the two agree", () => {
+  test("pair-pod only opts in (ratchet, pod_name, primary false): a ratchet pod linked by its primary", () => {
+    expect(podLinks(pair, OPTS)).toEqual({ eligible: true, links: [] });
+  });
+
+  test("a pair pod that mirrors the primary's labels declares the same link, and the two agree", () => {
     const a = podLinks(primary, OPTS).links[0] as LinkSpec;
-    const b = podLinks(pair, OPTS).links[0] as LinkSpec;
-    expect(b).toEqual(EXAMPLE_LINKS["pair-pod"]);
+    const mirror = pod(
+      {
+        ...pair.labels,
+        "ratchet.local_ip": "192.168.2.101",
+        "ratchet.local_ifname": "in2",
+        "ratchet.pair_name": "primary-pod",
+        "ratchet.pair_ip": "192.168.2.100",
+        "ratchet.pair_ifname": "in1",
+      },
+      {},
+      "pair-pod",
+    );
+    const b = podLinks(mirror, OPTS).links[0] as LinkSpec;
+    expect(b).toEqual({
+      local: { namespace: "default", pod: "pair-pod", ifname: "in2", ips: ["192.168.2.101/24"] },
+      peer: { namespace: "default", pod: "primary-pod", ifname: "in1", ips: ["192.168.2.100/24"] },
+      source: "labels",
+    });
     expect(linkKey(a)).toBe("default/pair-pod/in2:default/primary-pod/in1");
     expect(linkKey(b)).toBe(linkKey(a));
     expect(linkDifferences(a, b)).toEqual([]);
     expect(sameLink(a, b)).toBe(true);
+  });
+
+  test.each([
+    ["ratchet.primary alone", { "ratchet.primary": "true" }],
+    ["ratchet.pod_name alone", { "ratchet.pod_name": "pod-a" }],
+    [
+      "the ignored labels alone",
+      { "ratchet.public_ip": "1.1.1.1", "ratchet.target_pod": "x", "ratchet.target_container": "y" },
+    ],
+  ])("%s describes no link: eligible, no links", (_what, labels) => {
+    expect(podLinks(pod({ ratchet: "true", ...labels }), OPTS)).toEqual({ eligible: true, links: [] });
   });
 
   test("default_prefix applies to label addresses", () => {
@@ -321,6 +352,11 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
       'label ratchet.primary "yes" must be "true" or "false"',
     ],
     [
+      "primary neither true nor false, without link labels",
+      pod({ ratchet: "true", "ratchet.primary": "yes" }),
+      'label ratchet.primary "yes" must be "true" or "false"',
+    ],
+    [
       "annotation not JSON",
       pod({ ratchet: "true" }, { "ratchet/links": "[{peer: pod-b}]" }),
       'annotation ratchet/links "[{peer: pod-b}]" is not valid JSON',
@@ -339,7 +375,39 @@ describe("every invalid input is code 103 naming pod, field, value and problem",
       "annotation unknown field",
       A({ peer_ips: "10.0.0.1/24" }),
       'annotation ratchet/links[0].peer_ips "10.0.0.1/24" is not a known field (known: peer, ' +
-        "peer_namespace, local_ifname, peer_ifname, local_ip, peer_ip, local_mac, peer_mac, mtu, primary)",
+        "peer_namespace, local_ifname, peer_ifname, local_ip, peer_ip, local_mac, peer_mac, mtu, primary, " +
+        "state, netem, local_netem, peer_netem)",
+    ],
+    [
+      "state not up or down",
+      A({ state: "off" }),
+      'annotation ratchet/links[0].state "off" must be "up" or "down"',
+    ],
+    [
+      "netem: a percent out of range",
+      A({ netem: { loss_percent: 101 } }),
+      "annotation ratchet/links[0].netem.loss_percent 101 must be 0..100",
+    ],
+    [
+      "netem: an unknown field",
+      A({ local_netem: { delay: 5 } }),
+      "annotation ratchet/links[0].local_netem.delay 5 is not a known field (known: delay_ms, jitter_ms, loss_percent, " +
+        "duplicate_percent, corrupt_percent, reorder_percent, rate_kbit)",
+    ],
+    [
+      "netem: jitter without delay",
+      A({ netem: { jitter_ms: 2 } }),
+      'annotation ratchet/links[0].netem {"jitter_ms":2} jitter_ms needs delay_ms',
+    ],
+    [
+      "netem: rate below 8",
+      A({ peer_netem: { rate_kbit: 4 } }),
+      "links[0].peer_netem.rate_kbit 4 must be 8..100000000",
+    ],
+    [
+      "netem: delay finer than 1 us",
+      A({ netem: { delay_ms: 1.0004 } }),
+      "links[0].netem.delay_ms 1.0004 must be a multiple of 0.001 (1 us)",
     ],
     ["annotation wrong type", A({ mtu: "1400" }), 'annotation ratchet/links[0].mtu "1400" must be a number'],
     ["peer not DNS-1123", A({ peer: "-b" }), 'annotation ratchet/links[0].peer "-b" is not a valid pod name'],
@@ -563,5 +631,44 @@ describe("address parsing", () => {
       text: "fd00::1/64",
     });
     expect(parseCidr("10.0.0.1/08")).toEqual({ problem: "has a bad prefix length: IPv4 allows 0..32" });
+  });
+});
+
+describe("impairments and state in the annotation", () => {
+  const base = { peer: "b", local_ifname: "x0", peer_ifname: "x1" };
+  const parse = (link: Record<string, unknown>) =>
+    podLinks(pod({ ratchet: "true" }, { "ratchet/links": JSON.stringify([{ ...base, ...link }]) }, "a"), OPTS)
+      .links[0] as LinkSpec;
+
+  test("netem goes on both ends; local_netem and peer_netem replace it for their end", () => {
+    const l = parse({ netem: { delay_ms: 10 }, peer_netem: { rate_kbit: 1000 }, state: "down" });
+    expect(l.local.netem).toEqual({ delay_ms: 10 });
+    expect(l.peer.netem).toEqual({ rate_kbit: 1000 });
+    expect(l.state).toBe("down");
+  });
+
+  test("null or {} declares no impairment; absent declares nothing", () => {
+    expect(parse({ netem: null }).local.netem).toEqual({});
+    expect(parse({ local_netem: {} }).local.netem).toEqual({});
+    expect(parse({}).local.netem).toBeUndefined();
+  });
+
+  test("two declarations agree when one pod's local_netem is the other's peer_netem", () => {
+    const a = parse({ local_netem: { loss_percent: 1 } });
+    const b = podLinks(
+      pod(
+        { ratchet: "true" },
+        {
+          "ratchet/links": JSON.stringify([
+            { peer: "a", local_ifname: "x1", peer_ifname: "x0", peer_netem: { loss_percent: 1 } },
+          ]),
+        },
+        "b",
+      ),
+      OPTS,
+    ).links[0] as LinkSpec;
+    expect(linkDifferences(a, b)).toEqual([]);
+    const c = { ...b, peer: { ...b.peer, netem: { loss_percent: 2 } } };
+    expect(linkDifferences(a, c)[0]).toContain("netem of default/a/x0");
   });
 });

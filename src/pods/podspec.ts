@@ -2,6 +2,7 @@
 // Pure: no I/O. Everything here can end up in an etcd key, a netlink call or a log line, so
 // every name, address and number is checked before it leaves this file.
 import * as v from "valibot";
+import { LINK_STATES, NetemSchema } from "../links/impair.ts";
 import { CniError, Code } from "../cni/errors.ts";
 import { type EndSpec, endId, type LinkSpec, linkDifferences, linkKey, mergeLinks } from "../links/spec.ts";
 import {
@@ -45,15 +46,12 @@ const L = {
   pairIfname: "ratchet.pair_ifname",
   primary: "ratchet.primary",
 } as const;
-/** Labels that describe a link; ratchet.public_ip, target_pod and target_container are accepted and ignored. */
-const LINK_LABELS: readonly string[] = [
-  L.pairName,
-  L.localIp,
-  L.localIfname,
-  L.pairIp,
-  L.pairIfname,
-  L.primary,
-];
+/**
+ * Labels that describe a link. ratchet.pod_name and ratchet.primary do not (the original's
+ * pair pod carries only those: it is linked by its primary's labels); ratchet.public_ip,
+ * target_pod and target_container are accepted and ignored.
+ */
+const LINK_LABELS: readonly string[] = [L.pairName, L.localIp, L.localIfname, L.pairIp, L.pairIfname];
 
 /** One item of the annotation: shapes and types only; podLinks checks the values. */
 const IpList = v.union([v.string(), v.array(v.string())], "must be a CIDR string or a list of them");
@@ -68,8 +66,14 @@ const AnnotationLink = v.strictObject({
   peer_mac: v.optional(v.string("must be a string")),
   mtu: v.optional(v.number("must be a number")),
   primary: v.optional(v.boolean("must be true or false")),
+  state: v.optional(v.picklist(LINK_STATES, 'must be "up" or "down"')),
+  // Impairments: on both ends, or on this pod's / the peer's end only (null or {}: none).
+  netem: v.optional(v.nullable(NetemSchema)),
+  local_netem: v.optional(v.nullable(NetemSchema)),
+  peer_netem: v.optional(v.nullable(NetemSchema)),
 });
 type AnnotationLink = v.InferOutput<typeof AnnotationLink>;
+const NETEM_FIELDS = Object.keys(NetemSchema.pipe[0].entries);
 
 /** Throws code 103 in the one shape every pod spec error has: pod, field, value, problem. */
 class Problems {
@@ -145,6 +149,9 @@ function fromLabels(
   const own = labels[L.podName];
   if (own !== undefined && own !== pod.name)
     p.fail(`label ${L.podName}`, own, `does not match the pod's name ${show(pod.name)}`);
+  const primary = labels[L.primary];
+  if (primary !== undefined && primary !== "true" && primary !== "false")
+    p.fail(`label ${L.primary}`, primary, 'must be "true" or "false"');
   if (!LINK_LABELS.some((k) => labels[k] !== undefined)) return undefined;
 
   const required = (label: string): string => {
@@ -156,9 +163,6 @@ function fromLabels(
   const peerPod = checkPodName(p, `label ${L.pairName}`, required(L.pairName));
   if (peerPod === pod.name)
     p.fail(`label ${L.pairName}`, peerPod, "names the pod itself: a link needs two pods");
-  const primary = labels[L.primary];
-  if (primary !== undefined && primary !== "true" && primary !== "false")
-    p.fail(`label ${L.primary}`, primary, 'must be "true" or "false"');
   const link: LinkSpec = {
     local: {
       namespace: pod.namespace,
@@ -205,12 +209,12 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
     const issue = parsed.issues[0];
     const where = `${field}${issueField(issue)}`;
     if (issue.type === "strict_object" && issue.input !== undefined) {
-      const [index, key] = (issue.path ?? []).map((item) => item.key);
-      const value =
-        typeof index === "number" && typeof key === "string"
-          ? (items[index] as Record<string, unknown>)[key]
-          : undefined;
-      p.fail(where, value, `is not a known field (known: ${Object.keys(AnnotationLink.entries).join(", ")})`);
+      // Unknown key: the path ends at it (in a link, or in one of its netem objects).
+      const keys = (issue.path ?? []).map((item) => item.key);
+      let value: unknown = items;
+      for (const k of keys) value = (value as Record<string | number, unknown> | undefined)?.[k as string];
+      const known = keys.length > 2 ? NETEM_FIELDS : Object.keys(AnnotationLink.entries);
+      p.fail(where, value, `is not a known field (known: ${known.join(", ")})`);
     }
     if (issue.input === undefined) p.fail(where, undefined, "is required");
     p.fail(where, issue.input, issue.message);
@@ -246,10 +250,16 @@ function fromAnnotation(p: Problems, pod: PodMeta, text: string): LinkSpec[] {
       const problem = mtuProblem(item.mtu);
       if (problem) p.fail(f("mtu"), item.mtu, problem);
     }
+    // A per-end value replaces `netem` for that end; null or {} declares none.
+    const localNetem = item.local_netem !== undefined ? item.local_netem : item.netem;
+    if (localNetem !== undefined) local.netem = localNetem ?? {};
+    const peerNetem = item.peer_netem !== undefined ? item.peer_netem : item.netem;
+    if (peerNetem !== undefined) peer.netem = peerNetem ?? {};
     return {
       local,
       peer,
       ...(item.mtu !== undefined ? { mtu: item.mtu } : {}),
+      ...(item.state !== undefined ? { state: item.state } : {}),
       ...(item.primary === true ? { primary: true } : {}),
       source: "annotation",
     };

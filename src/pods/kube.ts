@@ -1,23 +1,24 @@
-// Reads Pods from the Kubernetes API through @kubernetes/client-node, over Bun's fetch.
+// Reads Pods from the Kubernetes API through @kubernetes/client-node, over Bun's fetch: one
+// pod (GET), the pods of a node (list), and a watch of them.
 //
 // The client sends its requests through undici's fetch with a `dispatcher` that carries the
 // kubeconfig's CA and client certificate. Bun ignores that dispatcher, so every cluster with
 // a private CA fails with "unable to verify the first certificate". The client stays in
 // charge of the kubeconfig (parsing, auth providers, building and decoding requests); only
 // the transport is ours: an HttpLibrary that asks the KubeConfig for its TLS material and
-// headers (applyToHTTPSOptions) and hands them to Bun's fetch as `tls`.
+// headers (applyToHTTPSOptions) and hands them to Bun's fetch as `tls`. The client's Watch
+// class calls undici's fetch itself (same problem), so list and watch are plain requests of
+// ours through the same transport; the cache (cache.ts) reads the watch's JSON lines.
 //
 // Only the child imports this file: loading the client costs ~150 ms, which the parent,
 // exec'd once per CNI command, must never pay.
 import type { OutgoingHttpHeaders, RequestOptions } from "node:http";
-import { readFileSync } from "node:fs";
-import { dirname, isAbsolute, join } from "node:path";
+import { join } from "node:path";
 import {
   ApiException,
   CoreV1Api,
   createConfiguration,
   KubeConfig,
-  loadYaml,
   ResponseContext,
   ServerConfiguration,
   VersionApi,
@@ -26,8 +27,22 @@ import {
   type RequestContext,
 } from "@kubernetes/client-node";
 import { CniError, Code } from "../cni/errors.ts";
+import { loadKubeconfig, TokenFile } from "./kube-config.ts";
+import {
+  DeadlineError,
+  describeFetchError,
+  PodNotFoundError,
+  STATUS_TEXT,
+  StatusError,
+  signalReason,
+  statusMessage,
+} from "./kube-errors.ts";
+
 import { namespaceProblem, podNameProblem, show } from "../cni/names.ts";
 import { VERSION } from "../version.ts";
+
+export { DeadlineError, PodNotFoundError, StatusError } from "./kube-errors.ts";
+export { TokenFile } from "./kube-config.ts";
 
 /** What ratchet needs of a Pod. */
 export interface PodInfo {
@@ -38,9 +53,17 @@ export interface PodInfo {
   annotations: Record<string, string>;
   /** The node it is scheduled to; undefined before scheduling. */
   nodeName: string | undefined;
+  /** The object's version as read ("" when unknown): a precondition for patches. */
+  resourceVersion?: string;
 }
 
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/** API requests this process made, by result: "ok" (2xx), the HTTP status, or "error" (no answer). */
+export const kubeRequestResults = new Map<string, number>();
+function tally(result: string): void {
+  kubeRequestResults.set(result, (kubeRequestResults.get(result) ?? 0) + 1);
+}
 
 export interface PodReaderOptions {
   /** Path of a kubeconfig; without it, the in-cluster service account is used. */
@@ -49,31 +72,6 @@ export interface PodReaderOptions {
   env?: Record<string, string | undefined>;
   /** For in-cluster mode: the directory holding `token` and `ca.crt`. */
   serviceAccountDir?: string;
-}
-
-/**
- * A bearer token kept in a file that is replaced while we run (bound service-account tokens
- * rotate; kubelet swaps the file atomically). Read for every request: it is a few hundred
- * bytes. If a read fails, the last token read stays in use for at most maxStaleMs.
- */
-export class TokenFile {
-  private last: { token: string; at: number } | undefined;
-  constructor(
-    readonly path: string,
-    private readonly maxStaleMs = 60_000,
-  ) {}
-
-  read(): string {
-    try {
-      const token = readFileSync(this.path, "utf8").trim();
-      if (token === "") throw new Error("the file is empty");
-      this.last = { token, at: Date.now() };
-      return token;
-    } catch (err) {
-      if (this.last && Date.now() - this.last.at < this.maxStaleMs) return this.last.token;
-      throw new Error(`cannot read the token file ${this.path}: ${(err as Error).message}`, { cause: err });
-    }
-  }
 }
 
 type Pem = string | Buffer | Array<string | Buffer> | undefined;
@@ -88,57 +86,33 @@ function headerValue(v: OutgoingHttpHeaders[string]): string | undefined {
   return Array.isArray(v) ? v.join(", ") : String(v);
 }
 
-const NETWORK_ERRORS: Record<string, string> = {
-  ECONNREFUSED: "connection refused",
-  ECONNRESET: "connection reset",
-  ConnectionClosed: "the server closed the connection",
-  ETIMEDOUT: "connection timed out",
-  ENOTFOUND: "host not found",
-  EHOSTUNREACH: "host unreachable",
-  ENETUNREACH: "network unreachable",
-  EPROTO: "the TLS handshake failed (the server may require a client certificate)",
-};
-
-/** What a failed fetch says, with its code; TLS verification failures always say "certificate". */
-function describeFetchError(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown };
-  const code = typeof e.code === "string" ? e.code : undefined;
-  const message = typeof e.message === "string" ? e.message : String(err);
-  if (code !== undefined && NETWORK_ERRORS[code]) return `${NETWORK_ERRORS[code]} (${code})`;
-  const tls = code !== undefined && /CERT|SIGNATURE|ISSUER|SELF_SIGNED|HOSTNAME|ALTNAME/i.test(code);
-  const text = tls ? `TLS certificate verification failed: ${message}` : message;
-  return code && !text.includes(code) ? `${text} (${code})` : text;
+function isRecord(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
 }
 
-/** The server's explanation from an error body (a Status, or text), as one safe line. */
-function statusMessage(body: unknown): string | undefined {
-  let b: unknown = body;
-  if (typeof body === "string") {
-    try {
-      b = JSON.parse(body) as unknown;
-    } catch {
-      b = { message: body };
-    }
-  }
-  if (!b || typeof b !== "object" || !("message" in b) || typeof b.message !== "string" || b.message === "")
-    return undefined;
-  const line = b.message.replace(/\p{Cc}+/gu, " ").trim();
-  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
+function stringMap(x: unknown): Record<string, string> {
+  if (!isRecord(x)) return {};
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(x)) if (typeof v === "string") out[k] = v;
+  return out;
 }
 
-const STATUS_TEXT: Record<number, string> = {
-  400: "Bad Request",
-  401: "Unauthorized (check the token or client certificate)",
-  403: "Forbidden (the node agent needs RBAC permission to get pods)",
-  404: "Not Found",
-  429: "Too Many Requests",
-  500: "Internal Server Error",
-  502: "Bad Gateway",
-  503: "Service Unavailable",
-  504: "Gateway Timeout",
-};
-
-class DeadlineError extends Error {}
+/** What ratchet keeps of a Pod object as JSON (a list item, a watch event); undefined if it is not one. */
+export function podInfo(obj: unknown): PodInfo | undefined {
+  if (!isRecord(obj) || !isRecord(obj.metadata)) return undefined;
+  const m = obj.metadata;
+  if (typeof m.name !== "string" || typeof m.namespace !== "string") return undefined;
+  const spec = isRecord(obj.spec) ? obj.spec : {};
+  return {
+    namespace: m.namespace,
+    name: m.name,
+    uid: typeof m.uid === "string" ? m.uid : "",
+    labels: stringMap(m.labels),
+    annotations: stringMap(m.annotations),
+    nodeName: typeof spec.nodeName === "string" && spec.nodeName !== "" ? spec.nodeName : undefined,
+    resourceVersion: typeof m.resourceVersion === "string" ? m.resourceVersion : "",
+  };
+}
 
 export class PodReader implements Disposable {
   readonly server: string;
@@ -224,6 +198,34 @@ export class PodReader implements Disposable {
   }
 
   private async send(req: RequestContext, signal: AbortSignal | undefined): Promise<ResponseContext> {
+    const body = req.getBody();
+    const resp = await this.request(req.getUrl(), {
+      method: req.getHttpMethod(),
+      headers: req.getHeaders(),
+      ...(typeof body === "string" ? { body } : {}),
+      signal,
+    });
+    const out: Record<string, string> = {};
+    resp.headers.forEach((value, name) => {
+      out[name] = value;
+    });
+    return new ResponseContext(resp.status, out, {
+      text: () => resp.text(),
+      binary: async () => Buffer.from(await resp.arrayBuffer()),
+      stream: () => resp.body,
+    });
+  }
+
+  /** One request through Bun's fetch, with the kubeconfig's TLS material and credentials. */
+  private async request(
+    url: string,
+    init: {
+      method: string;
+      headers?: Record<string, string>;
+      body?: string;
+      signal: AbortSignal | undefined;
+    },
+  ): Promise<Response> {
     // The client's own view of the kubeconfig: CA, client certificate and key (inline or
     // files, read now so rotated files are picked up), auth headers from token, basic auth,
     // exec or auth-provider plugins.
@@ -235,7 +237,7 @@ export class PodReader implements Disposable {
       servername?: string;
     } = {};
     await this.kc.applyToHTTPSOptions(opts);
-    const headers = new Headers(req.getHeaders());
+    const headers = new Headers(init.headers);
     for (const [k, v] of Object.entries(opts.headers ?? {})) {
       const value = headerValue(v as OutgoingHttpHeaders[string]);
       if (value !== undefined) headers.set(k, value);
@@ -255,25 +257,130 @@ export class PodReader implements Disposable {
     if (opts.rejectUnauthorized === false) tls.rejectUnauthorized = false;
     if (opts.servername) tls.serverName = opts.servername;
 
-    const body = req.getBody();
-    const resp = await fetch(req.getUrl(), {
-      method: req.getHttpMethod(),
+    return fetch(url, {
+      method: init.method,
       headers,
-      ...(typeof body === "string" ? { body } : {}),
-      ...(signal ? { signal } : {}),
+      ...(init.body !== undefined ? { body: init.body } : {}),
+      ...(init.signal ? { signal: init.signal } : {}),
       tls,
       session: this.session,
       ...(this.proxy ? { proxy: this.proxy } : {}),
+    }).then(
+      (resp) => {
+        tally(resp.status >= 200 && resp.status < 300 ? "ok" : String(resp.status));
+        return resp;
+      },
+      (err: unknown) => {
+        tally("error");
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * One request of the agent's own (Events, pod patches) to `path` on the API server: its
+   * status and JSON body (undefined when it has none). Throws only when there is no answer
+   * within `timeoutMs`.
+   */
+  async call(
+    method: "GET" | "POST" | "PATCH",
+    path: string,
+    body?: { json: unknown; contentType: string },
+    timeoutMs = 10_000,
+  ): Promise<{ status: number; body: unknown }> {
+    const signal = AbortSignal.timeout(timeoutMs);
+    const resp = await this.request(`${this.server}${path}`, {
+      method,
+      headers: { Accept: "application/json", ...(body ? { "Content-Type": body.contentType } : {}) },
+      ...(body ? { body: JSON.stringify(body.json) } : {}),
+      signal,
     });
-    const out: Record<string, string> = {};
-    resp.headers.forEach((value, name) => {
-      out[name] = value;
+    const text = await resp.text();
+    let json: unknown;
+    try {
+      json = text === "" ? undefined : JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: resp.status, body: json };
+  }
+
+  /** A GET whose status must be 200; the response (body unread) or a StatusError. */
+  private async get(path: string, signal: AbortSignal): Promise<Response> {
+    const resp = await this.request(`${this.server}${path}`, {
+      method: "GET",
+      headers: { Accept: "application/json" },
+      signal,
     });
-    return new ResponseContext(resp.status, out, {
-      text: () => resp.text(),
-      binary: async () => Buffer.from(await resp.arrayBuffer()),
-      stream: () => resp.body,
-    });
+    if (resp.status !== 200) throw new StatusError(resp.status, await resp.text().catch(() => ""));
+    return resp;
+  }
+
+  /**
+   * Lists the pods of all namespaces matching a field selector (e.g. `spec.nodeName=n1`): the
+   * pods and the list's resourceVersion, to watch from. Code 11 when there is no answer.
+   */
+  async listPods(
+    fieldSelector: string,
+    deadlineMs: number,
+  ): Promise<{ resourceVersion: string; pods: PodInfo[] }> {
+    const ctl = new AbortController();
+    const timer = setTimeout(
+      () => ctl.abort(new DeadlineError(`no answer within ${deadlineMs} ms`)),
+      deadlineMs,
+    );
+    try {
+      const q = new URLSearchParams({ fieldSelector });
+      const list = (await (await this.get(`/api/v1/pods?${q}`, ctl.signal)).json()) as {
+        metadata?: { resourceVersion?: unknown };
+        items?: unknown;
+      };
+      const rv = list.metadata?.resourceVersion;
+      if (typeof rv !== "string" || rv === "" || !Array.isArray(list.items))
+        throw new Error("the pod list has no metadata.resourceVersion or items");
+      const pods = list.items.map(podInfo).filter((p): p is PodInfo => p !== undefined);
+      return { resourceVersion: rv, pods };
+    } catch (err) {
+      throw this.failure(`the pods (${fieldSelector})`, signalReason(ctl.signal, err), "list");
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Opens a watch of pods matching a field selector from a resourceVersion, with bookmarks.
+   * Resolves once the server answered 200 (within connectMs); the body streams one JSON
+   * event per line until the server ends it (after about timeoutSeconds) or `signal` aborts.
+   */
+  async watchPods(
+    fieldSelector: string,
+    resourceVersion: string,
+    opts: { timeoutSeconds: number; connectMs: number; signal: AbortSignal },
+  ): Promise<ReadableStream<Uint8Array>> {
+    const ctl = new AbortController();
+    const onAbort = () => ctl.abort(opts.signal.reason);
+    opts.signal.addEventListener("abort", onAbort, { once: true });
+    const timer = setTimeout(
+      () => ctl.abort(new DeadlineError(`no answer within ${opts.connectMs} ms`)),
+      opts.connectMs,
+    );
+    try {
+      const q = new URLSearchParams({
+        watch: "1",
+        fieldSelector,
+        resourceVersion,
+        allowWatchBookmarks: "true",
+        timeoutSeconds: String(opts.timeoutSeconds),
+      });
+      const resp = await this.get(`/api/v1/pods?${q}`, ctl.signal);
+      if (!resp.body) throw new Error("the watch answered without a body");
+      return resp.body;
+    } catch (err) {
+      opts.signal.removeEventListener("abort", onAbort);
+      throw this.failure(`the pods (${fieldSelector})`, signalReason(ctl.signal, err), "watch");
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -306,6 +413,7 @@ export class PodReader implements Disposable {
         labels: pod.metadata?.labels ?? {},
         annotations: pod.metadata?.annotations ?? {},
         nodeName: pod.spec?.nodeName,
+        resourceVersion: pod.metadata?.resourceVersion ?? "",
       };
     } catch (err) {
       throw this.failure(id, err);
@@ -331,12 +439,13 @@ export class PodReader implements Disposable {
     }
   }
 
-  private failure(id: string, err: unknown): CniError {
-    if (err instanceof ApiException) {
-      const code = (err as ApiException<unknown>).code;
-      const detail = statusMessage((err as ApiException<unknown>).body);
-      if (code === 404)
-        return new CniError(
+  private failure(id: string, err: unknown, verb = "read"): CniError {
+    const what = verb === "read" ? `pod ${id}` : id;
+    if (err instanceof ApiException || err instanceof StatusError) {
+      const code = err.code;
+      const detail = statusMessage(err.body);
+      if (code === 404 && verb === "read")
+        return new PodNotFoundError(
           Code.TryAgainLater,
           `pod ${id} not found (404 from ${this.server})`,
           detail ?? "",
@@ -345,7 +454,7 @@ export class PodReader implements Disposable {
       const text = STATUS_TEXT[code] ? ` ${STATUS_TEXT[code]}` : "";
       return new CniError(
         Code.TryAgainLater,
-        `cannot read pod ${id}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
+        `cannot ${verb} ${what}: the API server ${this.server} answered ${code}${text}${detail ? `: ${detail}` : ""}`,
         "",
         { cause: err },
       );
@@ -353,13 +462,13 @@ export class PodReader implements Disposable {
     if (err instanceof DeadlineError)
       return new CniError(
         Code.TryAgainLater,
-        `cannot read pod ${id} from ${this.server}: ${err.message}`,
+        `cannot ${verb} ${what} from ${this.server}: ${err.message}`,
         "",
         { cause: err },
       );
     return new CniError(
       Code.TryAgainLater,
-      `cannot read pod ${id} from ${this.server}: ${describeFetchError(err)}`,
+      `cannot ${verb} ${what} from ${this.server}: ${describeFetchError(err)}`,
       "",
       { cause: err },
     );
@@ -373,30 +482,4 @@ export class PodReader implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-type RawKubeconfig = { users?: Array<{ name?: unknown; user?: Record<string, unknown> }> };
-
-/**
- * Loads a kubeconfig as KubeConfig.loadFromFile does, with one difference: a user's
- * `token-file` is resolved relative to the kubeconfig (as client-go does; the client would
- * read it relative to the working directory), and, since the client reads that file only
- * once, the current user's token file is returned for the reader to re-read as it rotates.
- */
-function loadKubeconfig(kc: KubeConfig, path: string): TokenFile | undefined {
-  const raw = loadYaml<RawKubeconfig | null>(readFileSync(path, "utf8")) ?? {};
-  const files = new Map<string, string>();
-  for (const u of Array.isArray(raw.users) ? raw.users : []) {
-    const file = u.user?.["token-file"];
-    if (typeof file !== "string" || file === "" || !u.user) continue;
-    const abs = isAbsolute(file) ? file : join(dirname(path), file);
-    u.user["token-file"] = abs;
-    // An explicit `token` wins over `token-file`, as in client-go.
-    if (u.user.token === undefined && typeof u.name === "string") files.set(u.name, abs);
-  }
-  kc.loadFromString(JSON.stringify(raw));
-  kc.makePathsAbsolute(dirname(path));
-  const user = kc.getCurrentUser();
-  const file = user ? files.get(user.name) : undefined;
-  return file === undefined ? undefined : new TokenFile(file);
 }
