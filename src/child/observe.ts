@@ -3,8 +3,8 @@
 // patches) and etcd (readiness). Loaded with the agent, after the socket listens.
 import type { NetConf } from "../cni/config.ts";
 import type { Logger } from "../log.ts";
-import { markOf } from "../links/builder.ts";
-import { getLink, listAddresses, listLinkCounters, netlinkRequestResults } from "../netlink/index.ts";
+import { inspect, markOf } from "../links/builder.ts";
+import { listLinkCounters, netlinkRequestResults } from "../netlink/index.ts";
 import { inThreadReader, WorkerReader } from "../observe/counters-reader.ts";
 import type { Observer } from "../observe/observer.ts";
 import { kubeRequestResults } from "../pods/kube.ts";
@@ -83,12 +83,15 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
     view: { containers: () => [...agent.state.entries()].map(([, c]) => c), mark },
     kernel: {
       readCounters: counters.read,
-      iface: (ifname, netns) => ({
-        ...getLink(ifname, netns),
-        ips: listAddresses(ifname, netns)
-          .filter((a) => a.scope !== "link")
-          .map((a) => a.address),
-      }),
+      ifaces: (netns) => {
+        const v = inspect(netns);
+        const out = new Map<string, { mac: string; alias: string; ips: string[] }>();
+        for (const [name, l] of v.links) {
+          const ips = (v.addrs.get(l.index) ?? []).filter((a) => a.scope !== "link").map((a) => a.address);
+          out.set(name, { mac: l.mac, alias: l.alias, ips });
+        }
+        return out;
+      },
       results: netlinkRequestResults,
       close: () => counters.close(),
     },

@@ -80,6 +80,9 @@ export function podOf(env: Call): string {
   return podId({ namespace: env.pod.namespace, pod: env.pod.name });
 }
 
+/** Link ends of a pod whose observed state an ADD records before it answers, at most. */
+export const OBSERVED_INLINE = 128;
+
 /** At most this many links named in one log line; the line gives the count. */
 const LOG_LINKS = 8;
 
@@ -99,6 +102,8 @@ export class LinkerBase {
   private identity: { node: string; vtep: string | undefined } | undefined;
   /** Hears of links built, waiting, failed, removed (Events, metrics, network-status). */
   observer: LinkObserver = quietObserver;
+  /** Writes of observed state that calls do not wait for, one after another in call order. */
+  private observing: Promise<void> = Promise.resolve();
 
   constructor(
     readonly store: LinkStore,
@@ -106,6 +111,18 @@ export class LinkerBase {
     readonly state: NodeState,
     readonly log: Logger,
   ) {}
+
+  /**
+   * Runs `write` (observed state for `ratchet links`) after the ones queued before, without
+   * the caller waiting: a DEL's removal of a pod's reports never overtakes a later ADD's.
+   */
+  protected background(write: () => Promise<void>): void {
+    this.observing = this.observing
+      .then(write)
+      .catch((err: unknown) =>
+        this.log.warn("could not record what the kernel holds", { error: (err as Error).message }),
+      );
+  }
 
   /** This node: its VTEP address when it has one, else its Kubernetes node name. */
   get node(): string {
@@ -252,7 +269,11 @@ export class LinkerBase {
       const kept = new Set(committed.map((c) => podId(c.peer)));
       await removeLinks(this, id, me, p.removals, reg.built, kept);
     }
-    await recordObserved(this, id);
+    // What the kernel holds, for `ratchet links`: a pod with many links has it recorded right
+    // after its ADD answers (a few dozen etcd writes it need not wait for).
+    const ends = Object.keys(this.state.get(env.containerId)?.links ?? {}).length;
+    if (ends > OBSERVED_INLINE) this.background(() => recordObserved(this, id));
+    else await recordObserved(this, id);
     return out;
   }
 

@@ -5,6 +5,7 @@ import { toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
 import type { Request } from "../rpc/protocol.ts";
 import { COMMIT, VERSION } from "../version.ts";
+import { EventBatcher } from "./event-batch.ts";
 import { EventRecorder, type EventType } from "./events.ts";
 import { linkSides, type ObserverBindings } from "./bindings.ts";
 import { podRef } from "./kube-api.ts";
@@ -44,6 +45,10 @@ export class Observer implements AgentObserver {
   /** Each container's ends, made once per container object (and their labels with them). */
   private endsOf = new WeakMap<object, LinkEnd[]>();
   private lastCollect = { seconds: 0, netns: 0 };
+  /** Events of many links in one turn as one (event-batch.ts). */
+  private readonly batch = new EventBatcher((pod, type, reason, message) =>
+    this.event(pod, type, reason, message),
+  );
   private readonly startSeconds = Date.now() / 1000;
 
   readonly cniRequests = new Counter(
@@ -106,19 +111,18 @@ export class Observer implements AgentObserver {
     // Made to match in place (already built): no new Event, no build time.
     if (before !== "built") {
       this.buildDuration.observe([b.kind], b.seconds);
-      this.event(
-        b.pod,
-        "Normal",
-        "LinkUp",
-        `link ${b.ifname} <-> ${b.peer} ${b.peerIfname} built (${b.kind})`,
-      );
-      if (b.both)
-        this.event(
-          b.peer,
+      const up = (pod: string, ifname: string, peer: string, peerIfname: string) =>
+        this.batch.note(
+          pod,
           "Normal",
           "LinkUp",
-          `link ${b.peerIfname} <-> ${b.pod} ${b.ifname} built (${b.kind})`,
+          `${peer} ${b.kind}`,
+          `link ${ifname} <-> ${peer} ${peerIfname} built (${b.kind})`,
+          ifname,
+          (n, names) => `${n} links <-> ${peer} built (${b.kind}): ${names}`,
         );
+      up(b.pod, b.ifname, b.peer, b.peerIfname);
+      if (b.both) up(b.peer, b.peerIfname, b.pod, b.ifname);
     }
     this.status?.refresh(b.pod);
     if (b.both) this.status?.refresh(b.peer);
@@ -132,7 +136,15 @@ export class Observer implements AgentObserver {
       const k = `${pod}|${w.link}`;
       if (this.announced.has(k)) return;
       this.announced.add(k);
-      this.event(pod, "Normal", "LinkWaiting", `${what} waits: ${w.why}`);
+      this.batch.note(
+        pod,
+        "Normal",
+        "LinkWaiting",
+        `${w.peer} ${w.why}`,
+        `${what} waits: ${w.why}`,
+        ifname,
+        (n, names) => `${n} links <-> ${w.peer} wait: ${w.why}: ${names}`,
+      );
       return;
     }
     this.record(pod, w.link, "broken");
@@ -178,15 +190,17 @@ export class Observer implements AgentObserver {
     for (const c of view.containers()) if (c.pod === pod) found = c;
     if (!found) return undefined;
     const out: StatusEntry[] = [];
+    let ifaces: ReturnType<ObserverBindings["kernel"]["ifaces"]> | undefined;
+    try {
+      ifaces = this.b?.kernel.ifaces(found.netns);
+    } catch {
+      return out; // the netns is gone: no entries
+    }
     for (const [link, ifname] of Object.entries(found.links)) {
-      try {
-        const l = this.b?.kernel.iface(ifname, found.netns);
-        if (!l || l.alias !== view.mark(link)) continue;
-        const name = statusName(pod, linkSides(link, pod).peer);
-        out.push({ name, interface: ifname, ips: l.ips, mac: l.mac, dns: {} });
-      } catch {
-        // not there (yet, or any more): no entry
-      }
+      const l = ifaces?.get(ifname);
+      if (!l || l.alias !== view.mark(link)) continue; // not there (yet, or any more)
+      const name = statusName(pod, linkSides(link, pod).peer);
+      out.push({ name, interface: ifname, ips: l.ips, mac: l.mac, dns: {} });
     }
     return out;
   }
