@@ -24,6 +24,8 @@ import {
   Message,
   NLM_F_ACK,
   NLM_F_REQUEST,
+  RT_SCOPE_HOST,
+  RT_SCOPE_LINK,
   RT_SCOPE_UNIVERSE,
   RTEXT_FILTER_SKIP_STATS,
   RTM_DELLINK,
@@ -98,7 +100,14 @@ export function dumpAddresses(sock: NetlinkSocket): Map<number, Address[]> {
       family: hdr.family === AF_INET ? 4 : 6,
       address: formatIp(bytes),
       prefixLength: hdr.prefixlen,
-      scope: hdr.scope === RT_SCOPE_UNIVERSE ? "global" : String(hdr.scope),
+      scope:
+        hdr.scope === RT_SCOPE_UNIVERSE
+          ? "global"
+          : hdr.scope === RT_SCOPE_LINK
+            ? "link"
+            : hdr.scope === RT_SCOPE_HOST
+              ? "host"
+              : String(hdr.scope),
     });
     out.set(hdr.index, list);
   }

@@ -93,9 +93,19 @@ async function expectLinks(p: Pod, side: 0 | 1, kind: string, n: number, withIps
   return v;
 }
 
-/** The keys under the cluster's prefix: few, and a few per chunk of links, never per link. */
+/**
+ * The keys under the cluster's prefix: a few per chunk of links, never per link, besides
+ * what each node observed of each end (written right after the ADD, for `ratchet links`).
+ */
 async function expectChunkedRecords(c: Cluster, n: number, kind: "veth" | "vxlan"): Promise<void> {
-  const keys = await c.recordKeys();
+  const observed = `${c.etcdPrefix}/v1/observed/`;
+  await waitFor(
+    "every end observed",
+    async () => (await c.recordKeys()).filter((k) => k.startsWith(observed)).length === 2 * n,
+    30_000,
+    100,
+  );
+  const keys = (await c.recordKeys()).filter((k) => !k.startsWith(observed));
   const chunks = Math.ceil(n / 64);
   // endpoints, node index entries, the peer index entry, declaration chunks of 128, link
   // chunks of 64 and, for VXLAN, one VNI block and two tunnel entries per link chunk.
