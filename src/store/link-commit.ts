@@ -1,6 +1,7 @@
 // Round trip 2 of an ADD (more for many peers): the links a pod builds are recorded, one
 // unit per pair chunk (its record, the VNI block it takes, its tunnel entries), packed into
 // transactions within etcd's limits, each guarded by the pod's endpoint (a newer ADD wins).
+import { randomUUID } from "node:crypto";
 import { CniError, Code } from "../cni/errors.ts";
 import type { Build } from "../links/planner.ts";
 import { podId } from "../links/spec.ts";
@@ -60,6 +61,7 @@ export async function commitLinks(
   if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev };
 
   /** The writes of one unit, allocating from `block` when it needs a VNI block. */
+  let writer = randomUUID();
   const plan = (u: Unit): { compare: Compare[]; writes: Op[]; committed?: Committed } => {
     const compare = [cmp.modRev(keys.pairChunk(id, u.peer, u.chunk), u.prev.rev)];
     const writes: Op[] = [];
@@ -98,6 +100,7 @@ export async function commitLinks(
         [u.peer]: { node: peer.node, containerId: peer.containerId },
       },
       links: u.builds.map((x) => pairIfnames(x.link)),
+      writer,
     };
     writes.push(op.put(keys.pairChunk(id, u.peer, u.chunk), record));
     const links = u.builds.map((build, i) => ({ build, ...(b !== undefined ? { vni: vniOf(b, i) } : {}) }));
@@ -129,6 +132,7 @@ export async function commitLinks(
         }
         const live = group.filter((u) => !taken.has(u.peer));
         const firstBlock = block;
+        writer = randomUUID();
         const planned = live.map(plan);
         const otherwise = new Query();
         const epSlot = otherwise.get(keys.endpoint(id));
@@ -156,6 +160,18 @@ export async function commitLinks(
           );
         }
         myRev = epKv?.mod_revision ?? myRev;
+        // The client retried a transaction that had gone through (etcd answered the first try
+        // too late, e.g. its leader went away): the chunks carry this attempt's writer.
+        const applied = live.findIndex((u, k) => {
+          const now = store.pairChunkOf(r.one(chunkSlots[k] as Slot), id, u.peer);
+          return u.builds !== undefined && now?.writer === writer;
+        });
+        if (applied >= 0) {
+          const rev = r.one(chunkSlots[applied] as Slot)?.mod_revision ?? r.revision;
+          revision = rev;
+          for (const p of planned) if (p.committed) committed.push({ ...p.committed, rev });
+          break;
+        }
         const hint = Number(r.one(nextSlot)?.value.toString());
         // VNI blocks from firstBlock on may be taken: try after them (and after the hint).
         block = Math.max(block, Number.isInteger(hint) ? hint : 0) % VNI_BLOCKS;

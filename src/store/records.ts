@@ -134,6 +134,8 @@ export const PairChunkSchema = v.pipe(
     block: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(VNI_BLOCKS - 1))),
     ends: v.record(PodRef, v.object({ node: NodeId, containerId: ContainerId })),
     links: v.pipe(v.array(v.tuple([Ifname, Ifname])), v.minLength(1), v.maxLength(LINK_CHUNK)),
+    /** The commit attempt that wrote it: its own retried write is known by it. */
+    writer: v.optional(v.pipe(v.string(), v.maxLength(64))),
   }),
   v.check((r) => r.kind === "veth" || r.block !== undefined, "a vxlan chunk needs a VNI block"),
 );

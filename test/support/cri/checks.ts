@@ -6,6 +6,9 @@ import { waitFor } from "../child.ts";
 import type { IfaceInfo } from "../cluster.ts";
 import type { CriBed, CriNode } from "./bed.ts";
 import type { Sandbox } from "./sandbox.ts";
+import { pairLinks } from "../../../src/store/codec.ts";
+import { Keys } from "../../../src/store/keys.ts";
+import type { PairChunk } from "../../../src/store/records.ts";
 
 /** Default VXLAN overhead over an IPv4 underlay of MTU 1500. */
 export const MAX_VXLAN_MTU = 1450;
@@ -121,8 +124,15 @@ export async function expectEndpoint(bed: CriBed, s: Sandbox): Promise<void> {
 export async function linkRecords(
   bed: CriBed,
 ): Promise<Array<{ kind: string; vni?: number; ends: Record<string, { containerId: string }> }>> {
-  const from = `${bed.cluster.etcdPrefix}/v1/links/`;
+  // Built links are kept in chunks per pair of pods: one record per link of each chunk.
+  const keys = new Keys(bed.cluster.etcdPrefix);
   const out = [];
-  for (const [k, v] of await bed.cluster.etcdEntries()) if (k.startsWith(from)) out.push(JSON.parse(v));
+  for (const [k, v] of await bed.cluster.etcdEntries()) {
+    const pair = keys.parsePair(keys.linksPrefix, k);
+    if (!pair) continue;
+    const chunk = JSON.parse(v) as PairChunk;
+    for (const l of pairLinks(pair.a, pair.b, chunk))
+      out.push({ kind: chunk.kind, ...(l.vni !== undefined ? { vni: l.vni } : {}), ends: chunk.ends });
+  }
   return out;
 }
