@@ -25,7 +25,11 @@ import {
   buildTunnelEnds,
   buildVeths,
   type EndProps,
+  inspect,
+  markOf,
+  type NetnsView,
   type Place,
+  presenceIn,
   removeEnds,
   type VethJob,
 } from "./builder.ts";
@@ -242,7 +246,7 @@ export class LinkerBase {
     this.state.addLinks(env.containerId, Object.fromEntries(p.ifnames));
 
     // Round trip 2: record what we build (skipped when there is nothing to record).
-    const { committed } = await this.store.commit(endpoint, reg, builds, p.stale);
+    const { committed, taken } = await this.store.commit(endpoint, reg, builds, p.stale);
 
     // Now the kernel: our ends (and, on one node, both ends of the veth). All or nothing.
     let out: AttachedInterface[];
@@ -264,6 +268,9 @@ export class LinkerBase {
       if (opts.live) await recordObserved(this, id, (err as Error).message);
       throw err;
     }
+    // Links another ADD recorded for these containers meanwhile: theirs to build; those
+    // built by now are in this result too.
+    if (taken.length > 0) out.push(...this.alreadyBuilt(id, me, taken));
     this.state.flush();
     if (p.removals.length > 0) {
       const kept = new Set(committed.map((c) => podId(c.peer)));
@@ -275,6 +282,22 @@ export class LinkerBase {
     if (ends > OBSERVED_INLINE) this.background(() => recordObserved(this, id));
     else await recordObserved(this, id);
     return out;
+  }
+
+  /** This pod's ends of `builds` that are in its netns, marked, now (one read of the netns). */
+  private alreadyBuilt(id: string, me: Place, builds: Build[]): AttachedInterface[] {
+    let view: NetnsView;
+    try {
+      view = inspect(me.netns);
+    } catch {
+      return [];
+    }
+    return builds.flatMap((b) => {
+      const { mine } = sides(b.link, id);
+      const p = presenceIn(view, b.link.key, mine.ifname);
+      if (p.state !== "ours" || p.link.alias !== markOf(b.link.key)) return [];
+      return [{ iface: { name: mine.ifname, mac: p.link.mac, sandbox: me.netns }, ips: mine.ips }];
+    });
   }
 
   /** Builds what a commit recorded: veths in one batch, then tunnel ends in one batch. */

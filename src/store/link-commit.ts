@@ -26,7 +26,7 @@ export async function commitLinks(
   reg: Registration,
   builds: Build[],
   stale: string[],
-): Promise<{ committed: Committed[]; revision: string }> {
+): Promise<{ committed: Committed[]; revision: string; taken: Build[] }> {
   const keys = store.keys;
   const id = podId(endpoint);
   let myRev = reg.rev;
@@ -58,7 +58,7 @@ export async function commitLinks(
       if (c >= chunks.length) units.push({ peer, chunk: c, builds: undefined, prev: p });
   }
   const staleOps = stale.flatMap((p) => [op.delPrefix(keys.declPairPrefix(id, p)), op.del(keys.peer(p, id))]);
-  if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev };
+  if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev, taken: [] };
 
   /** The writes of one unit, allocating from `block` when it needs a VNI block. */
   let writer = randomUUID();
@@ -195,7 +195,11 @@ export async function commitLinks(
     await store.abandon(endpoint, committed).catch(() => undefined);
     throw err;
   }
-  return { committed: committed.filter((c) => !taken.has(podId(c.peer))), revision };
+  return {
+    committed: committed.filter((c) => !taken.has(podId(c.peer))),
+    revision,
+    taken: builds.filter((b) => taken.has(podId(b.peer))),
+  };
 }
 
 function sameContainers(chunk: PairChunk, me: EndpointRecord, peer: EndpointRecord): boolean {
