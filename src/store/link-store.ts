@@ -387,7 +387,17 @@ export class LinkStore extends LinkReads {
       await this.abandon(endpoint, committed, revision).catch(() => undefined);
       throw err;
     }
-    return { committed: committed.filter((c) => !taken.has(podId(c.peer))), revision };
+    // A veth pair recorded by the other ADD is built, or kept, here as well: both ADDs run in
+    // this node's one agent, whose kernel work does not interleave, and each reports its end.
+    const theirs: Committed[] = units
+      .filter((u) => taken.has(u.peer) && u.builds?.[0]?.kind === "veth")
+      .map((u) => {
+        const bs = u.builds as Build[];
+        const peer = (bs[0] as Build).peer;
+        const links = bs.map((b) => ({ build: { ...b, update: true } }));
+        return { peer, kind: "veth", chunk: u.chunk, newBlock: undefined, links };
+      });
+    return { committed: [...committed.filter((c) => !taken.has(podId(c.peer))), ...theirs], revision };
   }
 
   private sameContainers(chunk: PairChunk, me: EndpointRecord, peer: EndpointRecord): boolean {

@@ -2,6 +2,7 @@
 // records ratchet keeps in etcd for a sandbox.
 import { expect } from "bun:test";
 import { readFileSync } from "node:fs";
+import { vniOf } from "../../../src/store/keys.ts";
 import { waitFor } from "../child.ts";
 import type { IfaceInfo } from "../cluster.ts";
 import type { CriBed, CriNode } from "./bed.ts";
@@ -122,7 +123,23 @@ export async function linkRecords(
   bed: CriBed,
 ): Promise<Array<{ kind: string; vni?: number; ends: Record<string, { containerId: string }> }>> {
   const from = `${bed.cluster.etcdPrefix}/v1/links/`;
-  const out = [];
-  for (const [k, v] of await bed.cluster.etcdEntries()) if (k.startsWith(from)) out.push(JSON.parse(v));
+  const out: Array<{ kind: string; vni?: number; ends: Record<string, { containerId: string }> }> = [];
+  // Pair chunks: each holds up to LINK_CHUNK links of one pair; link i has VNI vniOf(block, i).
+  for (const [k, v] of await bed.cluster.etcdEntries()) {
+    if (!k.startsWith(from)) continue;
+    const chunk = JSON.parse(v) as {
+      kind: string;
+      block?: number;
+      ends: Record<string, { containerId: string }>;
+      links: unknown[];
+    };
+    chunk.links.forEach((_, i) => {
+      out.push({
+        kind: chunk.kind,
+        ...(chunk.block !== undefined ? { vni: vniOf(chunk.block, i) } : {}),
+        ends: chunk.ends,
+      });
+    });
+  }
   return out;
 }
