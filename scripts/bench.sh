@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the project in one go and prints one table (as root). Starts its
-# own throwaway etcd on a free loopback port with a temporary data dir, builds bin/ratchet
+# own throwaway 3-member etcd cluster on free loopback ports with temporary data dirs, builds bin/ratchet
 # if it is missing or older than the sources, and stops everything it started at the end.
 # Each benchmark runs side by side with its reference in the same run; a few short rounds.
 #   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run,
-#                                 # RATCHET_BENCH_METRIC_ENDS (default 10000) the scraped link ends
+#                                 # RATCHET_BENCH_METRIC_ENDS (default 10000) the scraped link ends,
+#                                 # RATCHET_BENCH_LAB_LINKS (1500) and _ENDS (10000) the lab
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -19,10 +20,10 @@ fi
 ensure_deps || exit 1
 
 work="$(mktemp -d /tmp/ratchet-bench.XXXXXX)"
-etcd_pid=""
+etcd_pids=()
 export RATCHET_TEST_PREFIX="rb$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
 cleanup() {
-  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  stop_etcd
   # The containerd benchmark's runtimes, shims, pods and mounts, should it have crashed.
   containerd_leftovers "$work"
   # Node agents the load test started log (stdout) into $work: stop any still running.
@@ -61,6 +62,7 @@ bench qdisc 200
 bench live 5 20
 bench cri 20
 bench metrics 40 "${RATCHET_BENCH_METRIC_ENDS:-10000}"
+bench topology "${RATCHET_BENCH_LAB_LINKS:-1500}" "${RATCHET_BENCH_LAB_ENDS:-10000}"
 
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
 t0=$SECONDS

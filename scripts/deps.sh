@@ -31,25 +31,46 @@ ensure_deps() {
   fi
 }
 
-# start_etcd NAME WORK: a throwaway etcd on free loopback ports, data in WORK/etcd, log in
-# WORK/etcd.log. Sets etcd_pid, exports RATCHET_TEST_ETCD, and waits until it is healthy.
+# start_etcd NAME WORK: a throwaway 3-member etcd cluster on free loopback ports (as
+# production runs it), data in WORK/etcd-N, logs in WORK/etcd-N.log. Sets etcd_pids, exports
+# RATCHET_TEST_ETCD (the first member's URL) and RATCHET_TEST_ETCD_ENDPOINTS (all three,
+# comma-separated), and waits until the cluster is healthy.
 start_etcd() {
-  local name="$1" work="$2" bun="node_modules/.bin/bun" client_port peer_port
-  free_port() { "$bun" -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true);'; }
-  client_port="$(free_port)"; peer_port="$(free_port)"
-  echo "== etcd on 127.0.0.1:$client_port" >&2
-  etcd --name "$name" --data-dir "$work/etcd" \
-    --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "$name=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
-  etcd_pid=$!
-  export RATCHET_TEST_ETCD="http://127.0.0.1:$client_port"
-  for _ in $(seq 100); do
-    "$bun" -e "await fetch('$RATCHET_TEST_ETCD/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && return 0
+  local name="$1" work="$2" bun="node_modules/.bin/bun" ports i cluster="" urls=""
+  # Six distinct free ports, held together while they are picked.
+  ports=($("$bun" -e '
+    const s = Array.from({ length: 6 }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+    console.log(s.map((x) => x.port).join(" "));
+    for (const x of s) x.stop(true);'))
+  for i in 0 1 2; do cluster="$cluster${cluster:+,}$name-$i=http://127.0.0.1:${ports[$((3 + i))]}"; done
+  etcd_pids=()
+  for i in 0 1 2; do
+    local client="http://127.0.0.1:${ports[$i]}" peer="http://127.0.0.1:${ports[$((3 + i))]}"
+    urls="$urls${urls:+,}$client"
+    etcd --name "$name-$i" --data-dir "$work/etcd-$i" \
+      --listen-client-urls "$client" --advertise-client-urls "$client" \
+      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+      --initial-cluster "$cluster" --initial-cluster-state new >"$work/etcd-$i.log" 2>&1 &
+    etcd_pids+=($!)
+  done
+  echo "== etcd cluster on $urls" >&2
+  export RATCHET_TEST_ETCD="http://127.0.0.1:${ports[0]}" RATCHET_TEST_ETCD_ENDPOINTS="$urls"
+  for _ in $(seq 200); do
+    "$bun" -e "
+      const health = (u) => fetch(u + '/health').then((r) => r.json()).then((j) => j.health === 'true', () => false);
+      process.exit((await Promise.all('$urls'.split(',').map(health))).every(Boolean) ? 0 : 1)" 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "etcd did not become healthy; see $work/etcd.log" >&2
+  echo "the etcd cluster did not become healthy; see $work/etcd-*.log" >&2
   return 1
+}
+
+# stop_etcd: stops the members start_etcd started.
+stop_etcd() {
+  local p
+  for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${etcd_pids[@]}"; do wait "$p" 2>/dev/null; done
+  etcd_pids=()
 }
 
 # ensure_vm_deps: what scripts/kernel-vm.sh needs to boot a test kernel: qemu (TCG, so no

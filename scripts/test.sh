@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian machine with Node/npm, as root.
-# Installs what is missing (apt, npm ci), builds bin/ratchet, starts a throwaway etcd on
-# loopback, runs the type check and `bun test`, stops everything it started, and prints
+# Installs what is missing (apt, npm ci), builds bin/ratchet, starts a throwaway 3-member etcd
+# cluster on loopback, runs the type check and `bun test`, stops everything it started, and prints
 # "N passed, N failed" alone on its last line.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,9 +25,9 @@ work="$(mktemp -d /tmp/ratchet-ci.XXXXXX)"
 # Every netns and host link a test creates starts with this prefix (short: link names are
 # at most 15 bytes), so the safety net below removes only this run's leftovers.
 export RATCHET_TEST_PREFIX="${RATCHET_TEST_PREFIX:-rt$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')}"
-etcd_pid=""
+etcd_pids=()
 cleanup() {
-  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  stop_etcd
   # Safety net: tests remove what they create, but a crashed test must not leave state behind.
   # containerd's pods, shims and mounts (the containerd suite), and every process of the run.
   containerd_leftovers "$work"

@@ -40,6 +40,7 @@ const L = load("load");
 const q = load("qdisc");
 const v = load("live");
 const m = load("metrics");
+const t = load("topology");
 
 type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
 const rows: Row[] = [
@@ -158,6 +159,50 @@ const rows: Row[] = [
     "diff / note": m
       ? `${num(m, "podNetns")} pod netns; kernel reads ${ms(num(m, "collectMs"))}; longest event-loop stall ${ms(num(m, "stallMaxMs"))}`
       : "failed",
+  },
+  {
+    benchmark: `lab: first pod's ADD (${num(t, "links")} links)`,
+    ratchet: ms(num(t, "firstAddMs")),
+    reference: "200 ms target",
+    ratio: "",
+    "diff / note": "the peer is not there yet",
+  },
+  {
+    benchmark: `lab: second pod's ADD (${num(t, "links")} veth built)`,
+    ratchet: ms(num(t, "secondAddMs")),
+    reference: `${ms(num(t, "floorCreateMs"))} ip -batch`,
+    ratio: ratio(num(t, "secondAddMs"), num(t, "floorCreateMs")),
+    "diff / note": "target 1.5x",
+  },
+  {
+    benchmark: "lab: DEL of the builder / the other pod",
+    ratchet: `${ms(num(t, "delBuilderMs"))} / ${ms(num(t, "delOtherMs"))}`,
+    reference: `${ms(num(t, "floorDeleteMs"))} ip link del group`,
+    ratio: [num(t, "delBuilderMs"), num(t, "delOtherMs")]
+      .map((x) => ratio(x, num(t, "floorDeleteMs")))
+      .join(" / "),
+    "diff / note": "target 1.5x",
+  },
+  {
+    benchmark: `lab: ${num(t, "links")} VXLAN links, both ends up + ping`,
+    ratchet: ms(num(t, "vxlanReadyMs")),
+    reference: "3000 ms target",
+    ratio: "",
+    "diff / note": `second ADD ${ms(num(t, "vxlanSecondAddMs"))}`,
+  },
+  {
+    benchmark: `lab: ${num(t, "ends")} ends on a node: RSS, restart, links`,
+    ratchet: `${mib(num(t, "agentRssMiB"))}, ${ms(num(t, "restartReconcileMs"))}, ${ms(num(t, "linksCliMs"))}`,
+    reference: "300 MiB, 10 s, 2 s",
+    ratio: "",
+    "diff / note": t ? `restart rebuilt ${num(t, "rebuilt") ? "something" : "nothing"}` : "failed",
+  },
+  {
+    benchmark: "lab: etcd bytes per link (veth / VXLAN)",
+    ratchet: `${num(t, "vethBytesPerLink").toFixed(0)} / ${num(t, "vxlanBytesPerLink").toFixed(0)}`,
+    reference: "",
+    ratio: "",
+    "diff / note": `round trips per ADD: ${num(t, "firstAddRoundTrips")} / ${num(t, "secondAddRoundTrips")}`,
   },
   {
     benchmark: "parent peak RSS (passthrough)",

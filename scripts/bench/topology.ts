@@ -290,6 +290,8 @@ async function manyEnds(): Promise<Record<string, number>> {
   };
 }
 
+const n0 = (x: number | undefined) => (x ?? Number.NaN).toFixed(0);
+
 const etcd = new Etcd3({ hosts: ETCD });
 try {
   const s = await sameNode();
@@ -326,10 +328,13 @@ try {
         ratio: "",
       },
     ]),
-    `etcd: ${(s.vethBytesPerLink as number).toFixed(0)} bytes per veth link, ${(x.vxlanBytesPerLink as number).toFixed(0)} per VXLAN link; round trips per ADD: first ${s.firstAddRoundTrips}, second ${s.secondAddRoundTrips}`,
+    `etcd: ${n0(s.vethBytesPerLink)} bytes per veth link, ${n0(x.vxlanBytesPerLink)} per VXLAN link; ` +
+      `round trips per ADD: first ${s.firstAddRoundTrips}, second ${s.secondAddRoundTrips}`,
     ...(ENDS > 0
       ? [
-          `${m.ends} link ends on one node: agent RSS ${(m.agentRssMiB as number).toFixed(0)} MiB; restart reconcile ${(m.restartReconcileMs as number).toFixed(0)} ms, rebuilt ${m.rebuilt ? "something" : "nothing"}; ratchet links ${(m.linksCliMs as number).toFixed(0)} ms (${m.linksShown} links)`,
+          `${m.ends} link ends on one node: agent RSS ${n0(m.agentRssMiB)} MiB; ` +
+            `restart reconcile ${n0(m.restartReconcileMs)} ms, rebuilt ${m.rebuilt ? "something" : "nothing"}; ` +
+            `ratchet links ${n0(m.linksCliMs)} ms (${m.linksShown} links)`,
         ]
       : []),
   ]);

@@ -79,6 +79,8 @@ export class Limiter {
 
 interface ConnState {
   reader: LineReader;
+  /** Output the socket did not take yet (a large answer): sent on drain, in order. */
+  pending: Uint8Array[];
   /** Aborted when the connection closes: the caller no longer waits for its requests. */
   gone: AbortController;
   inFlight: number;
@@ -120,6 +122,7 @@ export class Server {
           open: (s) => {
             s.data = {
               reader: new LineReader(),
+              pending: [],
               gone: new AbortController(),
               inFlight: 0,
               lastSeen: Date.now(),
@@ -136,6 +139,7 @@ export class Server {
             s.data?.gone.abort(new CniError(Code.TryAgainLater, "the caller closed the connection"));
           },
           data: (s, chunk) => this.onData(s, chunk),
+          drain: (s) => this.flush(s),
           error: (_s, err) => this.opts.log.warn("connection error", { error: err.message }),
         },
       });
@@ -152,7 +156,7 @@ export class Server {
   private reap(idleMs: number): void {
     const now = Date.now();
     for (const s of this.conns) {
-      if (s.data.inFlight === 0 && now - s.data.lastSeen >= idleMs) {
+      if (s.data.inFlight === 0 && s.data.pending.length === 0 && now - s.data.lastSeen >= idleMs) {
         this.conns.delete(s);
         s.end();
       }
@@ -185,7 +189,8 @@ export class Server {
       if (!params.success) throw new Error(`${raw.method}: ${firstIssue(params.issues)}`);
       req = { id: raw.id, method: raw.method, deadline: raw.deadline, params: params.output };
     } catch (err) {
-      s.write(
+      this.send(
+        s,
         `${JSON.stringify({ id: 0, ok: false, error: { code: Code.DecodeFailure, msg: `bad request: ${(err as Error).message}` } })}\n`,
       );
       return;
@@ -221,10 +226,30 @@ export class Server {
       this.lastActivity = Date.now();
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
+    this.send(s, `${JSON.stringify(res)}\n`);
+  }
+
+  /** Writes a line; what the socket does not take at once (a large answer) waits for drain. */
+  private send(s: Bun.Socket<ConnState>, line: string): void {
+    s.data.pending.push(new TextEncoder().encode(line));
+    if (s.data.pending.length === 1) this.flush(s);
+  }
+
+  private flush(s: Bun.Socket<ConnState>): void {
+    const q = s.data.pending;
     try {
-      s.write(`${JSON.stringify(res)}\n`);
+      while (q.length > 0) {
+        const buf = q[0] as Uint8Array;
+        const n = s.write(buf);
+        if (n < buf.byteLength) {
+          q[0] = buf.subarray(Math.max(0, n));
+          return;
+        }
+        q.shift();
+      }
     } catch {
       // the parent went away (its runtime timed out): nothing to tell it
+      q.length = 0;
     }
   }
 

@@ -225,7 +225,7 @@ export class LinkerBase {
     this.state.addLinks(env.containerId, Object.fromEntries(p.ifnames));
 
     // Round trip 2: record what we build (skipped when there is nothing to record).
-    const { committed, revision } = await this.store.commit(endpoint, reg, builds, p.stale);
+    const { committed } = await this.store.commit(endpoint, reg, builds, p.stale);
 
     // Now the kernel: our ends (and, on one node, both ends of the veth). All or nothing.
     let out: AttachedInterface[];
@@ -236,13 +236,13 @@ export class LinkerBase {
       forget();
       // Chunks holding links built before this call stay: those links are still there.
       const mine = committed.filter((c) => c.links.every((l) => !l.build.update));
-      await this.store.abandon(endpoint, mine, revision).catch((e: unknown) =>
+      await this.store.abandon(endpoint, mine).catch((e: unknown) =>
         this.log.warn("could not take back the records of a failed ADD", {
           pod: id,
           error: (e as Error).message,
         }),
       );
-      if (!opts.live) await this.store.unregister(endpoint, revision, declared).catch(() => undefined);
+      if (!opts.live) await this.store.unregister(endpoint, reg.rev, declared).catch(() => undefined);
       // What the kernel holds now for the pod's ends, and why it differs from the declaration.
       if (opts.live) await recordObserved(this, id, (err as Error).message);
       throw err;

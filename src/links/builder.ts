@@ -1,33 +1,26 @@
 // The kernel side of links: builds and removes link ends through src/netlink, and never
-// changes an interface that does not carry ratchet's mark for that very link. The mark is
-// IFLA_IFALIAS "ratchet:v1:<digest of the link key>", set on every end ratchet creates; an
-// interface of the wanted name without it belongs to someone else, and is left alone.
+// changes an interface that does not carry ratchet's mark for that very link (ownership.ts):
+// an interface of the wanted name without it belongs to someone else, and is left alone.
 //
 // Work comes in batches (a pod may have thousands of links): each netns involved is read
 // once (one dump of its links, one of its addresses), and the changes go out through
 // src/netlink/bulk.ts, many requests per sendmsg, one socket (one netns switch) per netns.
-// What is already right is left as it is.
-import { createHash } from "node:crypto";
-import { CniError, Code, NotOursError } from "../cni/errors.ts";
+// What is already right is left as it is, or changed in place (converge.ts).
+import { CniError, Code } from "../cni/errors.ts";
 import { show } from "../cni/names.ts";
 import type { Logger } from "../log.ts";
-import type { Address } from "../netlink/addr.ts";
 import {
   createVethPairs,
   createVxlans,
   deleteIndexes,
-  dumpAddresses,
   dumpLinks,
-  IndexAllocator,
   NetnsSockets,
   type NewEnd,
   randomMac,
 } from "../netlink/bulk.ts";
 import {
-  getLink,
   type Impairment,
   type Link as KernelLink,
-  LinkNotFoundError,
   listRootQdiscs,
   NetlinkError,
   NetnsNotFoundError,
@@ -39,88 +32,27 @@ import type { EndSpec } from "./spec.ts";
 
 export { converge, type EndProps } from "./converge.ts";
 
-const digest = (text: string) => createHash("sha256").update(text).digest();
+import {
+  classify,
+  groupOf,
+  markOf,
+  marked,
+  type NetnsView,
+  notOurs,
+  type Place,
+  Views,
+} from "./ownership.ts";
 
-/** The mark of every interface ratchet builds for `link` (at most 255 bytes: a digest). */
-export function markOf(link: string): string {
-  return `ratchet:v1:${digest(link).toString("hex").slice(0, 32)}`;
-}
-
-/**
- * The device group (IFLA_GROUP) ratchet creates every end in a pod's netns in: from a
- * digest of the netns, never 0 (the default). It comes with the RTM_NEWLINK itself, where
- * the alias can only follow once the interface exists, so an end whose creation was cut
- * short (the agent killed in between) is still known as ratchet's: the group, no alias yet.
- * And a pod's DEL removes all its ends with one kernel call: "delete group".
- */
-export function groupOf(netns: string): number {
-  return (digest(netns).readUInt32BE(0) & 0x7fffffff) | 1;
-}
-
-/** Where one end lives: its pod (for messages) and netns (from this node's own CNI calls). */
-export interface Place {
-  pod: string;
-  netns: string;
-}
-
-export type Presence =
-  | { state: "absent" }
-  | { state: "ours"; link: KernelLink }
-  | { state: "foreign"; link: KernelLink };
-
-function classify(link: string, l: KernelLink | undefined, netns: string): Presence {
-  if (!l) return { state: "absent" };
-  // Half-built by an agent that died before it could set the alias: no alias, our group.
-  const halfBuilt = l.alias === "" && l.group === groupOf(netns) && (l.kind === "veth" || l.kind === "vxlan");
-  const ours = l.alias === markOf(link) || halfBuilt;
-  return ours ? { state: "ours", link: l } : { state: "foreign", link: l };
-}
-
-/** Ours and finished: marked (an end cut short has only its group). */
-const marked = (link: string, l: KernelLink) => l.alias === markOf(link);
-
-/** What holds `ifname` in `netns` now, and whether it is ratchet's for `link`. */
-export function presence(link: string, ifname: string, netns: string): Presence {
-  try {
-    return classify(link, getLink(ifname, netns), netns);
-  } catch (err) {
-    if (err instanceof LinkNotFoundError || err instanceof NetnsNotFoundError) return { state: "absent" };
-    throw err;
-  }
-}
-
-/** One netns as read at the start of a batch: its links by name, addresses by ifindex. */
-export interface NetnsView {
-  netns: string;
-  links: Map<string, KernelLink>;
-  all: KernelLink[];
-  addrs: Map<number, Address[]>;
-  alloc: IndexAllocator;
-  /** Root qdiscs by ifindex, read at first use. */
-  roots?: Map<number, Impairment | undefined>;
-}
-
-/** Reads each netns once per batch. */
-class Views {
-  private readonly views = new Map<string, NetnsView>();
-  constructor(readonly socks: NetnsSockets) {}
-  get(netns: string): NetnsView {
-    let v = this.views.get(netns);
-    if (!v) {
-      const sock = this.socks.socket(netns);
-      const all = dumpLinks(sock);
-      v = {
-        netns,
-        all,
-        links: new Map(all.map((l) => [l.name, l])),
-        addrs: dumpAddresses(sock),
-        alloc: new IndexAllocator(all),
-      };
-      this.views.set(netns, v);
-    }
-    return v;
-  }
-}
+export {
+  groupOf,
+  inspect,
+  markOf,
+  type NetnsView,
+  type Place,
+  type Presence,
+  presence,
+  presenceIn,
+} from "./ownership.ts";
 
 /** The root qdisc's impairment of a link of a view (one dump per netns, at first use). */
 function rootOf(v: NetnsView, index: number): Impairment | undefined {
@@ -141,26 +73,6 @@ function settled(v: NetnsView, l: KernelLink, end: EndSpec, props: EndProps): bo
 /** A new end is left down when it needs a qdisc first, or is declared down. */
 const staysDown = (end: EndSpec, props: EndProps) =>
   props.state === "down" || toImpairment(end.netem) !== undefined;
-
-/** What holds `ifname` in a netns read by inspect(), and whether it is ratchet's for `link`. */
-export function presenceIn(view: NetnsView, link: string, ifname: string): Presence {
-  return classify(link, view.links.get(ifname), view.netns);
-}
-
-/** Reads one netns: its links and addresses (CHECK, `ratchet links`). */
-export function inspect(netns: string): NetnsView {
-  using socks = new NetnsSockets();
-  return new Views(socks).get(netns);
-}
-
-function notOurs(link: string, ifname: string, at: Place, l: KernelLink): NotOursError {
-  const kind = l.kind === "other" ? l.infoKind : l.kind;
-  return new NotOursError(
-    `link ${link}: interface ${show(ifname)} in netns ${show(at.netns)} of pod ${at.pod} already exists ` +
-      `(${kind || "no kind"}) and was not built by ratchet for this link: it is left alone; ` +
-      "rename the link's interface or remove that interface",
-  );
-}
 
 export interface BuiltEnd {
   name: string;

@@ -2,7 +2,6 @@
 // reconcile at start, DEL, CHECK and GC. Every kernel change goes through the builder in
 // batches, and the node-local state is saved once per operation.
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
-import { podId as podIdOf } from "../links/spec.ts";
 import { type Impairment, listRootQdiscs, NetnsNotFoundError, sameImpairment } from "../netlink/index.ts";
 import { type TunnelChunk, tunnelEnds } from "../store/records.ts";
 import { LinkerBase, podOf, type Call } from "./attach.ts";
@@ -193,7 +192,7 @@ export class Linker extends LinkerBase {
     if (ours && own?.endpoint) {
       const peers = new Set(own.peers);
       for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
-      const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podIdOf(d.spec.peer)));
+      const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podId(d.spec.peer)));
       await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo);
       // Reports of our ends, and of the other ends on this node (a veth goes whole).
       const gone = [...links.keys()].flatMap((link) => [
@@ -224,7 +223,7 @@ export class Linker extends LinkerBase {
       );
     }
     const links = [...groupBy(own.decls, (d) => d.link)].map(([k, decls]) => linkOf(k, decls));
-    const peers = await this.store.endpoints([...new Set(links.map((l) => podIdOf(sides(l, id).theirs)))]);
+    const peers = await this.store.endpoints([...new Set(links.map((l) => podId(sides(l, id).theirs)))]);
     let view: NetnsView | undefined;
     let roots = new Map<number, Impairment | undefined>();
     try {

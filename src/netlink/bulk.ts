@@ -1,21 +1,17 @@
 // Many links at once, for pods with hundreds of links: one socket per netns (one switch
-// each), requests sent BATCH_REQUESTS per sendmsg and their acks read together, veth pairs
-// created with both ends already in their namespaces and with the ifindex chosen here, so
-// that the follow-ups (alias, addresses, up) can go out by index in the next batch without
-// reading anything back. Every verb answers per item: undefined (done) or the error.
-import { randomBytes } from "node:crypto";
+// each, batch.ts), requests sent BATCH_REQUESTS per sendmsg and their acks read together,
+// veth pairs created with both ends already in their namespaces and with the ifindex chosen
+// here, so that the follow-ups (alias, addresses, up) can go out by index in the next batch
+// without reading anything back. Every verb answers per item: undefined (done) or the error.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import type { Address } from "./addr.ts";
 import { Errno, ErrnoError, errnoText, inNetns, NetlinkError } from "./errors.ts";
-import { formatIp, formatMac, parseCidr, parseIp, parseMac } from "./ip.ts";
-import { decodeLink, type Link } from "./link-info.ts";
-import { type NetnsFd, openNetns, withNetns } from "./netns.ts";
+import { parseCidr, parseIp, parseMac } from "./ip.ts";
+import { type NetnsFd, withNetns } from "./netns.ts";
 import {
   AF_INET,
   AF_INET6,
   AF_UNSPEC,
   Attr,
-  Attrs,
   attrBe16,
   attrString,
   attrU32,
@@ -25,12 +21,10 @@ import {
   IFA_F_NODAD,
   IFA_FLAGS,
   IFA_LOCAL,
-  IFADDRMSG_LEN,
   IfAddrMsg,
   IFF_UP,
   IfInfoMsg,
   IFLA_ADDRESS,
-  IFLA_EXT_MASK,
   IFLA_GROUP,
   IFLA_IFALIAS,
   IFLA_IFNAME,
@@ -45,15 +39,10 @@ import {
   IFLA_VXLAN_LEARNING,
   IFLA_VXLAN_LINK,
   IFLA_VXLAN_PORT,
-  Message,
-  NLM_F_ACK,
+  type Message,
   NLM_F_CREATE,
   NLM_F_EXCL,
-  NLM_F_REQUEST,
   RT_SCOPE_UNIVERSE,
-  RTEXT_FILTER_SKIP_STATS,
-  RTM_DELLINK,
-  RTM_GETADDR,
   RTM_GETLINK,
   RTM_NEWADDR,
   RTM_NEWLINK,
@@ -61,107 +50,8 @@ import {
   VETH_INFO_PEER,
 } from "./nl.ts";
 import { VXLAN_OVERHEAD } from "./link.ts";
-import { NetlinkSocket } from "./socket.ts";
 
-function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
-  const list = m.get(k);
-  if (list) list.push(v);
-  else m.set(k, [v]);
-}
-
-const request = (type: number, flags: number, header: IfInfoMsg | IfAddrMsg, attrs: Attr[]) =>
-  new Message(type, NLM_F_REQUEST | NLM_F_ACK | flags, header, attrs);
-
-/**
- * The sockets (and netns files) one batch of work needs, one per netns: each made with one
- * switch into its netns. `undefined` is the agent's own netns. Dispose closes them all.
- */
-export class NetnsSockets implements Disposable {
-  private readonly socks = new Map<string | undefined, NetlinkSocket>();
-  private readonly fds = new Map<string, NetnsFd>();
-
-  socket(ns: string | undefined): NetlinkSocket {
-    let s = this.socks.get(ns);
-    if (!s) {
-      s = withNetns(ns, () => NetlinkSocket.open());
-      this.socks.set(ns, s);
-    }
-    return s;
-  }
-
-  /** An open file of the netns, for IFLA_NET_NS_FD. */
-  fd(ns: string): NetnsFd {
-    let f = this.fds.get(ns);
-    if (!f) {
-      f = openNetns(ns);
-      this.fds.set(ns, f);
-    }
-    return f;
-  }
-
-  [Symbol.dispose](): void {
-    for (const s of this.socks.values()) s.close();
-    for (const f of this.fds.values()) f[Symbol.dispose]();
-    this.socks.clear();
-    this.fds.clear();
-  }
-}
-
-const SKIP_STATS = attrU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-
-/** Every link of the socket's netns, without counters, in one dump. */
-export function dumpLinks(sock: NetlinkSocket): Link[] {
-  return sock.dump(RTM_GETLINK, new IfInfoMsg(), [SKIP_STATS]).map(decodeLink);
-}
-
-/** Every IPv4/IPv6 address of the socket's netns, by ifindex, in one dump. */
-export function dumpAddresses(sock: NetlinkSocket): Map<number, Address[]> {
-  const out = new Map<number, Address[]>();
-  for (const m of sock.dump(RTM_GETADDR, new IfAddrMsg(AF_UNSPEC), [])) {
-    const hdr = IfAddrMsg.parse(m.payload);
-    if (hdr.family !== AF_INET && hdr.family !== AF_INET6) continue;
-    const attrs = Attrs.parse(m.payload.subarray(IFADDRMSG_LEN));
-    const bytes = attrs.get(IFA_LOCAL) ?? attrs.get(IFA_ADDRESS);
-    if (bytes === undefined) continue;
-    const list = out.get(hdr.index) ?? [];
-    list.push({
-      family: hdr.family === AF_INET ? 4 : 6,
-      address: formatIp(bytes),
-      prefixLength: hdr.prefixlen,
-      scope: hdr.scope === RT_SCOPE_UNIVERSE ? "global" : String(hdr.scope),
-    });
-    out.set(hdr.index, list);
-  }
-  return out;
-}
-
-/** Hands out ifindexes that no link of one netns holds (ifindexes are per netns). */
-export class IndexAllocator {
-  private readonly used: Set<number>;
-  private next: number;
-  constructor(links: Link[]) {
-    this.used = new Set(links.map((l) => l.index));
-    this.next = Math.max(1, ...this.used) + 1;
-  }
-  /** Also avoids these (e.g. the host netns' ifindexes: see createVxlans). */
-  avoid(links: Link[]): void {
-    for (const l of links) this.used.add(l.index);
-  }
-  take(): number {
-    while (this.used.has(this.next)) this.next++;
-    if (this.next > 0x7fffffff) throw new NetlinkError("no free ifindex left", { errno: 28 /* ENOSPC */ });
-    this.used.add(this.next);
-    return this.next++;
-  }
-}
-
-/** A random locally administered unicast MAC, as the kernel gives a veth or vxlan. */
-export function randomMac(): string {
-  const b = randomBytes(6);
-  b[0] = ((b[0] as number) & 0xfe) | 0x02;
-  return formatMac(b);
-}
-
+import { deleteIndexes, dumpLinks, type NetnsSockets, push, request, SKIP_STATS } from "./batch.ts";
 /** One new interface: its final name, netns, the ifindex it gets there, MAC, alias, addresses. */
 export interface NewEnd {
   name: string;
@@ -505,42 +395,12 @@ function undoFailed(socks: NetnsSockets, ends: NewEnd[], errors: Array<NetlinkEr
   }
 }
 
-/**
- * Deletes links of one netns by ifindex. Several go in one kernel call: the kernel pays its
- * unregister cost (RCU grace periods) once, not once per link. When the links are exactly
- * the members of device group `group`, that group is deleted; otherwise they are first put
- * in a group no link of the netns uses. Should that call fail (a link the kernel cannot
- * delete), each is deleted on its own. Per index: undefined (gone, or was gone already) or
- * the error. `links`: the netns' links now.
- */
-export function deleteIndexes(
-  sock: NetlinkSocket,
-  indexes: number[],
-  links: Link[],
-  group?: number,
-): Array<ErrnoError | undefined> {
-  const gone = (errs: Array<ErrnoError | undefined>) =>
-    errs.map((e) => (e && e.errno !== Errno.ENODEV ? e : undefined));
-  if (indexes.length === 0) return [];
-  const one = (i: number) => request(RTM_DELLINK, 0, new IfInfoMsg(AF_UNSPEC, i), []);
-  if (indexes.length === 1) return gone(sock.changeAll([one(indexes[0] as number)]));
-  const wanted = new Set(indexes);
-  if (group) {
-    const members = links.filter((l) => l.group === group);
-    if (members.length === wanted.size && members.every((l) => wanted.has(l.index))) {
-      const [all] = sock.changeAll([request(RTM_DELLINK, 0, new IfInfoMsg(), [attrU32(IFLA_GROUP, group)])]);
-      if (!all) return indexes.map(() => undefined);
-    }
-  }
-  const taken = new Set(links.map((l) => l.group));
-  let temp = 0;
-  while (temp === 0 || taken.has(temp)) temp = (randomBytes(4).readUInt32LE(0) | 0x10000) >>> 1;
-  const grouped = sock.changeAll(
-    indexes.map((i) => request(RTM_SETLINK, 0, new IfInfoMsg(AF_UNSPEC, i), [attrU32(IFLA_GROUP, temp)])),
-  );
-  const [all] = sock.changeAll([request(RTM_DELLINK, 0, new IfInfoMsg(), [attrU32(IFLA_GROUP, temp)])]);
-  if (!all) return gone(grouped);
-  return gone(sock.changeAll(indexes.map(one)));
-}
-
 export { ErrnoError };
+export {
+  deleteIndexes,
+  dumpAddresses,
+  dumpLinks,
+  IndexAllocator,
+  NetnsSockets,
+  randomMac,
+} from "./batch.ts";

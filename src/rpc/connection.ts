@@ -17,6 +17,8 @@ export class Connection {
   private readonly reader = new LineReader();
   private waiting: { resolve: (r: unknown) => void; reject: (e: Error) => void } | undefined;
   private closed: Error | undefined;
+  /** What the socket did not take yet (a large request, e.g. a CHECK's prevResult). */
+  private pending: Uint8Array | undefined;
   private constructor(private sock: Sock | undefined) {}
 
   /** Connects; throws AgentUnavailableError when nothing listens on `path`. */
@@ -27,6 +29,7 @@ export class Connection {
         unix: path,
         socket: {
           data: (_s, chunk) => conn.onData(chunk),
+          drain: () => conn.flush(),
           close: () => conn.fail(new ConnectionLost("the node agent closed the connection")),
           error: (_s, err) => conn.fail(new ConnectionLost(err.message)),
         },
@@ -51,6 +54,14 @@ export class Connection {
     }
   }
 
+  /** Sends what is pending; the rest waits for the socket's drain. */
+  private flush(): void {
+    const buf = this.pending;
+    if (!buf || !this.sock) return;
+    const n = this.sock.write(buf);
+    this.pending = n < buf.byteLength ? buf.subarray(Math.max(0, n)) : undefined;
+  }
+
   private fail(err: Error): void {
     this.closed ??= err;
     const w = this.waiting;
@@ -73,7 +84,8 @@ export class Connection {
     const reply = new Promise<unknown>((resolve, reject) => {
       this.waiting = { resolve, reject };
     });
-    this.sock?.write(`${JSON.stringify({ id, method, deadline, params })}\n`);
+    this.pending = new TextEncoder().encode(`${JSON.stringify({ id, method, deadline, params })}\n`);
+    this.flush();
     let timer: Timer | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(

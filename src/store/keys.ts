@@ -8,7 +8,9 @@
 //                                                    declarations of links to <peer>
 //   <p>/v1/peers/<ns>/<pod>/<ns>/<declarer>          the declarer's EndpointRecord, while it is
 //                                                    registered and declares links to the pod
-//                                                    (same namespace only; one per pair of pods)
+//                                                    (same namespace only; one per pair of pods);
+//                                                    "gone" once it went and its declarations
+//                                                    stay for the pod's return (decode.ts GONE)
 //   <p>/v1/links/<ns>/<a>/<ns>/<b>/<c>               PairChunk c: up to LINK_CHUNK built links
 //                                                    between pods a < b: kind, VNI block, containers
 //   <p>/v1/vni/<n>                                   VNI block n is taken: the pair chunk holding it

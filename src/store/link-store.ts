@@ -1,6 +1,6 @@
 // ratchet's state in etcd: every key, value check and transaction of linking lives in
 // src/store, and each operation returns named results. The rules (who builds, consent) are
-// the planner's. This file: decoding what is read, and the writes of an ADD.
+// the planner's. This file: the writes of an ADD (reads: link-reads.ts, decode.ts).
 //
 // Scale: a pod's links are stored in chunks per pair of pods (keys.ts), and every
 // transaction stays within etcd's defaults (128 operations, 1.5 MiB): an operation on many
@@ -10,37 +10,22 @@
 //    peer's declarations, index entry and reads go in one transaction. A crash leaves a
 //    registered pod with part of its declarations: the ADD failed, and the runtime's retry
 //    rewrites them all, or its DEL removes them all (by prefix).
-//  - commit: one unit per pair chunk (its record, VNI block and tunnel entries). A crash
+//  - commit (link-commit.ts): one unit per pair chunk (its record, VNI block and tunnel entries). A crash
 //    leaves some chunks recorded whose links were not built: the failed ADD's retry rebuilds
 //    them (comparing the revisions it reads), its DEL removes them with the pair.
 //  - removeRecords (link-removal.ts): the pairs first, the endpoint last, so a retried DEL
 //    still finds the pod and finishes.
 import type { Etcd3 } from "etcd3";
-import { CniError, Code } from "../cni/errors.ts";
 import type { Build, BuiltLink, Declaration } from "../links/planner.ts";
 import { type LinkSpec, podId } from "../links/spec.ts";
-import { pairChunksOf, pairIfnames, pairLinks, toDeclChunks } from "./codec.ts";
-import {
-  cmp,
-  type Compare,
-  keyOf,
-  type Op,
-  op,
-  PAGE,
-  pack,
-  Query,
-  rest,
-  type Slot,
-  sizeOf,
-  txn,
-} from "./etcd-ops.ts";
-import { Keys, VNI_BLOCKS, vniOf } from "./keys.ts";
+import { pairLinks, toDeclChunks } from "./codec.ts";
+import { cmp, keyOf, type Op, op, PAGE, pack, Query, rest, type Slot, sizeOf, txn } from "./etcd-ops.ts";
+import { Keys, VNI_BLOCKS } from "./keys.ts";
 import type { PairState } from "./decode.ts";
 import { LinkReads } from "./link-reads.ts";
+import { commitLinks } from "./link-commit.ts";
 import { removeRecords } from "./link-removal.ts";
-import type { BadRecords, EndpointRecord, Observed, PairChunk, TunnelChunk } from "./records.ts";
-
-const MAX_COMMIT_ATTEMPTS = 8;
+import type { BadRecords, EndpointRecord, Observed } from "./records.ts";
 
 /** What one registration saw, besides writing the pod's endpoint and declarations. */
 export interface Registration {
@@ -69,6 +54,8 @@ export interface Committed {
   /** The block this commit took (undefined: none, or the chunk's earlier one). */
   newBlock: number | undefined;
   links: Array<{ build: Build; vni?: number }>;
+  /** The revision of the transaction that wrote it ("" until written). */
+  rev: string;
 }
 
 const sameNamespace = (x: string, y: string) => x.split("/")[0] === y.split("/")[0];
@@ -218,249 +205,26 @@ export class LinkStore extends LinkReads {
     }
   }
 
-  /**
-   * Round trip 2 of an ADD: records the links this pod builds, one unit per pair chunk (VNI
-   * blocks allocated atomically), and drops the declarations of peers it no longer declares
-   * links to. A unit is retried when etcd moved meanwhile (a VNI block taken); a pair whose
-   * chunks another ADD recorded meanwhile for these very containers is that ADD's to build
-   * (left out). Fails with 11 when a newer ADD of the pod took over.
-   */
-  async commit(
+  /** Round trip 2 of an ADD: records the links this pod builds (link-commit.ts). */
+  commit(
     endpoint: EndpointRecord,
     reg: Registration,
     builds: Build[],
     stale: string[],
   ): Promise<{ committed: Committed[]; revision: string }> {
-    const keys = this.keys;
-    const id = podId(endpoint);
-    let myRev = reg.rev;
-    let block = reg.vniNext;
-    const byPeer = new Map<string, Build[]>();
-    for (const b of builds) {
-      const list = byPeer.get(podId(b.peer));
-      if (list) list.push(b);
-      else byPeer.set(podId(b.peer), [b]);
-    }
-
-    interface Unit {
-      peer: string;
-      chunk: number;
-      /** undefined: delete the chunk (the pair has fewer chunks now). */
-      builds: Build[] | undefined;
-      prev: { chunk: PairChunk | undefined; rev: string };
-    }
-    const units: Unit[] = [];
-    for (const [peer, list] of byPeer) {
-      const prev = reg.pairs.get(peer) ?? new Map();
-      const chunks = pairChunksOf(list.map((b) => b.link));
-      const byKey = new Map(list.map((b) => [b.link.key, b]));
-      chunks.forEach((links, c) => {
-        const bs = links.map((l) => byKey.get(l.key) as Build);
-        units.push({ peer, chunk: c, builds: bs, prev: prev.get(c) ?? { chunk: undefined, rev: "0" } });
-      });
-      for (const [c, p] of prev)
-        if (c >= chunks.length) units.push({ peer, chunk: c, builds: undefined, prev: p });
-    }
-    const staleOps = stale.flatMap((p) => [
-      op.delPrefix(keys.declPairPrefix(id, p)),
-      op.del(keys.peer(p, id)),
-    ]);
-    if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev };
-
-    /** The writes of one unit, allocating from `block` when it needs a VNI block. */
-    const plan = (u: Unit): { compare: Compare[]; writes: Op[]; committed?: Committed } => {
-      const compare = [cmp.modRev(keys.pairChunk(id, u.peer, u.chunk), u.prev.rev)];
-      const writes: Op[] = [];
-      const old = u.prev.chunk;
-      // What the chunk had and keeps no more: its block, the entries of nodes it left.
-      const dropOld = (keepBlock: boolean, keepNodes: string[]) => {
-        if (old?.block !== undefined && !keepBlock) writes.push(op.del(keys.vni(old.block)));
-        if (old?.kind === "vxlan")
-          for (const node of new Set(Object.values(old.ends).map((e) => e.node)))
-            if (!keepNodes.includes(node)) writes.push(op.del(keys.tunnelChunk(node, id, u.peer, u.chunk)));
-      };
-      if (!u.builds) {
-        dropOld(false, []);
-        writes.push(op.del(keys.pairChunk(id, u.peer, u.chunk)));
-        return { compare, writes };
-      }
-      const peer = (u.builds[0] as Build).peer;
-      const kind = (u.builds[0] as Build).kind;
-      let b: number | undefined;
-      let newBlock: number | undefined;
-      if (kind === "vxlan") {
-        if (old?.kind === "vxlan" && old.block !== undefined) b = old.block;
-        else {
-          b = newBlock = block;
-          block = (block + 1) % VNI_BLOCKS;
-          compare.push(cmp.absent(keys.vni(b)));
-          writes.push(op.put(keys.vni(b), keys.pairChunk(id, u.peer, u.chunk)));
-        }
-      }
-      dropOld(b !== undefined && b === old?.block, b !== undefined ? [endpoint.node, peer.node] : []);
-      const record: PairChunk = {
-        kind,
-        ...(b !== undefined ? { block: b } : {}),
-        ends: {
-          [id]: { node: endpoint.node, containerId: endpoint.containerId },
-          [u.peer]: { node: peer.node, containerId: peer.containerId },
-        },
-        links: u.builds.map((x) => pairIfnames(x.link)),
-      };
-      writes.push(op.put(keys.pairChunk(id, u.peer, u.chunk), record));
-      const links = u.builds.map((build, i) => ({ build, ...(b !== undefined ? { vni: vniOf(b, i) } : {}) }));
-      if (b !== undefined) writes.push(...this.tunnelWrites(endpoint, peer, u.chunk, links));
-      return { compare, writes, committed: { peer, kind, chunk: u.chunk, newBlock, links } };
-    };
-
-    const guard = () => [cmp.modRev(keys.endpoint(id), myRev)];
-    const committed: Committed[] = [];
-    let revision = myRev;
-    const taken = new Set<string>();
-    const groups = pack(
-      units,
-      (u) => {
-        const p = plan(u);
-        return sizeOf(p.compare, p.writes);
-      },
-      sizeOf([...guard(), ...staleOps.map(() => guard()[0] as Compare)], staleOps),
-    );
-    block = reg.vniNext;
-    try {
-      for (const [n, group] of groups.entries()) {
-        for (let attempt = 0; ; attempt++) {
-          if (attempt >= MAX_COMMIT_ATTEMPTS) {
-            throw new CniError(
-              Code.TryAgainLater,
-              `could not record the links of pod ${id}: etcd kept changing under us`,
-            );
-          }
-          const live = group.filter((u) => !taken.has(u.peer));
-          const firstBlock = block;
-          const planned = live.map(plan);
-          const otherwise = new Query();
-          const epSlot = otherwise.get(keys.endpoint(id));
-          const nextSlot = otherwise.get(keys.vniNext);
-          const chunkSlots = live.map((u) => otherwise.get(keys.pairChunk(id, u.peer, u.chunk)));
-          const writes = [...(n === 0 ? staleOps : []), ...planned.flatMap((p) => p.writes)];
-          if (block !== firstBlock) writes.push(op.put(keys.vniNext, String(block)));
-          if (writes.length === 0) break;
-          const r = await txn(this.etcd, {
-            compare: [...guard(), ...planned.flatMap((p) => p.compare)],
-            writes,
-            otherwise,
-          });
-          if (r.succeeded) {
-            revision = r.revision;
-            for (const p of planned) if (p.committed) committed.push(p.committed);
-            break;
-          }
-          const epKv = r.one(epSlot);
-          const ep = this.endpointOf(epKv, id);
-          if (!ep || ep.containerId !== endpoint.containerId) {
-            throw new CniError(
-              Code.TryAgainLater,
-              `pod ${id} was registered again by another ADD while this one was linking`,
-            );
-          }
-          myRev = epKv?.mod_revision ?? myRev;
-          const hint = Number(r.one(nextSlot)?.value.toString());
-          // VNI blocks from firstBlock on may be taken: try after them (and after the hint).
-          block = Math.max(block, Number.isInteger(hint) ? hint : 0) % VNI_BLOCKS;
-          live.forEach((u, k) => {
-            const kv = r.one(chunkSlots[k] as Slot);
-            const rev = kv?.mod_revision ?? "0";
-            if (rev === u.prev.rev) return;
-            const now = this.pairChunkOf(kv, id, u.peer);
-            // Another ADD recorded this pair for these very containers before we recorded any
-            // of it: that ADD builds it (whoever records a pair's first chunk first, builds).
-            const ours = committed.some((c) => podId(c.peer) === u.peer);
-            if (now && u.builds && !ours && this.sameContainers(now, endpoint, (u.builds[0] as Build).peer)) {
-              taken.add(u.peer);
-              return;
-            }
-            u.prev = { chunk: now, rev };
-          });
-        }
-      }
-    } catch (err) {
-      await this.abandon(endpoint, committed, revision).catch(() => undefined);
-      throw err;
-    }
-    // A veth pair recorded by the other ADD is built, or kept, here as well: both ADDs run in
-    // this node's one agent, whose kernel work does not interleave, and each reports its end.
-    const theirs: Committed[] = units
-      .filter((u) => taken.has(u.peer) && u.builds?.[0]?.kind === "veth")
-      .map((u) => {
-        const bs = u.builds as Build[];
-        const peer = (bs[0] as Build).peer;
-        const links = bs.map((b) => ({ build: { ...b, update: true } }));
-        return { peer, kind: "veth", chunk: u.chunk, newBlock: undefined, links };
-      });
-    return { committed: [...committed.filter((c) => !taken.has(podId(c.peer))), ...theirs], revision };
-  }
-
-  private sameContainers(chunk: PairChunk, me: EndpointRecord, peer: EndpointRecord): boolean {
-    return (
-      chunk.ends[podId(me)]?.containerId === me.containerId &&
-      chunk.ends[podId(peer)]?.containerId === peer.containerId
-    );
-  }
-
-  /** The tunnel entries of one VXLAN pair chunk: the peer's node builds its ends, ours is for restarts. */
-  private tunnelWrites(
-    me: EndpointRecord,
-    peer: EndpointRecord,
-    chunk: number,
-    links: Array<{ build: Build; vni?: number }>,
-  ): Op[] {
-    const id = podId(me);
-    const peerId = podId(peer);
-    const entry = (pod: string, containerId: string, remote: string): TunnelChunk => ({
-      pod,
-      containerId,
-      remote,
-      builtBy: me.node,
-      ends: links.map(({ build, vni }) => {
-        const end = podId(build.link.a) === pod ? build.link.a : build.link.b;
-        return {
-          key: build.link.key,
-          end: {
-            ifname: end.ifname,
-            ips: end.ips,
-            ...(end.mac !== undefined ? { mac: end.mac } : {}),
-            ...(end.netem !== undefined ? { netem: end.netem } : {}),
-          },
-          vni: vni as number,
-          ...(build.link.mtu !== undefined ? { mtu: build.link.mtu } : {}),
-          ...(build.link.state !== undefined ? { state: build.link.state } : {}),
-          // Rebuilt (or new) on the writer's side: the other side rebuilds too.
-          fresh: !build.update,
-        };
-      }),
-    });
-    return [
-      op.put(
-        this.keys.tunnelChunk(peer.node, id, peerId, chunk),
-        entry(peerId, peer.containerId, me.vtep as string),
-      ),
-      op.put(
-        this.keys.tunnelChunk(me.node, id, peerId, chunk),
-        entry(id, me.containerId, peer.vtep as string),
-      ),
-    ];
+    return commitLinks(this, endpoint, reg, builds, stale);
   }
 
   /**
    * A failed ADD takes back the pair chunks it recorded (where nobody wrote them since), so no
    * later ADD reads them as built: the chunk, the VNI block it took and its tunnel entries.
    */
-  async abandon(me: EndpointRecord, committed: Committed[], revision: string): Promise<void> {
+  async abandon(me: EndpointRecord, committed: Committed[]): Promise<void> {
     const keys = this.keys;
     const id = podId(me);
     const units = committed.map((c) => {
       const peer = podId(c.peer);
-      const compare = [cmp.modRev(keys.pairChunk(id, peer, c.chunk), revision)];
+      const compare = [cmp.modRev(keys.pairChunk(id, peer, c.chunk), c.rev)];
       const writes: Op[] = [op.del(keys.pairChunk(id, peer, c.chunk))];
       if (c.newBlock !== undefined) writes.push(op.del(keys.vni(c.newBlock)));
       if (c.kind === "vxlan")

@@ -11,6 +11,7 @@ import { childPids, waitFor } from "./child.ts";
 import { cni, type Invocation } from "./cni.ts";
 import {
   etcdEndpoint,
+  etcdEndpoints,
   hiddenCheckout,
   installedBin,
   run,
@@ -170,7 +171,7 @@ export class Node {
       cniVersion: "1.0.0",
       name: "ratchet-bed",
       type: "ratchet",
-      etcd_endpoints: [etcdEndpoint()],
+      etcd_endpoints: etcdEndpoints(),
       etcd_prefix: this.cluster.etcdPrefix,
       kubeconfig: this.cluster.kubeconfig,
       node_name: this.name,

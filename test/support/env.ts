@@ -7,11 +7,17 @@ export const REPO = join(import.meta.dir, "..", "..");
 export const BIN = process.env.RATCHET_BIN ?? join(REPO, "bin", "ratchet");
 export const BUN = process.execPath;
 
-/** The etcd that scripts/test.sh started for this run. */
+/** One member of the etcd cluster that scripts/test.sh started for this run. */
 export function etcdEndpoint(): string {
   const url = process.env.RATCHET_TEST_ETCD;
   if (!url) throw new Error("RATCHET_TEST_ETCD is not set: run the tests through ./scripts/test.sh");
   return url;
+}
+
+/** Every member of that cluster (three; one when only RATCHET_TEST_ETCD is set). */
+export function etcdEndpoints(): string[] {
+  const list = process.env.RATCHET_TEST_ETCD_ENDPOINTS;
+  return list ? list.split(",") : [etcdEndpoint()];
 }
 
 export function requireBinary(): string {

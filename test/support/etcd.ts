@@ -64,7 +64,7 @@ process.on("exit", () => {
 });
 
 /** Free loopback TCP ports, held open together so they differ; etcd cannot take port 0. */
-function freePorts(n: number): number[] {
+export function freePorts(n: number): number[] {
   const sockets = Array.from({ length: n }, () =>
     Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }),
   );
@@ -73,7 +73,7 @@ function freePorts(n: number): number[] {
   return ports;
 }
 
-async function waitExit(proc: Subprocess, ms: number): Promise<boolean> {
+export async function waitExit(proc: Subprocess, ms: number): Promise<boolean> {
   let timer: Timer | undefined;
   const timeout = new Promise<false>((r) => {
     timer = setTimeout(() => r(false), ms);
@@ -83,7 +83,7 @@ async function waitExit(proc: Subprocess, ms: number): Promise<boolean> {
   return exited;
 }
 
-function tail(file: string, lines = 15): string {
+export function tail(file: string, lines = 15): string {
   try {
     return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
   } catch {
@@ -92,7 +92,7 @@ function tail(file: string, lines = 15): string {
 }
 
 /** Starts etcd with its output appended to logFile; the exit hook kills it if the test process dies. */
-function spawnLogged(args: string[], logFile: string): Subprocess {
+export function spawnLogged(args: string[], logFile: string): Subprocess {
   const log = openSync(logFile, "a");
   try {
     const proc = Bun.spawn({ cmd: args, stdin: "ignore", stdout: log, stderr: log });
@@ -242,7 +242,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<TestEtcd> {
 }
 
 /** Polls /health until it says healthy, etcd exits, or the time is up. */
-async function waitHealthy(
+export async function waitHealthy(
   url: string,
   proc: Subprocess,
   pki: TestPki | undefined,
