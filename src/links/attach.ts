@@ -252,7 +252,8 @@ export class LinkerBase {
       const kept = new Set(committed.map((c) => podId(c.peer)));
       await removeLinks(this, id, me, p.removals, reg.built, kept);
     }
-    await recordObserved(this, id);
+    // What the kernel holds is reported in the background: the ADD does not wait for it.
+    void recordObserved(this, id);
     return out;
   }
 
