@@ -25,11 +25,7 @@ import {
   buildTunnelEnds,
   buildVeths,
   type EndProps,
-  inspect,
-  markOf,
-  type NetnsView,
   type Place,
-  presenceIn,
   removeEnds,
   type VethJob,
 } from "./builder.ts";
@@ -84,9 +80,6 @@ export function podOf(env: Call): string {
   return podId({ namespace: env.pod.namespace, pod: env.pod.name });
 }
 
-/** Link ends of a pod whose observed state an ADD records before it answers, at most. */
-export const OBSERVED_INLINE = 128;
-
 /** At most this many links named in one log line; the line gives the count. */
 const LOG_LINKS = 8;
 
@@ -106,8 +99,6 @@ export class LinkerBase {
   private identity: { node: string; vtep: string | undefined } | undefined;
   /** Hears of links built, waiting, failed, removed (Events, metrics, network-status). */
   observer: LinkObserver = quietObserver;
-  /** Writes of observed state that calls do not wait for, one after another in call order. */
-  private observing: Promise<void> = Promise.resolve();
 
   constructor(
     readonly store: LinkStore,
@@ -115,18 +106,6 @@ export class LinkerBase {
     readonly state: NodeState,
     readonly log: Logger,
   ) {}
-
-  /**
-   * Runs `write` (observed state for `ratchet links`) after the ones queued before, without
-   * the caller waiting: a DEL's removal of a pod's reports never overtakes a later ADD's.
-   */
-  protected background(write: () => Promise<void>): void {
-    this.observing = this.observing
-      .then(write)
-      .catch((err: unknown) =>
-        this.log.warn("could not record what the kernel holds", { error: (err as Error).message }),
-      );
-  }
 
   /** This node: its VTEP address when it has one, else its Kubernetes node name. */
   get node(): string {
@@ -246,7 +225,7 @@ export class LinkerBase {
     this.state.addLinks(env.containerId, Object.fromEntries(p.ifnames));
 
     // Round trip 2: record what we build (skipped when there is nothing to record).
-    const { committed, taken } = await this.store.commit(endpoint, reg, builds, p.stale);
+    const { committed } = await this.store.commit(endpoint, reg, builds, p.stale);
 
     // Now the kernel: our ends (and, on one node, both ends of the veth). All or nothing.
     let out: AttachedInterface[];
@@ -268,36 +247,14 @@ export class LinkerBase {
       if (opts.live) await recordObserved(this, id, (err as Error).message);
       throw err;
     }
-    // Links another ADD recorded for these containers meanwhile: theirs to build; those
-    // built by now are in this result too.
-    if (taken.length > 0) out.push(...this.alreadyBuilt(id, me, taken));
     this.state.flush();
     if (p.removals.length > 0) {
       const kept = new Set(committed.map((c) => podId(c.peer)));
       await removeLinks(this, id, me, p.removals, reg.built, kept);
     }
-    // What the kernel holds, for `ratchet links`: a pod with many links has it recorded right
-    // after its ADD answers (a few dozen etcd writes it need not wait for).
-    const ends = Object.keys(this.state.get(env.containerId)?.links ?? {}).length;
-    if (ends > OBSERVED_INLINE) this.background(() => recordObserved(this, id));
-    else await recordObserved(this, id);
+    // What the kernel holds is reported in the background: the ADD does not wait for it.
+    void recordObserved(this, id);
     return out;
-  }
-
-  /** This pod's ends of `builds` that are in its netns, marked, now (one read of the netns). */
-  private alreadyBuilt(id: string, me: Place, builds: Build[]): AttachedInterface[] {
-    let view: NetnsView;
-    try {
-      view = inspect(me.netns);
-    } catch {
-      return [];
-    }
-    return builds.flatMap((b) => {
-      const { mine } = sides(b.link, id);
-      const p = presenceIn(view, b.link.key, mine.ifname);
-      if (p.state !== "ours" || p.link.alias !== markOf(b.link.key)) return [];
-      return [{ iface: { name: mine.ifname, mac: p.link.mac, sandbox: me.netns }, ips: mine.ips }];
-    });
   }
 
   /** Builds what a commit recorded: veths in one batch, then tunnel ends in one batch. */

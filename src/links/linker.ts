@@ -4,7 +4,7 @@
 import { CniError, Code, StoreUnavailableError } from "../cni/errors.ts";
 import { type Impairment, listRootQdiscs, NetnsNotFoundError, sameImpairment } from "../netlink/index.ts";
 import { type TunnelChunk, tunnelEnds } from "../store/records.ts";
-import { type Call, LinkerBase, OBSERVED_INLINE, podOf } from "./attach.ts";
+import { LinkerBase, podOf, type Call } from "./attach.ts";
 import {
   buildTunnelEnds,
   inspect,
@@ -100,7 +100,7 @@ export class Linker extends LinkerBase {
       });
     });
     this.state.flush();
-    for (const pod of touched) this.background(() => recordObserved(this, pod));
+    for (const pod of touched) void recordObserved(this, pod);
     if (built > 0)
       this.log.info("tunnel ends in place for peers on another node", {
         ends: built,
@@ -201,9 +201,7 @@ export class Linker extends LinkerBase {
           .filter(([cid, o]) => cid !== env.containerId && o.links[link])
           .map(([, o]) => ({ link, id: o.pod, observed: undefined })),
       ]);
-      // Many links: one write per end, which the DEL need not wait for (in order, though).
-      if (gone.length > OBSERVED_INLINE) this.background(() => this.store.writeObserved(gone));
-      else await this.store.writeObserved(gone).catch(() => undefined);
+      await this.store.writeObserved(gone).catch(() => undefined);
     }
     if (local) {
       this.state.delete(env.containerId);

@@ -2,7 +2,7 @@
 // after another, every reply checked against the method's schema.
 import * as v from "valibot";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
-import { LineReader, type Method, type Methods, type Response } from "./protocol.ts";
+import { LineReader, MAX_REPLY_BYTES, type Method, type Methods, type Response } from "./protocol.ts";
 import { firstIssue, resultSchemas } from "./schemas.ts";
 
 type Sock = Awaited<ReturnType<typeof Bun.connect>>;
@@ -14,7 +14,7 @@ export class ConnectionLost extends Error {
 
 export class Connection {
   private next = 1;
-  private readonly reader = new LineReader();
+  private readonly reader = new LineReader(MAX_REPLY_BYTES);
   private waiting: { resolve: (r: unknown) => void; reject: (e: Error) => void } | undefined;
   private closed: Error | undefined;
   /** What the socket did not take yet (a large request, e.g. a CHECK's prevResult). */

@@ -9,6 +9,8 @@ import type { hello } from "../version.ts";
 
 /** A request line (or an answer line) longer than this closes the connection. */
 export const MAX_FRAME_BYTES = 1 << 20;
+/** The agent's answers may be larger: an ADD of thousands of links lists them all. */
+export const MAX_REPLY_BYTES = 64 << 20;
 
 export type Hello = ReturnType<typeof hello>;
 

@@ -26,7 +26,7 @@ export async function commitLinks(
   reg: Registration,
   builds: Build[],
   stale: string[],
-): Promise<{ committed: Committed[]; revision: string; taken: Build[] }> {
+): Promise<{ committed: Committed[]; revision: string }> {
   const keys = store.keys;
   const id = podId(endpoint);
   let myRev = reg.rev;
@@ -58,7 +58,7 @@ export async function commitLinks(
       if (c >= chunks.length) units.push({ peer, chunk: c, builds: undefined, prev: p });
   }
   const staleOps = stale.flatMap((p) => [op.delPrefix(keys.declPairPrefix(id, p)), op.del(keys.peer(p, id))]);
-  if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev, taken: [] };
+  if (units.length === 0 && staleOps.length === 0) return { committed: [], revision: myRev };
 
   /** The writes of one unit, allocating from `block` when it needs a VNI block. */
   let writer = randomUUID();
@@ -195,11 +195,18 @@ export async function commitLinks(
     await store.abandon(endpoint, committed).catch(() => undefined);
     throw err;
   }
-  return {
-    committed: committed.filter((c) => !taken.has(podId(c.peer))),
-    revision,
-    taken: builds.filter((b) => taken.has(podId(b.peer))),
-  };
+  // A veth pair recorded by the other ADD is built, or kept, here as well: both ADDs run in
+  // this node's one agent, whose kernel work does not interleave, and each reports its end.
+  // Never taken back by this ADD (rev "0" matches no written chunk).
+  const theirs: Committed[] = units
+    .filter((u) => taken.has(u.peer) && u.builds?.[0]?.kind === "veth")
+    .map((u) => {
+      const bs = u.builds as Build[];
+      const peer = (bs[0] as Build).peer;
+      const links = bs.map((b) => ({ build: { ...b, update: true } }));
+      return { peer, kind: "veth", chunk: u.chunk, newBlock: undefined, links, rev: "0" };
+    });
+  return { committed: [...committed.filter((c) => !taken.has(podId(c.peer))), ...theirs], revision };
 }
 
 function sameContainers(chunk: PairChunk, me: EndpointRecord, peer: EndpointRecord): boolean {

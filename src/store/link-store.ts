@@ -211,7 +211,7 @@ export class LinkStore extends LinkReads {
     reg: Registration,
     builds: Build[],
     stale: string[],
-  ): Promise<{ committed: Committed[]; revision: string; taken: Build[] }> {
+  ): Promise<{ committed: Committed[]; revision: string }> {
     return commitLinks(this, endpoint, reg, builds, stale);
   }
 

@@ -126,8 +126,9 @@ describe("a 3-member etcd cluster", () => {
       async () => {
         for (const p of all) {
           const links = JSON.parse(await ipIn(p.netns.name, ["-j", "link", "show"])) as IpLink[];
-          if (links.filter((l) => l.ifname !== "lo" && l.flags.includes("UP")).length !== LINKS_PER_PAIR)
-            return false;
+          // Each end by its name, up (a retried ADD may still be finishing one).
+          for (let k = 0; k < LINKS_PER_PAIR; k++)
+            if (!links.some((l) => l.ifname === `l${k}` && l.flags.includes("UP"))) return false;
         }
         return true;
       },

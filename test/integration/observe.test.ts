@@ -460,7 +460,9 @@ describe("network-status annotation", () => {
 
       const r2 = ok(c, await pair.add(), "ADD pair-pod");
       const in2 = fromResult(r2, "in2");
-      list = await waitEntry(c, "pair-pod", "in2", (e) => e !== undefined);
+      // The link's entry and the boot entry come in separate background writes, in either order.
+      await waitEntry(c, "pair-pod", "in2", (e) => e !== undefined);
+      list = await waitEntry(c, "pair-pod", "lo", (e) => e?.default === true);
       expect(list.find((e) => e.interface === "in2")).toEqual({
         name: "ratchet/primary-pod",
         interface: "in2",

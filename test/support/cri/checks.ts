@@ -2,13 +2,11 @@
 // records ratchet keeps in etcd for a sandbox.
 import { expect } from "bun:test";
 import { readFileSync } from "node:fs";
+import { vniOf } from "../../../src/store/keys.ts";
 import { waitFor } from "../child.ts";
 import type { IfaceInfo } from "../cluster.ts";
 import type { CriBed, CriNode } from "./bed.ts";
 import type { Sandbox } from "./sandbox.ts";
-import { pairLinks } from "../../../src/store/codec.ts";
-import { Keys } from "../../../src/store/keys.ts";
-import type { PairChunk } from "../../../src/store/records.ts";
 
 /** Default VXLAN overhead over an IPv4 underlay of MTU 1500. */
 export const MAX_VXLAN_MTU = 1450;
@@ -124,15 +122,24 @@ export async function expectEndpoint(bed: CriBed, s: Sandbox): Promise<void> {
 export async function linkRecords(
   bed: CriBed,
 ): Promise<Array<{ kind: string; vni?: number; ends: Record<string, { containerId: string }> }>> {
-  // Built links are kept in chunks per pair of pods: one record per link of each chunk.
-  const keys = new Keys(bed.cluster.etcdPrefix);
-  const out = [];
+  const from = `${bed.cluster.etcdPrefix}/v1/links/`;
+  const out: Array<{ kind: string; vni?: number; ends: Record<string, { containerId: string }> }> = [];
+  // Pair chunks: each holds up to LINK_CHUNK links of one pair; link i has VNI vniOf(block, i).
   for (const [k, v] of await bed.cluster.etcdEntries()) {
-    const pair = keys.parsePair(keys.linksPrefix, k);
-    if (!pair) continue;
-    const chunk = JSON.parse(v) as PairChunk;
-    for (const l of pairLinks(pair.a, pair.b, chunk))
-      out.push({ kind: chunk.kind, ...(l.vni !== undefined ? { vni: l.vni } : {}), ends: chunk.ends });
+    if (!k.startsWith(from)) continue;
+    const chunk = JSON.parse(v) as {
+      kind: string;
+      block?: number;
+      ends: Record<string, { containerId: string }>;
+      links: unknown[];
+    };
+    chunk.links.forEach((_, i) => {
+      out.push({
+        kind: chunk.kind,
+        ...(chunk.block !== undefined ? { vni: vniOf(chunk.block, i) } : {}),
+        ends: chunk.ends,
+      });
+    });
   }
   return out;
 }
