@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { groupOf, markOf } from "../../src/links/builder.ts";
 import { Logger } from "../../src/log.ts";
-import { addVethPair, getLink, listLinkCounters, netlinkRequestResults } from "../../src/netlink/index.ts";
+import { addVethPair, listLinkCounters, listLinks, netlinkRequestResults } from "../../src/netlink/index.ts";
 import { inThreadReader, WorkerReader } from "../../src/observe/counters-reader.ts";
 import { ObserveServer } from "../../src/observe/http.ts";
 import { Observer } from "../../src/observe/observer.ts";
@@ -201,7 +201,8 @@ try {
     kernel: {
       // As the agent reads: in a worker thread (WORKER=0: on the main thread).
       readCounters: counters.read,
-      iface: (ifname, netns) => ({ ...getLink(ifname, netns), ips: [] }),
+      ifaces: (netns) =>
+        new Map(listLinks(netns).map((l) => [l.name, { mac: l.mac, alias: l.alias, ips: [] }])),
       results: netlinkRequestResults,
     },
     api: () => undefined,

@@ -4,7 +4,8 @@
 import type { NetConf } from "../cni/config.ts";
 import type { Logger } from "../log.ts";
 import { markOf } from "../links/builder.ts";
-import { getLink, listAddresses, listLinkCounters, netlinkRequestResults } from "../netlink/index.ts";
+import { inspect } from "../links/ownership.ts";
+import { listLinkCounters, netlinkRequestResults } from "../netlink/index.ts";
 import { inThreadReader, WorkerReader } from "../observe/counters-reader.ts";
 import type { Observer } from "../observe/observer.ts";
 import { kubeRequestResults } from "../pods/kube.ts";
@@ -83,12 +84,19 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
     view: { containers: () => [...agent.state.entries()].map(([, c]) => c), mark },
     kernel: {
       readCounters: counters.read,
-      iface: (ifname, netns) => ({
-        ...getLink(ifname, netns),
-        ips: listAddresses(ifname, netns)
-          .filter((a) => a.scope !== "link")
-          .map((a) => a.address),
-      }),
+      ifaces: (netns) => {
+        const v = inspect(netns);
+        return new Map(
+          v.all.map((l) => [
+            l.name,
+            {
+              mac: l.mac,
+              alias: l.alias,
+              ips: (v.addrs.get(l.index) ?? []).filter((a) => a.scope !== "link").map((a) => a.address),
+            },
+          ]),
+        );
+      },
       results: netlinkRequestResults,
       close: () => counters.close(),
     },

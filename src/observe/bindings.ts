@@ -17,8 +17,8 @@ export interface NodeView {
 export interface Kernel {
   /** The links of each netns with their counters (one dump each). */
   readCounters: CountersReader;
-  /** One interface's MAC, mark and global addresses; throws when it is not there. */
-  iface(ifname: string, netns: string): { mac: string; alias: string; ips: string[] };
+  /** The interfaces of a netns by name: MAC, mark and global addresses (one read of it). */
+  ifaces(netns: string): Map<string, { mac: string; alias: string; ips: string[] }>;
   /** Netlink requests so far by result. */
   results: ReadonlyMap<string, number>;
   /** Ends what reading needs (a worker thread). */

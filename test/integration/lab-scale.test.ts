@@ -95,11 +95,17 @@ async function expectLinks(p: Pod, side: 0 | 1, kind: string, n: number, withIps
 
 /** The keys under the cluster's prefix: few, and a few per chunk of links, never per link. */
 async function expectChunkedRecords(c: Cluster, n: number, kind: "veth" | "vxlan"): Promise<void> {
-  const keys = await c.recordKeys();
   const chunks = Math.ceil(n / 64);
   // endpoints, node index entries, the peer index entry, declaration chunks of 128, link
-  // chunks of 64 and, for VXLAN, one VNI block and two tunnel entries per link chunk.
-  const expected = 2 + 2 + 1 + Math.ceil(n / 128) + chunks + (kind === "vxlan" ? 3 * chunks : 0);
+  // chunks of 64, for VXLAN one VNI block and two tunnel entries per link chunk, and each
+  // router's observed ends in chunks of 512 (the far node writes its own once built).
+  const expected =
+    2 + 2 + 1 + Math.ceil(n / 128) + chunks + (kind === "vxlan" ? 3 * chunks : 0) + 2 * Math.ceil(n / 512);
+  let keys: string[] = [];
+  await waitFor("the records", async () => {
+    keys = await c.recordKeys();
+    return keys.length === expected;
+  }).catch(() => undefined);
   expect(keys.length).toBe(expected);
 }
 
