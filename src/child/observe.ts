@@ -3,7 +3,8 @@
 // patches) and etcd (readiness). Loaded with the agent, after the socket listens.
 import type { NetConf } from "../cni/config.ts";
 import type { Logger } from "../log.ts";
-import { inspect, markOf } from "../links/builder.ts";
+import { markOf } from "../links/builder.ts";
+import { inspect } from "../links/ownership.ts";
 import { listLinkCounters, netlinkRequestResults } from "../netlink/index.ts";
 import { inThreadReader, WorkerReader } from "../observe/counters-reader.ts";
 import type { Observer } from "../observe/observer.ts";
@@ -85,12 +86,16 @@ export function bindObserver(observer: Observer, agent: NodeAgent, conf: NetConf
       readCounters: counters.read,
       ifaces: (netns) => {
         const v = inspect(netns);
-        const out = new Map<string, { mac: string; alias: string; ips: string[] }>();
-        for (const [name, l] of v.links) {
-          const ips = (v.addrs.get(l.index) ?? []).filter((a) => a.scope !== "link").map((a) => a.address);
-          out.set(name, { mac: l.mac, alias: l.alias, ips });
-        }
-        return out;
+        return new Map(
+          v.all.map((l) => [
+            l.name,
+            {
+              mac: l.mac,
+              alias: l.alias,
+              ips: (v.addrs.get(l.index) ?? []).filter((a) => a.scope !== "link").map((a) => a.address),
+            },
+          ]),
+        );
       },
       results: netlinkRequestResults,
       close: () => counters.close(),

@@ -139,6 +139,7 @@ export class Linker extends LinkerBase {
         this.log.info("removed the ends of links that are gone", { pod: at.pod, ends: r.removed.length });
     }
     this.state.flush();
+    for (const pod of new Set(gone.map((x) => x.at.pod))) await recordObserved(this, pod);
   }
 
   /** At start (and after a watch was lost): every tunnel end of this node in place. */
@@ -194,14 +195,8 @@ export class Linker extends LinkerBase {
       for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
       const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podId(d.spec.peer)));
       await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo);
-      // Reports of our ends, and of the other ends on this node (a veth goes whole).
-      const gone = [...links.keys()].flatMap((link) => [
-        { link, id, observed: undefined },
-        ...[...this.state.entries()]
-          .filter(([cid, o]) => cid !== env.containerId && o.links[link])
-          .map(([, o]) => ({ link, id: o.pod, observed: undefined })),
-      ]);
-      await this.store.writeObserved(gone).catch(() => undefined);
+      // Our ends' reports go (the peers' say so at their next report).
+      await this.store.writeObserved([{ id, ends: [] }]).catch(() => undefined);
     }
     if (local) {
       this.state.delete(env.containerId);

@@ -46,8 +46,8 @@ export async function recordObserved(d: Deps, id: string, error?: string): Promi
     }
     return views.get(netns) ?? undefined;
   };
-  const read = (link: string, ifname: string, netns: string): Observed => {
-    const base = { node: d.node, ifname, since, netem: {}, ...(error ? { error } : {}) };
+  const read = (link: string, ifname: string, netns: string, err?: string): Observed & { link: string } => {
+    const base = { link, node: d.node, ifname, since, netem: {}, ...(err ? { error: err } : {}) };
     const v = viewOf(netns);
     const p = v ? presenceIn(v.view, link, ifname) : { state: "absent" as const };
     if (!v || p.state !== "ours") return { ...base, present: false, up: false, carrier: false, mtu: 0 };
@@ -56,22 +56,19 @@ export async function recordObserved(d: Deps, id: string, error?: string): Promi
     return { ...base, present: true, up: l.up, carrier: l.carrier, mtu: l.mtu, netem };
   };
   try {
-    // The other ends on this node (veths): by link, the containers holding one.
-    const others = new Map<string, Array<{ pod: string; ifname: string; netns: string }>>();
+    const pods = [
+      { id, ends: Object.entries(c.links).map(([link, ifname]) => read(link, ifname, c.netns, error)) },
+    ];
+    // The pods on this node holding the other end of one of these links (veths): all their
+    // ends, as each pod's reports are written whole.
     for (const [, o] of d.state.entries()) {
-      if (o.pod === id) continue;
-      for (const [link, ifname] of Object.entries(o.links)) {
-        if (!(link in c.links)) continue;
-        others.set(link, [...(others.get(link) ?? []), { pod: o.pod, ifname, netns: o.netns }]);
-      }
+      if (pods.some((p) => p.id === o.pod) || !Object.keys(o.links).some((k) => k in c.links)) continue;
+      const ends = Object.entries(o.links).map(([link, ifname]) =>
+        read(link, ifname, o.netns, link in c.links ? error : undefined),
+      );
+      pods.push({ id: o.pod, ends });
     }
-    const entries: Parameters<LinkStore["writeObserved"]>[0] = [];
-    for (const [link, ifname] of Object.entries(c.links)) {
-      entries.push({ link, id, observed: read(link, ifname, c.netns) });
-      for (const o of others.get(link) ?? [])
-        entries.push({ link, id: o.pod, observed: read(link, o.ifname, o.netns) });
-    }
-    await d.store.writeObserved(entries);
+    await d.store.writeObserved(pods);
   } catch (err) {
     d.log.warn("could not record what the kernel holds", { pod: id, error: (err as Error).message });
   }
@@ -111,9 +108,6 @@ export async function removeLinks(
       [...built.keys()].every((k) => keys.has(k) || !podsOf(k).includes(p) || !podsOf(k).includes(id)),
   );
   if (whole.length > 0) await d.store.dropPairs(id, whole);
-  const unobserved = gone.flatMap((g) => [
-    { link: g.link, id, observed: undefined },
-    { link: g.link, id: g.peer, observed: undefined },
-  ]);
-  await d.store.writeObserved(unobserved).catch(() => undefined);
+  // Last: the peers' reports on this node lose these ends (the pod's own are written after).
+  for (const p of peers) if (d.state.containerOf(p)) await recordObserved(d, p);
 }

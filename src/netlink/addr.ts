@@ -36,7 +36,7 @@ export interface Address {
   scope: string;
 }
 
-function scopeName(scope: number): string {
+export function scopeName(scope: number): string {
   if (scope === RT_SCOPE_UNIVERSE) return "global";
   if (scope === RT_SCOPE_LINK) return "link";
   if (scope === RT_SCOPE_HOST) return "host";

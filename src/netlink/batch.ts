@@ -2,7 +2,7 @@
 // one dump of a netns' links or addresses, ifindexes free in a netns, and deleting many
 // links in one kernel call. The verbs of src/netlink/bulk.ts build on these.
 import { randomBytes } from "node:crypto";
-import type { Address } from "./addr.ts";
+import { type Address, scopeName } from "./addr.ts";
 import { Errno, type ErrnoError, NetlinkError } from "./errors.ts";
 import { formatIp, formatMac } from "./ip.ts";
 import { decodeLink, type Link } from "./link-info.ts";
@@ -24,9 +24,6 @@ import {
   Message,
   NLM_F_ACK,
   NLM_F_REQUEST,
-  RT_SCOPE_HOST,
-  RT_SCOPE_LINK,
-  RT_SCOPE_UNIVERSE,
   RTEXT_FILTER_SKIP_STATS,
   RTM_DELLINK,
   RTM_GETADDR,
@@ -100,14 +97,7 @@ export function dumpAddresses(sock: NetlinkSocket): Map<number, Address[]> {
       family: hdr.family === AF_INET ? 4 : 6,
       address: formatIp(bytes),
       prefixLength: hdr.prefixlen,
-      scope:
-        hdr.scope === RT_SCOPE_UNIVERSE
-          ? "global"
-          : hdr.scope === RT_SCOPE_LINK
-            ? "link"
-            : hdr.scope === RT_SCOPE_HOST
-              ? "host"
-              : String(hdr.scope),
+      scope: scopeName(hdr.scope),
     });
     out.set(hdr.index, list);
   }

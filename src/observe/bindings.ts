@@ -17,11 +17,7 @@ export interface NodeView {
 export interface Kernel {
   /** The links of each netns with their counters (one dump each). */
   readCounters: CountersReader;
-  /**
-   * The interfaces of a netns by name: MAC, mark and global addresses, read at once (one
-   * dump of its links, one of its addresses, however many links it holds); throws when the
-   * netns is not there.
-   */
+  /** The interfaces of a netns by name: MAC, mark and global addresses (one read of it). */
   ifaces(netns: string): Map<string, { mac: string; alias: string; ips: string[] }>;
   /** Netlink requests so far by result. */
   results: ReadonlyMap<string, number>;

@@ -7,7 +7,7 @@ import type { Request } from "../rpc/protocol.ts";
 import { COMMIT, VERSION } from "../version.ts";
 import { EventBatcher } from "./event-batch.ts";
 import { EventRecorder, type EventType } from "./events.ts";
-import { linkSides, type ObserverBindings } from "./bindings.ts";
+import { type Kernel, linkSides, type ObserverBindings } from "./bindings.ts";
 import { podRef } from "./kube-api.ts";
 import { type Collected, collectLinkMetrics, type EndRecord, type LinkEnd } from "./link-metrics.ts";
 import type { AgentObserver, BootStatus, BuiltLink, LinkWait } from "./link-observer.ts";
@@ -190,15 +190,16 @@ export class Observer implements AgentObserver {
     for (const c of view.containers()) if (c.pod === pod) found = c;
     if (!found) return undefined;
     const out: StatusEntry[] = [];
-    let ifaces: ReturnType<ObserverBindings["kernel"]["ifaces"]> | undefined;
+    let ifaces: ReturnType<Kernel["ifaces"]>;
     try {
-      ifaces = this.b?.kernel.ifaces(found.netns);
+      ifaces = this.b?.kernel.ifaces(found.netns) ?? new Map();
     } catch {
       return out; // the netns is gone: no entries
     }
     for (const [link, ifname] of Object.entries(found.links)) {
-      const l = ifaces?.get(ifname);
-      if (!l || l.alias !== view.mark(link)) continue; // not there (yet, or any more)
+      const l = ifaces.get(ifname);
+      // Not there (yet, or any more), or not ratchet's: no entry.
+      if (!l || l.alias !== view.mark(link)) continue;
       const name = statusName(pod, linkSides(link, pod).peer);
       out.push({ name, interface: ifname, ips: l.ips, mac: l.mac, dns: {} });
     }

@@ -78,6 +78,13 @@ export function opBytes(x: Op | Compare): number {
 export const cmp = {
   /** The key does not exist. */
   absent: (key: string): Compare => ({ key: b(key), target: "Create", result: "Equal", create_revision: 0 }),
+  /** The key exists. */
+  present: (key: string): Compare => ({
+    key: b(key),
+    target: "Create",
+    result: "Greater",
+    create_revision: 0,
+  }),
   /** The key was last written at `rev` (0: it does not exist). */
   modRev: (key: string, rev: string | number): Compare => ({
     key: b(key),

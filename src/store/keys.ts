@@ -17,8 +17,9 @@
 //   <p>/v1/vni-next                                  the next VNI block to try
 //   <p>/v1/nodes/<node>/endpoints/<ns>/<pod>         index: the node's endpoints (reconcile, GC)
 //   <p>/v1/nodes/<node>/links/<ns>/<a>/<ns>/<b>/<c>  TunnelChunk: this node's ends of pair chunk c
-//   <p>/v1/observed/<link>/<ns>/<pod>                Observed: what the kernel holds for that end
-//                                                    of <link>, written by the agent of its node
+//   <p>/v1/observed/<ns>/<pod>/<c>                   ObservedChunk c: what the kernel holds for up
+//                                                    to OBSERVED_CHUNK of the pod's ends, written by
+//                                                    the agent of its node
 //
 // A node's agent watches only <p>/v1/nodes/<its node>/ (<node>: its VTEP address, else its
 // name), so etcd traffic grows with links, not nodes x links.
@@ -27,6 +28,8 @@ export const FIRST_VNI = 11;
 export const MAX_VNI = 0xffffff;
 /** Links per pair chunk, and VNIs per block: a VXLAN pair chunk holds exactly one block. */
 export const LINK_CHUNK = 64;
+/** Observed ends per observed chunk (each about 250 bytes). */
+export const OBSERVED_CHUNK = 512;
 /** Declarations per declaration chunk. */
 export const DECL_CHUNK = 128;
 /** VNI block n holds FIRST_VNI + n * LINK_CHUNK and the LINK_CHUNK - 1 VNIs after it. */
@@ -95,8 +98,17 @@ export class Keys {
   get observedPrefix(): string {
     return `${this.root}observed/`;
   }
-  observed(link: string, id: string): string {
-    return `${this.root}observed/${link}/${id}`;
+  observedPodPrefix(id: string): string {
+    return `${this.root}observed/${id}/`;
+  }
+  observed(id: string, c: number): string {
+    return `${this.observedPodPrefix(id)}${chunk(c)}`;
+  }
+  /** A key under observedPrefix: its pod and chunk number. */
+  parseObserved(key: string): { id: string; chunk: number } | undefined {
+    const parts = this.parts(this.observedPrefix, key, 3);
+    if (!parts || !/^\d{4}$/.test(parts[2] as string)) return undefined;
+    return { id: parts.slice(0, 2).join("/"), chunk: Number(parts[2]) };
   }
   nodeEndpoint(node: string, id: string): string {
     return `${this.root}nodes/${node}/endpoints/${id}`;

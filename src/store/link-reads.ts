@@ -12,7 +12,7 @@ import {
   type EndpointRecord,
   type LinkKind,
   type Observed,
-  ObservedSchema,
+  ObservedChunkSchema,
   type PairChunk,
   type TunnelChunk,
 } from "./records.ts";
@@ -130,10 +130,10 @@ export class LinkReads extends StoreBase {
     const obsKvs = (await scan(this.etcd, keys.observedPrefix, at)).kvs;
     const observed = new Map<string, Observed>();
     for (const kv of obsKvs) {
-      const parts = keyOf(kv).slice(keys.observedPrefix.length).split("/");
-      if (parts.length !== 7) continue;
-      const o = decodeValue(ObservedSchema, keyOf(kv), kv.value, this.bad);
-      if (o) observed.set(`${parts.slice(0, 5).join("/")} ${parts.slice(5).join("/")}`, o);
+      const parsed = keys.parseObserved(keyOf(kv));
+      const chunk = parsed ? decodeValue(ObservedChunkSchema, keyOf(kv), kv.value, this.bad) : undefined;
+      if (!parsed || !chunk) continue;
+      for (const { link, ...o } of chunk.ends) observed.set(`${link} ${parsed.id}`, o);
     }
     const endpoints = new Map<string, EndpointRecord>();
     for (const kv of eps.kvs) {

@@ -18,9 +18,9 @@
 import type { Etcd3 } from "etcd3";
 import type { Build, BuiltLink, Declaration } from "../links/planner.ts";
 import { type LinkSpec, podId } from "../links/spec.ts";
-import { pairLinks, toDeclChunks } from "./codec.ts";
+import { chunked, pairLinks, toDeclChunks } from "./codec.ts";
 import { cmp, keyOf, type Op, op, PAGE, pack, Query, rest, type Slot, sizeOf, txn } from "./etcd-ops.ts";
-import { Keys, VNI_BLOCKS } from "./keys.ts";
+import { Keys, OBSERVED_CHUNK, VNI_BLOCKS } from "./keys.ts";
 import type { PairState } from "./decode.ts";
 import { LinkReads } from "./link-reads.ts";
 import { commitLinks } from "./link-commit.ts";
@@ -291,24 +291,28 @@ export class LinkStore extends LinkReads {
       await txn(this.etcd, { writes: part.flat() });
   }
 
-  /** Writes (or, with `undefined`, removes) what this node observed for ends of its pods. */
-  async writeObserved(
-    entries: Array<{ link: string; id: string; observed: Observed | undefined }>,
-  ): Promise<void> {
-    const seen = new Set<string>();
-    const ops: Op[] = [];
-    for (const e of entries) {
-      const key = this.keys.observed(e.link, e.id);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      ops.push(e.observed ? op.put(key, e.observed) : op.del(key));
+  /**
+   * Writes what this node observed for the ends of its pods: per pod, all its ends (in
+   * chunks, replacing what was there), only while the pod is registered (a report racing
+   * the pod's DEL must not outlive it); a pod with no ends has its reports removed.
+   */
+  async writeObserved(pods: Array<{ id: string; ends: Array<Observed & { link: string }> }>): Promise<void> {
+    const keys = this.keys;
+    for (const { id, ends } of pods) {
+      const chunks = chunked(ends, OBSERVED_CHUNK);
+      if (chunks.length === 0) {
+        await txn(this.etcd, { writes: [op.delPrefix(keys.observedPodPrefix(id))] });
+        continue;
+      }
+      // Reports need not change together: each chunk is a unit of its own.
+      const units = chunks.map((c, n) => [op.put(keys.observed(id, n), { ends: c })]);
+      units.push([op.delFrom(keys.observed(id, chunks.length), keys.observedPodPrefix(id))]);
+      const guard = [cmp.present(keys.endpoint(id))];
+      for (const part of pack(units, (u) => sizeOf([], u), sizeOf(guard, []))) {
+        const r = await txn(this.etcd, { compare: guard, writes: part.flat() });
+        if (!r.succeeded) break; // deregistered meanwhile
+      }
     }
-    for (const part of pack(
-      ops.map((o) => [o]),
-      (u) => sizeOf([], u),
-      sizeOf([], []),
-    ))
-      await txn(this.etcd, { writes: part.flat() });
   }
 
   /** A deregistered pod's records (link-removal.ts). */

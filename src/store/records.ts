@@ -14,7 +14,7 @@ import {
 } from "../cni/names.ts";
 import { type EndSpec, endId, type LinkSpec } from "../links/spec.ts";
 import { LINK_STATES, type LinkState, NetemSchema } from "../links/impair.ts";
-import { DECL_CHUNK, LINK_CHUNK, MAX_VNI, VNI_BLOCKS } from "./keys.ts";
+import { DECL_CHUNK, LINK_CHUNK, MAX_VNI, OBSERVED_CHUNK, VNI_BLOCKS } from "./keys.ts";
 
 const named = (problem: (s: string) => string | undefined) =>
   v.pipe(
@@ -219,6 +219,14 @@ export const ObservedSchema = v.object({
   error: v.optional(v.string()),
 });
 export type Observed = v.InferOutput<typeof ObservedSchema>;
+
+/** Up to OBSERVED_CHUNK ends of one pod (the key names it), each with its link. */
+export const ObservedChunkSchema = v.object({
+  ends: v.pipe(
+    v.array(v.object({ link: v.string(), ...ObservedSchema.entries })),
+    v.maxLength(OBSERVED_CHUNK),
+  ),
+});
 
 // Compile-time check that the schemas and the spec types stay the same shape.
 const _end: EndSpec = {} as v.InferOutput<typeof EndSpecSchema>;
