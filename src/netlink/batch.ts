@@ -86,7 +86,10 @@ export function dumpLinks(sock: NetlinkSocket): Link[] {
 /** Every IPv4/IPv6 address of the socket's netns, by ifindex, in one dump. */
 export function dumpAddresses(sock: NetlinkSocket): Map<number, Address[]> {
   const out = new Map<number, Address[]>();
-  for (const m of sock.dump(RTM_GETADDR, new IfAddrMsg(AF_UNSPEC), [])) {
+  // One dump per family: a busy IPv6 side (duplicate address detection on fresh links)
+  // interrupts only its own dump, which is redone (socket.ts), never the IPv4 one.
+  const msgs = [AF_INET, AF_INET6].flatMap((family) => sock.dump(RTM_GETADDR, new IfAddrMsg(family), []));
+  for (const m of msgs) {
     const hdr = IfAddrMsg.parse(m.payload);
     if (hdr.family !== AF_INET && hdr.family !== AF_INET6) continue;
     const attrs = Attrs.parse(m.payload.subarray(IFADDRMSG_LEN));

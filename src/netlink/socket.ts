@@ -27,7 +27,13 @@ import {
 /** How long a request waits for the kernel before failing with ETIMEDOUT. */
 export const DEFAULT_TIMEOUT_MS = 10_000;
 /** How many times a dump the kernel marked inconsistent (NLM_F_DUMP_INTR) is redone. */
-export const DUMP_RETRIES = 10;
+export const DUMP_RETRIES = 24;
+/**
+ * After the first few at once, a redo waits a little (growing, 200 ms at most; about 3 s in
+ * all): thousands of links just brought up keep changing their IPv6 addresses for a second
+ * or two (duplicate address detection), and a dump of them all is interrupted each time.
+ */
+const dumpPause = (attempt: number) => (attempt < 4 ? 0 : Math.min(200, 10 * (attempt - 3)));
 /**
  * Requests per sendmsg in changeAll. The kernel queues one ack per request on our socket
  * while it works through them, and drops acks that overflow the receive buffer: 64 small
@@ -185,6 +191,8 @@ export class NetlinkSocket implements Disposable {
           "",
           `dump interrupted ${attempt + 1} times`,
         );
+      const pause = dumpPause(attempt);
+      if (pause > 0) Bun.sleepSync(pause);
     }
   }
 

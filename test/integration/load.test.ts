@@ -27,8 +27,11 @@ const SEED = Number(process.env.RATCHET_LOAD_SEED ?? 8);
 const PARALLEL = 16;
 const PING_SAMPLE = 20;
 const MAX_RSS_MIB = 150;
-/** fds an agent may gain over the run (e.g. a reconnected etcd channel), not one per pod. */
-const FD_SLACK = 8;
+/**
+ * fds an agent may gain over the run (a channel to each member of the 3-member etcd cluster,
+ * the API server's connections for Events and patches), not one per pod.
+ */
+const FD_SLACK = 12;
 const CONF = { log_level: "info" };
 
 function shuffle<T>(xs: T[], rand: () => number): T[] {
