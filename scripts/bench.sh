@@ -6,6 +6,7 @@
 #   ./scripts/bench.sh            # RATCHET_BENCH_LOAD_PAIRS (default 100) sizes the load run,
 #                                 # RATCHET_BENCH_METRIC_ENDS (default 10000) the scraped link ends,
 #                                 # RATCHET_BENCH_LAB_LINKS (1500) and _ENDS (10000) the lab
+#   ./scripts/bench.sh topology link  # only the named benchmarks (load: the load run)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -45,8 +46,11 @@ start_etcd ratchet-bench "$work" || { exit 1; }
 export RATCHET_TEST_WORK="$work"
 
 status=0
+only=("$@")
+wanted() { [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $1 "* ]]; }
 bench() {
   local name="$1"; shift
+  wanted "$name" || return 0
   say "$name"
   local t0=$SECONDS
   if ! "$BUN" "scripts/bench/$name.ts" "$@" --json >"$work/$name.json" 2>"$work/$name.err"; then
@@ -64,6 +68,7 @@ bench cri 20
 bench metrics 40 "${RATCHET_BENCH_METRIC_ENDS:-10000}"
 bench topology "${RATCHET_BENCH_LAB_LINKS:-1500}" "${RATCHET_BENCH_LAB_ENDS:-10000}"
 
+if wanted load; then
 say "load (${RATCHET_BENCH_LOAD_PAIRS:-100} pairs)"
 t0=$SECONDS
 if ! RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="$work/load.json" \
@@ -71,6 +76,7 @@ if ! RATCHET_LOAD_PAIRS="${RATCHET_BENCH_LOAD_PAIRS:-100}" RATCHET_LOAD_REPORT="
   echo "scripts/bench.sh: the load run failed:" >&2; tail -n 30 "$work/load.err" >&2; status=1
 fi
 say "load: $((SECONDS - t0)) s"
+fi
 
 echo "ratchet benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; medians, each measured side by side with its reference in this run"
 "$BUN" scripts/bench/summary.ts "$work" || status=1

@@ -42,10 +42,18 @@ const v = load("live");
 const m = load("metrics");
 const t = load("topology");
 
-type Row = { benchmark: string; ratchet: string; reference: string; ratio: string; "diff / note": string };
+type Row = {
+  src: string;
+  benchmark: string;
+  ratchet: string;
+  reference: string;
+  ratio: string;
+  "diff / note": string;
+};
 const rows: Row[] = [
   {
     benchmark: "passthrough ADD (delegate bridge)",
+    src: "passthrough",
     ratchet: ms(num(p, "ratchetAddMs")),
     reference: `${ms(num(p, "bridgeAddMs"))} bridge alone`,
     ratio: ratio(num(p, "ratchetAddMs"), num(p, "bridgeAddMs")),
@@ -53,6 +61,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "passthrough DEL (delegate bridge)",
+    src: "passthrough",
     ratchet: ms(num(p, "ratchetDelMs")),
     reference: `${ms(num(p, "bridgeDelMs"))} bridge alone`,
     ratio: ratio(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
@@ -60,6 +69,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "Kubernetes API requests per ADD+DEL",
+    src: "passthrough",
     ratchet: Number.isNaN(num(p, "apiRequestsPerAddDel"))
       ? "failed"
       : num(p, "apiRequestsPerAddDel").toFixed(2),
@@ -69,6 +79,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "K8s pod ADD, warm agent (ineligible)",
+    src: "agent",
     ratchet: ms(num(a, "warmAddMs")),
     reference: `${ms(num(a, "delegateAddMs"))} loopback alone`,
     ratio: ratio(num(a, "warmAddMs"), num(a, "delegateAddMs")),
@@ -76,6 +87,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "cold start (first call starts the agent)",
+    src: "agent",
     ratchet: ms(num(a, "coldAddMs")),
     reference: `${ms(num(a, "delegateAddMs"))} loopback alone`,
     ratio: ratio(num(a, "coldAddMs"), num(a, "delegateAddMs")),
@@ -83,6 +95,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "second pod's ADD (builds the veth)",
+    src: "link",
     ratchet: ms(num(l, "secondAddMs")),
     reference: `${ms(num(l, "ptpAddMs"))} ptp + host-local`,
     ratio: ratio(num(l, "secondAddMs"), num(l, "ptpAddMs")),
@@ -96,6 +109,7 @@ const rows: Row[] = [
       ["linked pod StopPodSandbox (2nd of a pair)", "linkedStop", "bridgeStop", 1.5],
     ] as const
   ).map(([benchmark, k, ref, goal]) => ({
+    src: "cri",
     benchmark,
     ratchet: `${ms(num(c, `${k}Ms`))} (p95 ${ms(num(c, `${k}P95Ms`))})`,
     reference: `${ms(num(c, `${ref}Ms`))} bridge alone (p95 ${ms(num(c, `${ref}P95Ms`))})`,
@@ -104,6 +118,7 @@ const rows: Row[] = [
   })),
   {
     benchmark: "veth pair create+address+get",
+    src: "netlink",
     ratchet: ms(num(n, "netlinkNoDeleteMs")),
     reference: `${ms(num(n, "iprouteNoDeleteMs"))} iproute2`,
     ratio: ratio(num(n, "netlinkNoDeleteMs"), num(n, "iprouteNoDeleteMs")),
@@ -111,6 +126,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "veth pair delete",
+    src: "netlink",
     ratchet: ms(num(n, "netlinkDeleteMs")),
     reference: `${ms(num(n, "iprouteDeleteMs"))} iproute2`,
     ratio: ratio(num(n, "netlinkDeleteMs"), num(n, "iprouteDeleteMs")),
@@ -118,6 +134,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "root qdisc change in place (tbf)",
+    src: "qdisc",
     ratchet: ms(num(q, "netlinkChangeMs")),
     reference: `${ms(num(q, "tcChangeMs"))} nsenter tc replace`,
     ratio: ratio(num(q, "netlinkChangeMs"), num(q, "tcChangeMs")),
@@ -125,6 +142,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "root qdisc read back",
+    src: "qdisc",
     ratchet: ms(num(q, "netlinkGetMs")),
     reference: `${ms(num(q, "tcGetMs"))} nsenter tc show`,
     ratio: ratio(num(q, "netlinkGetMs"), num(q, "tcGetMs")),
@@ -132,6 +150,7 @@ const rows: Row[] = [
   },
   {
     benchmark: `live change, ${num(v, "links")} links at once (per link)`,
+    src: "live",
     ratchet: spread(v, "many"),
     reference: `${spread(v, "floorMany")} setRootQdisc loop`,
     ratio: ratio(num(v, "manyMedianMs"), num(v, "floorManyMedianMs")),
@@ -139,6 +158,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "live change, one link",
+    src: "live",
     ratchet: `${ms(num(v, "singleMedianMs"))} (p99 ${ms(num(v, "singleP99Ms"))})`,
     reference: `${ms(num(v, "floorSingleMedianMs"))} setRootQdisc x2`,
     ratio: ratio(num(v, "singleMedianMs"), num(v, "floorSingleMedianMs")),
@@ -146,6 +166,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "second pod's ADD, metrics on vs off",
+    src: "metrics",
     ratchet: ms(num(m, "addOnMs")),
     reference: `${ms(num(m, "addOffMs"))} metrics off`,
     ratio: ratio(num(m, "addOnMs"), num(m, "addOffMs")),
@@ -153,6 +174,7 @@ const rows: Row[] = [
   },
   {
     benchmark: `scrape of ${num(m, "ends")} link ends`,
+    src: "metrics",
     ratchet: ms(num(m, "scrapeMs")),
     reference: "",
     ratio: "",
@@ -162,6 +184,7 @@ const rows: Row[] = [
   },
   {
     benchmark: `lab: first pod's ADD (${num(t, "links")} links)`,
+    src: "topology",
     ratchet: ms(num(t, "firstAddMs")),
     reference: "200 ms target",
     ratio: "",
@@ -169,6 +192,7 @@ const rows: Row[] = [
   },
   {
     benchmark: `lab: second pod's ADD (${num(t, "links")} veth built)`,
+    src: "topology",
     ratchet: ms(num(t, "secondAddMs")),
     reference: `${ms(num(t, "floorCreateMs"))} ip -batch`,
     ratio: ratio(num(t, "secondAddMs"), num(t, "floorCreateMs")),
@@ -176,6 +200,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "lab: DEL of the builder / the other pod",
+    src: "topology",
     ratchet: `${ms(num(t, "delBuilderMs"))} / ${ms(num(t, "delOtherMs"))}`,
     reference: `${ms(num(t, "floorDeleteMs"))} ip link del group`,
     ratio: [num(t, "delBuilderMs"), num(t, "delOtherMs")]
@@ -185,6 +210,7 @@ const rows: Row[] = [
   },
   {
     benchmark: `lab: ${num(t, "links")} VXLAN links, both ends up + ping`,
+    src: "topology",
     ratchet: ms(num(t, "vxlanReadyMs")),
     reference: "3000 ms target",
     ratio: "",
@@ -192,6 +218,7 @@ const rows: Row[] = [
   },
   {
     benchmark: `lab: ${num(t, "ends")} ends on a node: RSS, restart, links`,
+    src: "topology",
     ratchet: `${mib(num(t, "agentRssMiB"))}, ${ms(num(t, "restartReconcileMs"))}, ${ms(num(t, "linksCliMs"))}`,
     reference: "300 MiB, 10 s, 2 s",
     ratio: "",
@@ -199,13 +226,15 @@ const rows: Row[] = [
   },
   {
     benchmark: "lab: etcd bytes per link (veth / VXLAN)",
+    src: "topology",
     ratchet: `${num(t, "vethBytesPerLink").toFixed(0)} / ${num(t, "vxlanBytesPerLink").toFixed(0)}`,
     reference: "",
     ratio: "",
-    "diff / note": `round trips per ADD: ${num(t, "firstAddRoundTrips")} / ${num(t, "secondAddRoundTrips")}`,
+    "diff / note": `agents' observed reports ${num(t, "vethObservedBytesPerLink").toFixed(0)} / ${num(t, "vxlanObservedBytesPerLink").toFixed(0)} more; round trips per ADD: ${num(t, "firstAddRoundTrips")} / ${num(t, "secondAddRoundTrips")}`,
   },
   {
     benchmark: "parent peak RSS (passthrough)",
+    src: "passthrough",
     ratchet: mib(num(p, "peakRssMedianMiB")),
     reference: "",
     ratio: "",
@@ -213,6 +242,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "child RSS at rest / after requests",
+    src: "agent",
     ratchet: `${mib(num(a, "agentRestMiB"))} / ${mib(num(a, "agentLoadedMiB"))}`,
     reference: "",
     ratio: "",
@@ -220,6 +250,7 @@ const rows: Row[] = [
   },
   {
     benchmark: "child RSS at rest / after the load run",
+    src: "load",
     ratchet: `${mib(num(L, "restMiB"))} / ${mib(num(L, "afterMiB"))}`,
     reference: "",
     ratio: "",
@@ -229,10 +260,14 @@ const rows: Row[] = [
   },
   {
     benchmark: "etcd round trips per ADD",
+    src: "link",
     ratchet: `${num(l, "firstPodRoundTrips")} / ${num(l, "secondPodRoundTrips")}`,
     reference: "",
     ratio: "",
     "diff / note": `first pod / second pod (max ${num(l, "secondPodRoundTripsMax")})`,
   },
 ];
-console.log(table(rows));
+// Rows of benchmarks that did not run (./scripts/bench.sh NAME... runs a few) are left out;
+// one that ran and failed shows "failed".
+const ran = rows.filter((r) => existsSync(join(dir, `${r.src}.json`)));
+console.log(table(ran.map(({ src: _src, ...r }) => r)));

@@ -103,11 +103,33 @@ async function floor(tag: string): Promise<{ createMs: number; deleteMs: number 
 }
 
 /** Every key and value under the cluster's prefix: bytes, count. */
-async function etcdBytes(c: Cluster): Promise<{ keys: number; bytes: number }> {
-  const e = await c.etcdEntries();
+/**
+ * Bytes of the link records under the cluster's prefix (keys and values), apart from the
+ * agents' reports of what their kernels hold (observed/, written in the background after an
+ * ADD: counted once they are all there).
+ */
+async function etcdBytes(c: Cluster): Promise<{ keys: number; bytes: number; observed: number }> {
+  // Each of the two routers' agents reports its ends in chunks of 512.
+  const reports = 2 * Math.ceil(LINKS / 512);
+  let e = await c.etcdEntries();
+  const count = () => [...e.keys()].filter((k) => k.includes("/v1/observed/")).length;
+  await waitFor(
+    "the agents' observed reports",
+    async () => {
+      e = await c.etcdEntries();
+      return count() === reports;
+    },
+    20_000,
+    50,
+  );
   let bytes = 0;
-  for (const [k, v] of e) bytes += Buffer.byteLength(k) + Buffer.byteLength(v);
-  return { keys: e.size, bytes };
+  let observed = 0;
+  for (const [k, v] of e) {
+    const n = Buffer.byteLength(k) + Buffer.byteLength(v);
+    if (k.includes("/v1/observed/")) observed += n;
+    else bytes += n;
+  }
+  return { keys: e.size, bytes, observed };
 }
 
 function attachedLines(n: Node): Array<{ pod: string; etcdRoundTrips: number; links: number }> {
@@ -127,6 +149,7 @@ async function sameNode(): Promise<Record<string, number>> {
   const delSecond: number[] = [];
   const floors: Array<{ createMs: number; deleteMs: number }> = [];
   let perLink = 0;
+  let observedPerLink = 0;
   let trips = { first: 0, second: 0 };
   for (let round = 0; round < ROUNDS; round++) {
     await using c = await makeCluster({ nodes: 1 });
@@ -150,6 +173,7 @@ async function sameNode(): Promise<Record<string, number>> {
     if (ready.length !== LINKS) throw new Error(`${ready.length} of ${LINKS} links are up`);
     const b = await etcdBytes(c);
     perLink = b.bytes / LINKS;
+    observedPerLink = b.observed / LINKS;
     const lines = attachedLines(n);
     trips = {
       first: lines.find((l) => l.pod === "default/r1")?.etcdRoundTrips ?? 0,
@@ -169,6 +193,7 @@ async function sameNode(): Promise<Record<string, number>> {
     delBuilderMs: median(delSecond),
     delOtherMs: median(delFirst),
     vethBytesPerLink: perLink,
+    vethObservedBytesPerLink: observedPerLink,
     firstAddRoundTrips: trips.first,
     secondAddRoundTrips: trips.second,
   };
@@ -198,7 +223,12 @@ async function acrossNodes(): Promise<Record<string, number>> {
   const b = await etcdBytes(c);
   await ok("DEL r2", r2.del(CONF));
   await ok("DEL r1", r1.del(CONF));
-  return { vxlanSecondAddMs: addMs, vxlanReadyMs: readyMs, vxlanBytesPerLink: b.bytes / LINKS };
+  return {
+    vxlanSecondAddMs: addMs,
+    vxlanReadyMs: readyMs,
+    vxlanBytesPerLink: b.bytes / LINKS,
+    vxlanObservedBytesPerLink: b.observed / LINKS,
+  };
 }
 
 async function manyEnds(): Promise<Record<string, number>> {
@@ -329,6 +359,7 @@ try {
       },
     ]),
     `etcd: ${n0(s.vethBytesPerLink)} bytes per veth link, ${n0(x.vxlanBytesPerLink)} per VXLAN link; ` +
+      `observed reports ${n0(s.vethObservedBytesPerLink)} / ${n0(x.vxlanObservedBytesPerLink)} more; ` +
       `round trips per ADD: first ${s.firstAddRoundTrips}, second ${s.secondAddRoundTrips}`,
     ...(ENDS > 0
       ? [
