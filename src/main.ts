@@ -65,11 +65,11 @@ async function main(): Promise<number> {
   }
   const { mode, rest } = picked;
   if (rest.includes("--version")) {
-    process.stdout.write(`ratchet ${VERSION} (commit ${COMMIT}, build ${BUILD_ID}, mode ${mode})\n`);
+    writeOut(`ratchet ${VERSION} (commit ${COMMIT}, build ${BUILD_ID}, mode ${mode})\n`);
     return 0;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
-    process.stdout.write(USAGE[mode]);
+    writeOut(USAGE[mode]);
     return 0;
   }
   if (mode === "child") {
@@ -85,15 +85,19 @@ async function main(): Promise<number> {
     env: process.env,
     readStdin: () => Bun.stdin.text(),
     write: writeOut,
-    writeTrace: (s) => process.stderr.write(s),
+    writeTrace: writeErr,
   });
 }
 
-// What goes to stdout (a CNI result, `ratchet links`), written in full before the process
-// exits: a result of thousands of links is more than a pipe takes at once.
+// What goes to stdout (a CNI result, `ratchet links`) and the trace on stderr, written in
+// full before the process exits: a result of thousands of links is more than a pipe takes at
+// once. Bun.write, not process.stdout: setting up Node's stream costs a Bun process ~8 ms.
 let written: Promise<unknown> = Promise.resolve();
 function writeOut(s: string): void {
   written = written.then(() => Bun.write(Bun.stdout, s));
+}
+function writeErr(s: string): void {
+  written = written.then(() => Bun.write(Bun.stderr, s));
 }
 
 if (import.meta.main) {

@@ -1,9 +1,21 @@
 // RATCHET_TRACE=1: the time of each step of one CNI call on stderr, so an operator sees where
-// a slow ADD spent its time. Off, it costs one branch per step.
+// a slow ADD spent its time. Off, it costs one branch per step. The lines are written once,
+// at the end of the call: the first write to stderr costs a Bun process milliseconds, which
+// would otherwise land inside the steps it measures.
 
 export class Trace {
   private readonly started = performance.now();
+  private readonly lines: string[] = [];
   constructor(private readonly out: ((line: string) => void) | undefined) {}
+
+  private push(line: string): void {
+    this.lines.push(line);
+  }
+
+  /** Writes the lines gathered so far. */
+  flush(): void {
+    if (this.out && this.lines.length > 0) this.out(this.lines.splice(0).join(""));
+  }
 
   get on(): boolean {
     return this.out !== undefined;
@@ -11,7 +23,8 @@ export class Trace {
 
   /** A point in time: milliseconds since the process started (Bun's start included). */
   mark(what: string): void {
-    this.out?.(`ratchet trace: ${what} at ${performance.now().toFixed(1)} ms since process start\n`);
+    if (this.out)
+      this.push(`ratchet trace: ${what} at ${performance.now().toFixed(1)} ms since process start\n`);
   }
 
   /** Runs `fn` and reports how long it took. */
@@ -21,12 +34,22 @@ export class Trace {
     try {
       return await fn();
     } finally {
-      this.out(`ratchet trace: ${what} took ${(performance.now() - t0).toFixed(1)} ms\n`);
+      this.push(`ratchet trace: ${what} took ${(performance.now() - t0).toFixed(1)} ms\n`);
     }
   }
 
+  /** The agent's side of a request: its time by kind of work (etcd, netlink, ...). */
+  steps(request: string, times: Record<string, [number, number]>): void {
+    if (!this.out) return;
+    for (const [what, [ms, n]] of Object.entries(times))
+      this.push(
+        `ratchet trace: ${request}: ${what} took ${ms.toFixed(1)} ms (${n} ${n === 1 ? "time" : "times"})\n`,
+      );
+  }
+
   total(what: string): void {
-    this.out?.(`ratchet trace: ${what} took ${(performance.now() - this.started).toFixed(1)} ms in all\n`);
+    if (this.out)
+      this.push(`ratchet trace: ${what} took ${(performance.now() - this.started).toFixed(1)} ms in all\n`);
   }
 }
 

@@ -21,6 +21,7 @@ import { hello } from "../version.ts";
 import type { LinkSpec } from "../links/spec.ts";
 import type { PodInfo } from "../pods/kube.ts";
 import { nodeName, PodDirectory } from "../pods/pods.ts";
+import { step } from "../steps.ts";
 import { LINKS_ANNOTATION, podLinks } from "../pods/podspec.ts";
 
 // Loaded with the agent, in its chunk of the binary (a chunk of its own crashes bytecode builds).
@@ -277,9 +278,19 @@ export class NodeAgent {
     });
   }
 
+  /** The pod's declared links, from the pod cache (an API read only for a pod it lacks). */
+  private async lookUp(ref: NonNullable<CallParams["env"]["pod"]>, conf: NetConf, deadline: number) {
+    const done = step("pod lookup");
+    try {
+      return await this.pods.classify(ref, conf, deadline);
+    } finally {
+      done();
+    }
+  }
+
   private async classify(p: CallParams, deadline: number): Promise<Methods["classify"]["result"]> {
     if (!p.env.pod) return { eligible: false, links: 0 };
-    const c = await this.pods.classify(p.env.pod, p.conf, deadline);
+    const c = await this.lookUp(p.env.pod, p.conf, deadline);
     this.log.debug("classified", {
       pod: `${c.pod.namespace}/${c.pod.name}`,
       eligible: c.eligible,
@@ -293,7 +304,7 @@ export class NodeAgent {
     ctx: CallContext,
   ): Promise<Methods["attach"]["result"]> {
     if (!p.env.pod) throw new CniError(Code.Internal, "attach needs K8S_POD_NAMESPACE and K8S_POD_NAME");
-    const c = await this.pods.classify(p.env.pod, p.conf, ctx.deadline);
+    const c = await this.lookUp(p.env.pod, p.conf, ctx.deadline);
     if (!c.eligible) {
       throw new CniError(
         Code.TryAgainLater,
@@ -318,6 +329,16 @@ export class NodeAgent {
   }
 
   private async detach(p: CallParams): Promise<Methods["detach"]["result"]> {
+    // A plain pod's DEL waits for neither etcd nor the API server: every container ratchet
+    // attaches is in this node's state before anything of it reaches etcd or the kernel, so
+    // one that is not there, of a pod the synced cache knows without ratchet's label, was
+    // never ratchet's. (Its records, should the state file have been lost, go with GC.)
+    if (
+      p.env.pod &&
+      this.state.get(p.env.containerId) === undefined &&
+      this.pods.knownEligible(p.env.pod, p.conf) === false
+    )
+      return { owned: false };
     let owned: boolean | undefined;
     try {
       owned = await (await this.store(p.conf)).linker.detach(p.env);

@@ -4,9 +4,10 @@ import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import * as v from "valibot";
 import { isMethod, LineReader, type Request, type Response } from "../rpc/protocol.ts";
-import { firstIssue, paramSchemas } from "../rpc/schemas.ts";
+import { firstIssue } from "../rpc/results.ts";
+import { checkParams } from "../rpc/schemas.ts";
+import { type StepTimes, withSteps } from "../steps.ts";
 
 export type Handler = (req: Request, signal: AbortSignal) => Promise<unknown>;
 
@@ -185,9 +186,15 @@ export class Server {
         throw new Error("a request needs a numeric id and deadline");
       }
       if (!isMethod(raw.method)) throw new Error(`unknown method ${JSON.stringify(raw.method)}`);
-      const params = v.safeParse(paramSchemas[raw.method], raw.params);
+      const params = checkParams(raw.method, raw.params);
       if (!params.success) throw new Error(`${raw.method}: ${firstIssue(params.issues)}`);
-      req = { id: raw.id, method: raw.method, deadline: raw.deadline, params: params.output };
+      req = {
+        id: raw.id,
+        method: raw.method,
+        deadline: raw.deadline,
+        params: params.output,
+        ...(raw.trace === true ? { trace: true } : {}),
+      };
     } catch (err) {
       this.send(
         s,
@@ -198,6 +205,9 @@ export class Server {
     this.inFlight++;
     s.data.inFlight++;
     let res: Response;
+    // Traced: the agent's time by kind of work goes back with the answer.
+    const steps: StepTimes | undefined = req.trace ? {} : undefined;
+    const arrived = performance.now();
     try {
       // Serialize per pod first, then take a slot: a request waiting for its pod holds no slot.
       const result = await this.queue.run(this.opts.keyOf(req), () =>
@@ -206,10 +216,14 @@ export class Server {
           if (left <= 0)
             throw new CniError(Code.TryAgainLater, `request ${req.method} expired before it could start`);
           s.data.gone.signal.throwIfAborted();
-          return this.opts.handle(req, AbortSignal.any([AbortSignal.timeout(left), s.data.gone.signal]));
+          const handle = () =>
+            this.opts.handle(req, AbortSignal.any([AbortSignal.timeout(left), s.data.gone.signal]));
+          if (!steps) return handle();
+          steps["waiting its turn"] = [performance.now() - arrived, 1];
+          return withSteps(steps, handle);
         }),
       );
-      res = { id: req.id, ok: true, result } as Response;
+      res = { id: req.id, ok: true, result, ...(steps ? { steps } : {}) } as Response;
     } catch (err) {
       const e = toCniError(err);
       if (e.code === Code.Internal)
@@ -218,6 +232,7 @@ export class Server {
         id: req.id,
         ok: false,
         error: { code: e.code, msg: e.message, ...(e.details ? { details: e.details } : {}) },
+        ...(steps ? { steps } : {}),
       };
     } finally {
       this.inFlight--;

@@ -252,8 +252,9 @@ export class LinkerBase {
       const kept = new Set(committed.map((c) => podId(c.peer)));
       await removeLinks(this, id, me, p.removals, reg.built, kept);
     }
-    // What the kernel holds is reported in the background: the ADD does not wait for it.
-    void recordObserved(this, id);
+    // What the kernel holds is reported in the background, once the answer is on its way:
+    // reading the netns back is not the ADD's work.
+    setImmediate(() => void recordObserved(this, id));
     return out;
   }
 

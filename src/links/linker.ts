@@ -194,9 +194,8 @@ export class Linker extends LinkerBase {
       const peers = new Set(own.peers);
       for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
       const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podId(d.spec.peer)));
+      // Our ends' reports go in the same transaction as the endpoint.
       await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo);
-      // Our ends' reports go (the peers' say so at their next report).
-      await this.store.writeObserved([{ id, ends: [] }]).catch(() => undefined);
     }
     if (local) {
       this.state.delete(env.containerId);

@@ -1,11 +1,12 @@
 // What this node knows from its own CNI calls and nothing else: for each container ratchet
 // attached here, its pod, netns, CNI_IFNAME and link interfaces. Netns paths come only from
 // here, never from etcd (which any node can write). Kept in memory and in a node-local file
-// (written to a temp file, fsynced, renamed), so an agent restart keeps it. Changes are
+// (written to a temp file and renamed), so an agent restart keeps it. Changes are
 // saved by flush(), once per operation however many links it touched.
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
+import { closeSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import * as v from "valibot";
 import type { Logger } from "../log.ts";
+import { step } from "../steps.ts";
 
 const ContainerSchema = v.object({
   pod: v.string(),
@@ -92,19 +93,24 @@ export class NodeState {
 
   private save(): void {
     if (!this.file) return;
+    const done = step("node state file");
     const tmp = `${this.file}.tmp`;
     const body = JSON.stringify({ version: 1, containers: Object.fromEntries(this.containers) });
     try {
+      // No fsync: the file must outlive the agent (a crash, an upgrade), not the machine;
+      // the netns and links it describes do not survive a reboot either. Written whole and
+      // renamed into place, a reader sees the old file or the new one.
       const fd = openSync(tmp, "w", 0o600);
       try {
         writeSync(fd, body);
-        fsyncSync(fd);
       } finally {
         closeSync(fd);
       }
       renameSync(tmp, this.file);
     } catch (err) {
       this.log.warn("could not save the node state file", { file: this.file, error: (err as Error).message });
+    } finally {
+      done();
     }
   }
 }

@@ -5,6 +5,7 @@ import { writeSync } from "node:fs";
 import { Errno, ErrnoError, NetnsNotFoundError, errnoText } from "./errors.ts";
 import * as libc from "./libc.ts";
 import { NetlinkSocket } from "./socket.ts";
+import { step } from "../steps.ts";
 
 // The calling thread's own netns (setns acts per thread; /proc/self would name the leader's).
 const CURRENT_NETNS = "/proc/thread-self/ns/net";
@@ -69,10 +70,12 @@ export function openNetns(path: string): NetnsFd {
  */
 export function withNetns<T>(path: string | undefined, fn: () => T): T {
   if (path === undefined) return fn();
+  const entered = step("netns switch");
   using target = openNetns(path);
   const home = libc.open(CURRENT_NETNS, libc.O_RDONLY | libc.O_CLOEXEC);
   try {
     libc.setns(target.fd, libc.CLONE_NEWNET);
+    entered();
     let result: T;
     try {
       result = fn();

@@ -23,6 +23,7 @@ import {
   parseError,
   parseMessages,
 } from "./nl.ts";
+import { step } from "../steps.ts";
 
 /** How long a request waits for the kernel before failing with ETIMEDOUT. */
 export const DEFAULT_TIMEOUT_MS = 10_000;
@@ -112,6 +113,15 @@ export class NetlinkSocket implements Disposable {
    */
   changeAll(msgs: Message[], perSend = BATCH_REQUESTS): Array<ErrnoError | undefined> {
     if (this.closed) throw new Error("netlink socket is closed");
+    const done = step("netlink");
+    try {
+      return this.sendAll(msgs, perSend);
+    } finally {
+      done();
+    }
+  }
+
+  private sendAll(msgs: Message[], perSend: number): Array<ErrnoError | undefined> {
     const out: Array<ErrnoError | undefined> = new Array(msgs.length).fill(undefined);
     for (let start = 0; start < msgs.length; start += perSend) {
       const chunk = msgs.slice(start, start + perSend);
@@ -202,6 +212,7 @@ export class NetlinkSocket implements Disposable {
    * with ETIMEDOUT when the kernel stays silent past the socket's receive timeout.
    */
   exchange(msg: Message, isDump: boolean): { msgs: NlMsg[]; interrupted: boolean } {
+    const done = step("netlink");
     try {
       const answer = this.roundTrip(msg, isDump);
       tally("ok");
@@ -209,6 +220,8 @@ export class NetlinkSocket implements Disposable {
     } catch (err) {
       tally(err instanceof ErrnoError ? err.code : "error");
       throw err;
+    } finally {
+      done();
     }
   }
 

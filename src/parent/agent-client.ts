@@ -129,7 +129,12 @@ export class ChildAgent implements Agent {
       try {
         this.conn ??= await this.trace.span("agent connection", () => connectChild(conf, this.log));
         const conn = this.conn;
-        return await this.trace.span(`agent ${method}`, () => conn.call(method, params, REQUEST_TIMEOUT_MS));
+        const onSteps = this.trace.on
+          ? (steps: Record<string, [number, number]>) => this.trace.steps(`agent ${method}`, steps)
+          : undefined;
+        return await this.trace.span(`agent ${method}`, () =>
+          conn.call(method, params, REQUEST_TIMEOUT_MS, onSteps),
+        );
       } catch (err) {
         if (err instanceof CniError && !(err instanceof AgentUnavailableError)) throw err;
         this.conn?.close();

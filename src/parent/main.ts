@@ -105,6 +105,7 @@ export async function runParent(
     io.write(`${JSON.stringify(e.toJSON(version))}\n`);
     return 1;
   } finally {
+    trace.flush();
     agent?.close?.();
     log?.close();
   }

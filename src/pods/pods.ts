@@ -112,8 +112,19 @@ export class PodDirectory {
       };
       return { pod: unknown, eligible: false, links: [] };
     }
-    return { pod, ...podLinks(pod, { defaultPrefix: conf.default_prefix }) };
+    // The cache keeps a pod's object until the pod changes: an ADD's classify and attach
+    // read its links once.
+    const prefix = conf.default_prefix;
+    const seen = this.parsed.get(pod);
+    if (seen && seen.prefix === prefix) return { pod, ...seen.links };
+    const links = podLinks(pod, { defaultPrefix: prefix });
+    this.parsed.set(pod, { prefix, links });
+    return { pod, ...links };
   }
+  private readonly parsed = new WeakMap<
+    PodInfo,
+    { prefix: number | undefined; links: ReturnType<typeof podLinks> }
+  >();
 
   /** One GET of a pod the cache could not give; undefined when the API server answers 404. */
   private async read(

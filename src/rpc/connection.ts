@@ -3,7 +3,8 @@
 import * as v from "valibot";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
 import { LineReader, MAX_REPLY_BYTES, type Method, type Methods, type Response } from "./protocol.ts";
-import { firstIssue, resultSchemas } from "./schemas.ts";
+import type { StepTimes } from "../steps.ts";
+import { firstIssue, resultSchemas, StepTimesSchema } from "./results.ts";
 
 type Sock = Awaited<ReturnType<typeof Bun.connect>>;
 
@@ -77,6 +78,8 @@ export class Connection {
     method: M,
     params: Methods[M]["params"],
     timeoutMs: number,
+    /** Asks the agent for its time by kind of work (RATCHET_TRACE=1) and receives it. */
+    onSteps?: (steps: StepTimes) => void,
   ): Promise<Methods[M]["result"]> {
     if (this.closed) throw this.closed;
     const id = this.next++;
@@ -84,7 +87,10 @@ export class Connection {
     const reply = new Promise<unknown>((resolve, reject) => {
       this.waiting = { resolve, reject };
     });
-    this.pending = new TextEncoder().encode(`${JSON.stringify({ id, method, deadline, params })}\n`);
+    const trace = onSteps ? { trace: true } : {};
+    this.pending = new TextEncoder().encode(
+      `${JSON.stringify({ id, method, deadline, params, ...trace })}\n`,
+    );
     this.flush();
     let timer: Timer | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -97,6 +103,10 @@ export class Connection {
     try {
       const res = (await Promise.race([reply, timeout])) as Response<M>;
       if (res?.id !== id) throw new AgentUnavailableError(`answer ${res?.id} does not match request ${id}`);
+      if (onSteps) {
+        const steps = v.safeParse(StepTimesSchema, res.steps);
+        if (steps.success) onSteps(steps.output);
+      }
       if (!res.ok) throw new CniError(res.error.code, res.error.msg, res.error.details ?? "");
       const checked = v.safeParse(resultSchemas[method], res.result);
       if (!checked.success) {

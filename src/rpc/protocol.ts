@@ -5,6 +5,7 @@
 import type { NetConf } from "../cni/config.ts";
 import type { CniEnv } from "../cni/env.ts";
 import type { AttachedInterface } from "../cni/result.ts";
+import type { StepTimes } from "../steps.ts";
 import type { hello } from "../version.ts";
 
 /** A request line (or an answer line) longer than this closes the connection. */
@@ -74,6 +75,8 @@ export interface Request<M extends Method = Method> {
   /** Epoch milliseconds after which the caller no longer waits: the agent stops then too. */
   deadline: number;
   params: Methods[M]["params"];
+  /** RATCHET_TRACE=1: the answer carries the agent's time by kind of work (`steps`). */
+  trace?: boolean;
 }
 
 export interface WireError {
@@ -82,9 +85,10 @@ export interface WireError {
   details?: string;
 }
 
-export type Response<M extends Method = Method> =
+export type Response<M extends Method = Method> = (
   | { id: number; ok: true; result: Methods[M]["result"] }
-  | { id: number; ok: false; error: WireError };
+  | { id: number; ok: false; error: WireError }
+) & { steps?: StepTimes };
 
 /** Splits a byte stream into lines; throws when a line grows past the frame limit. */
 export class LineReader {

@@ -1,5 +1,6 @@
-// Schemas of the protocol table (src/rpc/protocol.ts): the agent checks every request's
-// params, the plugin every reply, so neither side trusts a cast.
+// Schemas of the protocol table's params (src/rpc/protocol.ts): the agent checks every
+// request, so it trusts no cast. The replies' schemas, which the plugin checks, are in
+// results.ts: the plugin loads only those.
 import * as v from "valibot";
 import { NetConf } from "../cni/config.ts";
 import { COMMANDS } from "../cni/versions.ts";
@@ -34,6 +35,7 @@ const Env = v.object({
   ),
 });
 const Call = v.object({ env: Env, conf: NetConf });
+const CallAnyConf = v.object({ env: Env, conf: v.unknown() });
 const Boot = v.object({
   name: v.string(),
   interface: v.string(),
@@ -42,6 +44,35 @@ const Boot = v.object({
   dns: v.optional(v.record(v.string(), v.unknown())),
 });
 const Empty = v.object({});
+
+/**
+ * A request's params, checked: every request of a node carries the same config, so a config
+ * checked once (by its exact JSON) is not checked again; the rest always is.
+ */
+export function checkParams<M extends Method>(
+  method: M,
+  params: unknown,
+): v.SafeParseResult<v.GenericSchema<unknown, Methods[M]["params"]>> {
+  const conf = (params as { conf?: unknown } | null)?.conf;
+  if (conf === undefined || !(method in withoutConf)) return v.safeParse(paramSchemas[method], params);
+  const key = JSON.stringify(conf);
+  let checked = confsSeen.get(key);
+  if (!checked) {
+    const r = v.safeParse(NetConf, conf);
+    if (!r.success) return v.safeParse(paramSchemas[method], params);
+    checked = r.output;
+    if (confsSeen.size >= CONFS_KEPT) confsSeen.delete(confsSeen.keys().next().value as string);
+    confsSeen.set(key, checked);
+  }
+  const rest = v.safeParse(withoutConf[method as keyof typeof withoutConf], params);
+  if (!rest.success) return rest as v.SafeParseResult<v.GenericSchema<unknown, Methods[M]["params"]>>;
+  return { ...rest, output: { ...rest.output, conf: checked } } as v.SafeParseResult<
+    v.GenericSchema<unknown, Methods[M]["params"]>
+  >;
+}
+/** Configs checked already, by their JSON (a node has one or a few). */
+const confsSeen = new Map<string, v.InferOutput<typeof NetConf>>();
+const CONFS_KEPT = 16;
 
 type ParamSchemas = { [M in Method]: v.GenericSchema<unknown, Methods[M]["params"]> };
 export const paramSchemas: ParamSchemas = {
@@ -58,34 +89,15 @@ export const paramSchemas: ParamSchemas = {
   }),
 };
 
-const Ok = v.object({ ok: v.literal(true) });
-type ResultSchemas = { [M in Method]: v.GenericSchema<unknown, Methods[M]["result"]> };
-export const resultSchemas: ResultSchemas = {
-  hello: v.object({ buildId: v.string(), buildTime: v.number(), version: v.string(), pid: v.number() }),
-  drain: v.object({ draining: v.literal(true) }),
-  classify: v.object({ eligible: v.boolean(), links: v.number() }),
-  attach: v.object({
-    interfaces: v.array(
-      v.object({
-        iface: v.object({
-          name: v.string(),
-          mac: v.optional(v.string()),
-          sandbox: v.optional(v.string()),
-          mtu: v.optional(v.number()),
-        }),
-        ips: v.array(v.string()),
-      }),
-    ),
+/** The params schemas with the config left to checkParams' memo. */
+const withoutConf = {
+  classify: CallAnyConf,
+  attach: v.object({ ...CallAnyConf.entries, boot: v.optional(Boot) }),
+  detach: CallAnyConf,
+  check: CallAnyConf,
+  status: CallAnyConf,
+  gc: v.object({
+    ...CallAnyConf.entries,
+    valid: v.array(v.object({ containerID: v.string(), ifname: v.string() })),
   }),
-  detach: v.object({ owned: v.nullable(v.boolean()) }),
-  check: Ok,
-  status: Ok,
-  gc: v.object({ removed: v.number() }),
 };
-
-/** The first problem of a failed parse, as "field: message". */
-export function firstIssue(issues: [v.BaseIssue<unknown>, ...v.BaseIssue<unknown>[]]): string {
-  const i = issues[0];
-  const path = (i.path ?? []).map((p) => String(p.key)).join(".");
-  return path ? `${path}: ${i.message}` : i.message;
-}

@@ -10,6 +10,7 @@ import {
   isRecoverableError,
 } from "etcd3";
 import { StoreRefusedError, StoreUnavailableError } from "../cni/errors.ts";
+import { step } from "../steps.ts";
 
 type KV = Etcd3["kv"];
 type TxnRequest = Parameters<KV["txn"]>[0];
@@ -190,6 +191,7 @@ async function scanRange(
   for (;;) {
     stats.roundTrips++;
     let res: Awaited<ReturnType<KV["range"]>>;
+    const done = step("etcd");
     try {
       res = await client.kv.range({
         key,
@@ -200,6 +202,8 @@ async function scanRange(
       });
     } catch (err) {
       throw storeError(err);
+    } finally {
+      done();
     }
     revision ??= String(res.header.revision);
     kvs.push(...res.kvs);
@@ -233,12 +237,15 @@ export async function txn(client: Etcd3, t: Txn): Promise<TxnResult> {
   }
   let res: TxnResponse;
   stats.roundTrips++;
+  const done = step("etcd");
   try {
     res = await client.kv.txn({ compare, success, failure });
   } catch (err) {
     const e = storeError(err);
     tally(e instanceof StoreUnavailableError ? "unavailable" : "refused");
     throw e;
+  } finally {
+    done();
   }
   tally("ok");
   return new TxnResult(

@@ -69,7 +69,12 @@ export async function removeRecords(
     const guard = [cmp.modRev(keys.endpoint(id), rev)];
     units.push({
       compare: [],
-      writes: [op.del(keys.endpoint(id)), op.del(keys.nodeEndpoint(endpoint.node, id))],
+      // The agents' reports of its ends go with it (the peers' say so at their next report).
+      writes: [
+        op.del(keys.endpoint(id)),
+        op.del(keys.nodeEndpoint(endpoint.node, id)),
+        op.delPrefix(keys.observedPodPrefix(id)),
+      ],
     });
     let done = true;
     for (const part of pack(units, (u) => sizeOf(u.compare, u.writes), sizeOf(guard, []))) {

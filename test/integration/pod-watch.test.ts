@@ -4,7 +4,7 @@
 // the watch comes back after the API server does (410 Gone included); the original example
 // pair links exactly as shipped, on one node and across two.
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { waitFor } from "../support/child.ts";
 import {
@@ -64,6 +64,32 @@ describe("pods the cache holds", () => {
     for (const p of pods) expectOk(c, await p.del(), `DEL ${p.name}`);
     expect(since(c, mark)).toEqual([]);
     for (const p of pods) await p.removeNetns();
+    await c.assertClean();
+  }, 60_000);
+});
+
+describe("a plain pod's DEL asks nobody", () => {
+  test("with etcd unreachable, a plain pod's DEL runs its delegate's DEL at once: nothing journaled, no etcd warning", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    const n = c.node(1);
+    c.putPod(plainPod("web"));
+    const web = await n.pod("web");
+    await agentsWatching(c);
+    expectOk(c, await web.add(), "ADD web");
+    // The agent's node state says it never attached this container, and the cache knows the
+    // pod without ratchet's label: no etcd request is needed to say "not ratchet's".
+    const mark = c.api.requests.length;
+    expectOk(c, await web.del({ etcd_endpoints: ["http://127.0.0.1:1"] }), "DEL web, etcd away");
+    expect(since(c, mark)).toEqual([]);
+    const log = readFileSync(n.logFile, "utf8");
+    expect(log).not.toContain("etcd unreachable during DEL");
+    expect(existsSync(`${n.socket}.deferred-del.jsonl`) ? readFileSync(`${n.socket}.deferred-del.jsonl`, "utf8") : "").toBe("");
+    const ran = log
+      .split("\n")
+      .filter((l) => l.includes(web.containerId) && l.includes('"running plugin"'))
+      .map((l) => (JSON.parse(l) as { plugin: string; command?: string }).plugin);
+    expect(ran).toEqual(["loopback", "loopback"]);
+    await web.removeNetns();
     await c.assertClean();
   }, 60_000);
 });

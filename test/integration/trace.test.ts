@@ -3,7 +3,7 @@
 import { expect, test } from "bun:test";
 import { annotatedPod, makeCluster, optInPod } from "../support/cluster.ts";
 
-test("RATCHET_TRACE=1 prints the steps of an ADD (agent calls, plugins, total) on stderr", async () => {
+test("RATCHET_TRACE=1 prints the steps of an ADD (agent calls and the agent's etcd, netlink and pod lookup, plugins, total) on stderr", async () => {
   await using c = await makeCluster({ nodes: 1 });
   const n = c.node(1);
   c.putPod(optInPod("b"));
@@ -32,6 +32,10 @@ test("RATCHET_TRACE=1 prints the steps of an ADD (agent calls, plugins, total) o
     /^ratchet trace: agent classify took [\d.]+ ms$/,
     /^ratchet trace: plugin loopback ADD took [\d.]+ ms$/,
     /^ratchet trace: agent attach took [\d.]+ ms$/,
+    // The agent's side: its time by kind of work, sent back with the answer.
+    /^ratchet trace: agent attach: etcd took [\d.]+ ms \(\d+ times?\)$/,
+    /^ratchet trace: agent attach: netlink took [\d.]+ ms \(\d+ times?\)$/,
+    /^ratchet trace: agent classify: pod lookup took [\d.]+ ms \(1 time\)$/,
     /^ratchet trace: ADD took [\d.]+ ms in all$/,
   ])
     expect(lines.some((l) => step.test(l))).toBe(true);
