@@ -164,8 +164,15 @@ export class Linker extends LinkerBase {
     const links = new Map<string, string>(Object.entries(local?.links ?? {}));
     let own: Awaited<ReturnType<Linker["store"]["own"]>> | undefined;
     let unreachable: unknown;
+    // The pairs with the peers this node knows of are read alongside the pod's own records
+    // (one round trip, not two): the removal below needs them.
+    const known = [...new Set([...links.keys()].flatMap((k) => podsOf(k)).filter((p) => p !== id))];
+    let pairs: Awaited<ReturnType<Linker["store"]["pairs"]>> | undefined;
     try {
-      own = await this.store.own(id);
+      [own, pairs] = await Promise.all([
+        this.store.own(id),
+        known.length > 0 ? this.store.pairs(id, known).catch(() => undefined) : undefined,
+      ]);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
       unreachable = err;
@@ -195,7 +202,7 @@ export class Linker extends LinkerBase {
       for (const k of links.keys()) for (const p of podsOf(k)) if (p !== id) peers.add(p);
       const declaredTo = new Set(own.decls.filter((d) => d.declarer === id).map((d) => podId(d.spec.peer)));
       // Our ends' reports go in the same transaction as the endpoint.
-      await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo);
+      await this.store.removeRecords(own.endpoint, own.rev, peers, declaredTo, pairs);
     }
     if (local) {
       this.state.delete(env.containerId);

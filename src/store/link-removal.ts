@@ -6,6 +6,8 @@ import { podId } from "../links/spec.ts";
 import { GONE } from "./decode.ts";
 import { cmp, type Op, op, pack, sizeOf, txn } from "./etcd-ops.ts";
 import type { LinkReads } from "./link-reads.ts";
+
+type PairRead = Awaited<ReturnType<LinkReads["pairs"]>> extends Map<string, infer R> ? R : never;
 import type { EndpointRecord } from "./records.ts";
 
 const MAX_ATTEMPTS = 8;
@@ -37,12 +39,16 @@ export async function removeRecords(
   rev: string,
   peers: Iterable<string>,
   declaredTo: Set<string>,
+  /** Pairs the caller read already (before removing the ends): the first attempt uses them. */
+  read?: Awaited<ReturnType<LinkReads["pairs"]>>,
 ): Promise<void> {
   const keys = store.keys;
   const id = podId(endpoint);
   const peerIds = [...new Set(peers)].filter((p) => p !== id);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const pairs = await store.pairs(id, peerIds);
+    const missing = attempt === 0 && read ? peerIds.filter((p) => !read.has(p)) : peerIds;
+    const pairs = attempt === 0 && read ? new Map(read) : new Map<string, PairRead>();
+    if (missing.length > 0) for (const [p, r] of await store.pairs(id, missing)) pairs.set(p, r);
     const units = peerIds.map((p) => {
       const pair = pairs.get(p);
       const compare = [cmp.modRev(keys.endpoint(p), pair?.epRev ?? "0")];

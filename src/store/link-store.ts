@@ -321,7 +321,8 @@ export class LinkStore extends LinkReads {
     rev: string,
     peers: Iterable<string>,
     declaredTo: Set<string>,
+    read?: Awaited<ReturnType<LinkStore["pairs"]>>,
   ): Promise<void> {
-    return removeRecords(this, endpoint, rev, peers, declaredTo);
+    return removeRecords(this, endpoint, rev, peers, declaredTo, read);
   }
 }
