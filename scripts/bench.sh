@@ -59,6 +59,7 @@ bench() {
   say "$name: $((SECONDS - t0)) s"
 }
 bench passthrough 40
+bench floor 20
 bench agent 30 400
 bench netlink 100
 bench link 60

@@ -24,8 +24,8 @@ const num = (f: Figures | undefined, k: string): number =>
 const ms = (x: number) => (Number.isNaN(x) ? "failed" : `${x.toFixed(2)} ms`);
 const mib = (x: number) => (Number.isNaN(x) ? "failed" : `${x.toFixed(1)} MiB`);
 const ratio = (a: number, b: number) => (Number.isNaN(a) || Number.isNaN(b) ? "" : `${(a / b).toFixed(2)}x`);
-const over = (a: number, b: number) =>
-  Number.isNaN(a) || Number.isNaN(b) ? "" : `+${(a - b).toFixed(1)} ms`;
+const over = (a: number, b: number, unit = "ms") =>
+  Number.isNaN(a) || Number.isNaN(b) ? "" : `${a < b ? "-" : "+"}${Math.abs(a - b).toFixed(1)} ${unit}`;
 
 /** "median (p99 .., max ..)" of figures named <k>MedianMs, <k>P99Ms, <k>MaxMs. */
 const spread = (f: Figures | undefined, k: string) =>
@@ -41,6 +41,12 @@ const q = load("qdisc");
 const v = load("live");
 const m = load("metrics");
 const t = load("topology");
+const fl = load("floor");
+
+/** "median (p95 ..)" of a floor figure <k>Ms. */
+const flMs = (k: string) => `${ms(num(fl, `${k}Ms`))} (p95 ${ms(num(fl, `${k}P95Ms`))})`;
+/** The target a floor row was held to and whether it was met, as floor.ts judged it. */
+const flTarget = (k: string) => (fl && typeof fl[k] === "string" ? `target ${fl[k]}` : "failed");
 
 type Row = {
   src: string;
@@ -66,6 +72,40 @@ const rows: Row[] = [
     reference: `${ms(num(p, "bridgeDelMs"))} bridge alone`,
     ratio: ratio(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
     "diff / note": over(num(p, "ratchetDelMs"), num(p, "bridgeDelMs")),
+  },
+  ...(
+    [
+      ["floor: ratchet --version", "version", "hello", "Bun hello-world"],
+      ["floor: plain pod ADD (delegate bridge)", "plainAdd", "bridgeAdd", "bridge alone"],
+      ["floor: plain pod DEL (delegate bridge)", "plainDel", "bridgeDel", "bridge alone"],
+      ["floor: second pod's ADD (builds the veth)", "secondAdd", "ptpAdd", "ptp + host-local"],
+      ["floor: first pod's ADD (peer not there yet)", "firstAdd", "ptpAdd", "ptp + host-local"],
+      ["floor: DEL of a linked pod (removes the veth)", "linkedDel", "ptpDel", "ptp DEL"],
+      ["floor: cross-node ADD (builds the VXLAN end)", "crossAdd", "secondAdd", "same-node 2nd ADD"],
+    ] as const
+  ).map(([benchmark, k, ref, refName]) => ({
+    src: "floor",
+    benchmark,
+    ratchet: flMs(k),
+    reference: `${flMs(ref)} ${refName}`,
+    ratio: ratio(num(fl, `${k}Ms`), num(fl, `${ref}Ms`)),
+    "diff / note": `${over(num(fl, `${k}Ms`), num(fl, `${ref}Ms`))}; ${flTarget(`${k}Target`)}`,
+  })),
+  {
+    benchmark: "floor: ratchet --version peak RSS",
+    src: "floor",
+    ratchet: mib(num(fl, "versionRssMiB")),
+    reference: `${mib(num(fl, "helloRssMiB"))} Bun hello-world`,
+    ratio: "",
+    "diff / note": `${over(num(fl, "versionRssMiB"), num(fl, "helloRssMiB"), "MiB")}; ${flTarget("versionRssTarget")}`,
+  },
+  {
+    benchmark: `floor: agent RSS idle / after ${num(fl, "load")} pairs + ${num(fl, "load")} plain pods`,
+    src: "floor",
+    ratchet: `${mib(num(fl, "agentIdleMiB"))} / ${mib(num(fl, "agentLoadedMiB"))}`,
+    reference: "",
+    ratio: "",
+    "diff / note": `peak ${mib(num(fl, "agentPeakMiB"))}; ${flTarget("agentTarget")}`,
   },
   {
     benchmark: "Kubernetes API requests per ADD+DEL",

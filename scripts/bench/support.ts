@@ -31,6 +31,12 @@ export function median(xs: number[]): number {
   return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 }
 
+/** The 95th percentile, nearest rank (the 19th of 20). */
+export function p95(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.max(0, Math.min(s.length - 1, Math.ceil(0.95 * s.length) - 1))] ?? Number.NaN;
+}
+
 export function table(rows: Array<Record<string, string | number>>): string {
   const cols = Object.keys(rows[0] ?? {});
   const cell = (v: string | number) => (typeof v === "number" ? v.toFixed(v < 10 ? 2 : 1) : v);
