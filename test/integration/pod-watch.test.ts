@@ -83,7 +83,11 @@ describe("a plain pod's DEL asks nobody", () => {
     expect(since(c, mark)).toEqual([]);
     const log = readFileSync(n.logFile, "utf8");
     expect(log).not.toContain("etcd unreachable during DEL");
-    expect(existsSync(`${n.socket}.deferred-del.jsonl`) ? readFileSync(`${n.socket}.deferred-del.jsonl`, "utf8") : "").toBe("");
+    expect(
+      existsSync(`${n.socket}.deferred-del.jsonl`)
+        ? readFileSync(`${n.socket}.deferred-del.jsonl`, "utf8")
+        : "",
+    ).toBe("");
     const ran = log
       .split("\n")
       .filter((l) => l.includes(web.containerId) && l.includes('"running plugin"'))
