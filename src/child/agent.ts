@@ -84,6 +84,10 @@ export class NodeAgent {
     },
     classify: (p, ctx) => this.classify(p, ctx.deadline),
     attach: (p, ctx) => this.attach(p, ctx),
+    booted: async (p) => {
+      if (p.env.pod) this.observer.attached(`${p.env.pod.namespace}/${p.env.pod.name}`, p.boot);
+      return { ok: true };
+    },
     detach: (p) => this.detach(p),
     check: async (p) => {
       await (await this.store(p.conf)).linker.check(p.env);

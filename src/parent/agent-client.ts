@@ -118,7 +118,7 @@ export class ChildAgent implements Agent {
     private readonly trace: Trace = NO_TRACE,
   ) {}
 
-  private async call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
+  private async call<M extends "classify" | "attach" | "booted" | "detach" | "check" | "status" | "gc">(
     method: M,
     params: Methods[M]["params"],
     conf: NetConf,
@@ -168,6 +168,10 @@ export class ChildAgent implements Agent {
   async attach(env: CniEnv, conf: NetConf, boot?: BootNetwork): Promise<AttachedInterface[]> {
     return (await this.call("attach", { ...this.params(env, conf), ...(boot ? { boot } : {}) }, conf))
       .interfaces;
+  }
+
+  async booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void> {
+    await this.call("booted", { ...this.params(env, conf), boot }, conf);
   }
 
   async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {

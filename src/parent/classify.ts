@@ -19,6 +19,8 @@ export interface Agent {
    * network's interface, for the pod's network-status annotation.
    */
   attach(env: CniEnv, conf: NetConf, boot?: BootNetwork): Promise<AttachedInterface[]>;
+  /** The boot network's interface, when its plugin ran beside attach (network-status). */
+  booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void>;
   /** Removes the container's links and records; true when ratchet had attached it. */
   detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined>;
   /** Throws when a link of this container is missing or wrong. */

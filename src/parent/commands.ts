@@ -100,16 +100,45 @@ export async function cmdAdd(ctx: Context): Promise<Record<string, unknown>> {
     return formatResult(result, conf.cniVersion);
   }
   const boot = chained(conf) ? undefined : conf.boot_network;
-  const base = boot ? await runAdd(ctx, boot) : (prev ?? emptyResult());
-  try {
-    const net = conf.network_status_annotation
-      ? bootNetwork(base, ctx.env, boot?.name ?? conf.name)
-      : undefined;
+  if (!boot) {
+    const base = prev ?? emptyResult();
+    const net = conf.network_status_annotation ? bootNetwork(base, ctx.env, conf.name) : undefined;
     const attached = await ctx.agent.attach(ctx.env, conf, net);
     return formatResult(appendInterfaces(base, attached), conf.cniVersion);
+  }
+  // The boot network's plugin and ratchet's links do not depend on each other (the links
+  // never take CNI_IFNAME): both run at once. Whichever fails, the other is undone.
+  const [booting, attaching] = await Promise.allSettled([runAdd(ctx, boot), ctx.agent.attach(ctx.env, conf)]);
+  if (booting.status === "rejected") {
+    if (attaching.status === "fulfilled") await undoAttach(ctx);
+    throw booting.reason;
+  }
+  if (attaching.status === "rejected") {
+    await undoAdd(ctx, boot);
+    throw attaching.reason;
+  }
+  const base = booting.value;
+  const net = conf.network_status_annotation ? bootNetwork(base, ctx.env, boot.name ?? conf.name) : undefined;
+  // The annotation's default entry: best effort, the pod's network is there either way.
+  if (net)
+    await ctx.agent.booted(ctx.env, conf, net).catch((err: unknown) =>
+      ctx.log.warn("could not pass the boot network's interface to the node agent", {
+        containerId: ctx.env.containerId,
+        error: (err as Error).message,
+      }),
+    );
+  return formatResult(appendInterfaces(base, attaching.value), conf.cniVersion);
+}
+
+/** Undoes ratchet's part of an ADD whose boot network failed; errors are logged, not raised. */
+async function undoAttach(ctx: Context): Promise<void> {
+  try {
+    await ctx.agent.detach(ctx.env, ctx.conf);
   } catch (err) {
-    if (boot) await undoAdd(ctx, boot);
-    throw err;
+    ctx.log.warn("rollback of the links failed", {
+      containerId: ctx.env.containerId,
+      error: (err as Error).message,
+    });
   }
 }
 

@@ -46,6 +46,11 @@ export interface Methods {
     params: CallParams & { boot?: BootNetwork | undefined };
     result: { interfaces: AttachedInterface[] };
   };
+  /**
+   * The boot network's interface, once its plugin has run (beside attach): the default entry
+   * of the pod's network-status annotation.
+   */
+  booted: { params: CallParams & { boot: BootNetwork }; result: { ok: true } };
   /** owned: true (ratchet had it), false (never), null (cannot tell). */
   detach: { params: CallParams; result: { owned: boolean | null } };
   check: { params: CallParams; result: { ok: true } };
@@ -59,6 +64,7 @@ const KNOWN = {
   drain: true,
   classify: true,
   attach: true,
+  booted: true,
   detach: true,
   check: true,
   status: true,

@@ -26,6 +26,7 @@ export const resultSchemas: ResultSchemas = {
       }),
     ),
   }),
+  booted: Ok,
   detach: v.object({ owned: v.nullable(v.boolean()) }),
   check: Ok,
   status: Ok,

@@ -80,6 +80,7 @@ export const paramSchemas: ParamSchemas = {
   drain: Empty as v.GenericSchema<unknown, Record<string, never>>,
   classify: Call,
   attach: v.object({ ...Call.entries, boot: v.optional(Boot) }),
+  booted: v.object({ ...Call.entries, boot: Boot }),
   detach: Call,
   check: Call,
   status: Call,
@@ -93,6 +94,7 @@ export const paramSchemas: ParamSchemas = {
 const withoutConf = {
   classify: CallAnyConf,
   attach: v.object({ ...CallAnyConf.entries, boot: v.optional(Boot) }),
+  booted: v.object({ ...CallAnyConf.entries, boot: Boot }),
   detach: CallAnyConf,
   check: CallAnyConf,
   status: CallAnyConf,

@@ -28,6 +28,7 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
     attach: async () => {
       throw new CniError(Code.TryAgainLater, "etcd unreachable (test)");
     },
+    booted: async () => undefined,
     detach: async () => undefined,
     check: async () => undefined,
     status: async () => undefined,
@@ -61,4 +62,62 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
   } finally {
     await run(["ip", "link", "delete", bridge]);
   }
+});
+
+test("boot_network ADD failing while the links were attached beside it: the links are detached, the plugin's failure reported", async () => {
+  using dir = tempDir();
+  await using ns = await makeNetns();
+  const conf = {
+    cniVersion: "1.0.0",
+    name: "rb",
+    type: "ratchet",
+    etcd_host: "127.0.0.1",
+    log_file: join(dir.path, "log"),
+    delegate: { type: "loopback" },
+    // host-local refuses a range it cannot parse: the boot network fails after it started.
+    boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "not-a-subnet" } },
+  };
+  const calls: string[] = [];
+  const agent: Agent = {
+    classify: async () => ({ eligible: true }),
+    attach: async () => {
+      calls.push("attach");
+      return [{ iface: { name: "net1", sandbox: ns.path }, ips: [] }];
+    },
+    booted: async () => {
+      calls.push("booted");
+    },
+    detach: async () => {
+      calls.push("detach");
+      return true;
+    },
+    check: async () => undefined,
+    status: async () => undefined,
+    gc: async () => undefined,
+  };
+  let out = "";
+  const code = await runParent(
+    [],
+    {
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: "ADD",
+        CNI_CONTAINERID: "rb2",
+        CNI_NETNS: ns.path,
+        CNI_IFNAME: "eth0",
+        CNI_PATH: "/usr/lib/cni",
+      },
+      readStdin: async () => JSON.stringify(conf),
+      write: (s) => {
+        out += s;
+      },
+    },
+    () => agent,
+  );
+  expect(code).toBe(1);
+  const err = JSON.parse(out) as { code: number; msg: string };
+  expect(err.msg).toContain("not-a-subnet");
+  // ratchet's part was undone; the boot network's interface was never passed on.
+  expect(calls).toEqual(["attach", "detach"]);
+  expect(await linkInfo(ns.name, "eth0")).toBeUndefined();
 });
