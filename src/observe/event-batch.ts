@@ -3,6 +3,8 @@
 // server and the pod's description, and hold up the agent). A handful stay one each.
 import type { EventType } from "./events.ts";
 
+/** How long after the first event of a turn the batch is sent. */
+const SETTLE_MS = 20;
 /** More events than this of one kind, for one pod and peer, in one turn: one summary. */
 export const SUMMARIZE_OVER = 4;
 /** Links a summary names. */
@@ -48,7 +50,9 @@ export class EventBatcher {
     if (g.names.length < NAMED) g.names.push(name);
     if (!this.scheduled) {
       this.scheduled = true;
-      setImmediate(() => this.flush());
+      // A moment after the turn: the Events (requests to the API server) never hold up the
+      // CNI call that caused them, nor its follow-up note.
+      setTimeout(() => this.flush(), SETTLE_MS);
     }
   }
 

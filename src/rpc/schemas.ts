@@ -56,6 +56,8 @@ export function checkParams<M extends Method>(
   const conf = (params as { conf?: unknown } | null)?.conf;
   if (conf === undefined || !(method in withoutConf)) return v.safeParse(paramSchemas[method], params);
   const key = JSON.stringify(conf);
+  // A config carrying a large prevResult (a CHECK or DEL of a big pod) is checked, not kept.
+  if (key.length > CONF_KEPT_BYTES) return v.safeParse(paramSchemas[method], params);
   let checked = confsSeen.get(key);
   if (!checked) {
     const r = v.safeParse(NetConf, conf);
@@ -73,6 +75,7 @@ export function checkParams<M extends Method>(
 /** Configs checked already, by their JSON (a node has one or a few). */
 const confsSeen = new Map<string, v.InferOutput<typeof NetConf>>();
 const CONFS_KEPT = 16;
+const CONF_KEPT_BYTES = 16 * 1024;
 
 type ParamSchemas = { [M in Method]: v.GenericSchema<unknown, Methods[M]["params"]> };
 export const paramSchemas: ParamSchemas = {
