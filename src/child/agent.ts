@@ -319,7 +319,9 @@ export class NodeAgent {
     // The caller gave up (deadline, hung up): build nothing it will not hear about.
     ctx.signal.throwIfAborted();
     const before = stats.roundTrips;
-    const interfaces = await linker.attach(p.env, c.links);
+    const interfaces = await linker.attach(p.env, c.links, {
+      declarers: this.pods.declarersOf(p.env.pod, p.conf),
+    });
     this.observer.attached(`${c.pod.namespace}/${c.pod.name}`, p.boot);
     this.log.info("attached", {
       pod: `${c.pod.namespace}/${c.pod.name}`,

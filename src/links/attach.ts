@@ -147,7 +147,12 @@ export class LinkerBase {
    * changes in place what exists, removes what no pod declares any more. `live`: a change to
    * a running pod (not an ADD): a failure undoes only what this call built.
    */
-  async attach(env: Call, declared: LinkSpec[], opts: { live?: boolean } = {}): Promise<AttachedInterface[]> {
+  async attach(
+    env: Call,
+    declared: LinkSpec[],
+    /** declarers: pods the node's pod cache knows to declare links to this one (a read hint). */
+    opts: { live?: boolean; declarers?: string[] } = {},
+  ): Promise<AttachedInterface[]> {
     const id = podOf(env);
     const { node, vtep } = this.whoAmI();
     const me: Place = { pod: id, netns: env.netns };
@@ -172,7 +177,7 @@ export class LinkerBase {
     // Round trip 1: register and read.
     let reg: Awaited<ReturnType<LinkStore["register"]>>;
     try {
-      reg = await this.store.register(endpoint, declared);
+      reg = await this.store.register(endpoint, declared, opts.declarers);
     } catch (err) {
       forget();
       throw err;

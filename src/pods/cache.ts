@@ -73,6 +73,11 @@ export class PodCache {
   }
 
   /** The pod as last seen, if it is on this node. */
+  /** Every pod the cache holds (this node's). */
+  all(): IterableIterator<PodInfo> {
+    return this.pods.values();
+  }
+
   get(namespace: string, name: string): PodInfo | undefined {
     return this.pods.get(`${namespace}/${name}`);
   }

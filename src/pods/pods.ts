@@ -114,17 +114,49 @@ export class PodDirectory {
     }
     // The cache keeps a pod's object until the pod changes: an ADD's classify and attach
     // read its links once.
+    return { pod, ...this.linksOf(pod, conf) };
+  }
+
+  private linksOf(pod: PodInfo, conf: NetConf): ReturnType<typeof podLinks> {
     const prefix = conf.default_prefix;
     const seen = this.parsed.get(pod);
-    if (seen && seen.prefix === prefix) return { pod, ...seen.links };
+    if (seen && seen.prefix === prefix) return seen.links;
     const links = podLinks(pod, { defaultPrefix: prefix });
     this.parsed.set(pod, { prefix, links });
-    return { pod, ...links };
+    return links;
   }
   private readonly parsed = new WeakMap<
     PodInfo,
     { prefix: number | undefined; links: ReturnType<typeof podLinks> }
   >();
+
+  /**
+   * Pods of the same namespace on this node whose declarations name this pod as a peer, as
+   * the cache knows them: a hint for reading their declarations early, never a source of
+   * links (etcd's peer index decides who declares what).
+   */
+  declarersOf(ref: PodRef, conf: NetConf): string[] {
+    let cache: PodCache;
+    try {
+      cache = this.cache(conf);
+    } catch {
+      return [];
+    }
+    const out: string[] = [];
+    for (const pod of cache.all()) {
+      if (pod.namespace !== ref.namespace || pod.name === ref.name) continue;
+      if (pod.labels[SELECT_LABEL] !== "true") continue;
+      let links: ReturnType<typeof podLinks>;
+      try {
+        links = this.linksOf(pod, conf);
+      } catch {
+        continue; // a bad declaration: its pod's own ADD says so
+      }
+      if (links.links.some((l) => l.peer.namespace === ref.namespace && l.peer.pod === ref.name))
+        out.push(`${pod.namespace}/${pod.name}`);
+    }
+    return out;
+  }
 
   /** One GET of a pod the cache could not give; undefined when the API server answers 404. */
   private async read(

@@ -27,6 +27,9 @@ import { commitLinks } from "./link-commit.ts";
 import { removeRecords } from "./link-removal.ts";
 import type { BadRecords, EndpointRecord, Observed } from "./records.ts";
 
+/** The first transaction of a registration takes hinted reads up to this many operations. */
+const HINT_OPS_BUDGET = 120;
+
 /** What one registration saw, besides writing the pod's endpoint and declarations. */
 export interface Registration {
   /** The revision of the endpoint's write: later writes compare it (a newer ADD wins). */
@@ -71,7 +74,16 @@ export class LinkStore extends LinkReads {
    * reads in the same transactions (reads first: they see the state before the writes) what
    * the planner needs. A declaration into another namespace stays under the declaring pod.
    */
-  async register(endpoint: EndpointRecord, declared: LinkSpec[]): Promise<Registration> {
+  /**
+   * `hints`: pods believed to declare links to this one (the node's pod cache): their
+   * declarations and the pair's chunks are read in the first transaction too, and used only
+   * if the peer index read there names them; the others are read after it.
+   */
+  async register(
+    endpoint: EndpointRecord,
+    declared: LinkSpec[],
+    hints: string[] = [],
+  ): Promise<Registration> {
     const keys = this.keys;
     const id = podId(endpoint);
     const byPeer = new Map<string, LinkSpec[]>();
@@ -105,6 +117,7 @@ export class LinkStore extends LinkReads {
       vniNext: 0,
     };
     const declarers: string[] = [];
+    const readEarly = new Set<string>();
     for (const [n, group] of groups.entries()) {
       const q = new Query();
       const head =
@@ -120,10 +133,16 @@ export class LinkStore extends LinkReads {
         ep: q.get(keys.endpoint(u.peer)),
         ...this.pairSlots(q, id, u.peer),
       }));
-      const r = await txn(this.etcd, {
-        reads: q,
-        writes: [...(n === 0 ? first : []), ...group.flatMap((u) => u.writes)],
-      });
+      const writes = [...(n === 0 ? first : []), ...group.flatMap((u) => u.writes)];
+      // Hinted declarers' reads, as far as the transaction has room (two reads each).
+      const hinted = new Map<string, { decls: Slot; chunks: Slot }>();
+      if (head)
+        for (const h of hints) {
+          if (h === id || byPeer.has(h) || !sameNamespace(h, id) || hinted.has(h)) continue;
+          if (q.ops.length + writes.length + 2 > HINT_OPS_BUDGET) break;
+          hinted.set(h, this.pairSlots(q, id, h));
+        }
+      const r = await txn(this.etcd, { reads: q, writes });
       if (head) {
         reg.rev = r.revision;
         const mine = await rest(this.etcd, r, head.mine);
@@ -139,7 +158,13 @@ export class LinkStore extends LinkReads {
           const entry = this.peerEntryOf(kv, declarer);
           if (entry === undefined) continue;
           if (entry) reg.peers.set(declarer, entry);
-          if (!byPeer.has(declarer)) declarers.push(declarer);
+          if (byPeer.has(declarer)) continue;
+          // Read in this transaction already (a hint the index confirms), or read after it.
+          const early = hinted.get(declarer);
+          if (early) {
+            await this.readPair(r, id, { peer: declarer, ...early }, reg);
+            readEarly.add(declarer);
+          } else declarers.push(declarer);
         }
         const hint = Number(r.one(head.vni)?.value.toString());
         reg.vniNext = Number.isInteger(hint) && hint >= 0 && hint < VNI_BLOCKS ? hint : 0;
@@ -153,7 +178,8 @@ export class LinkStore extends LinkReads {
     // Pods that declare links to this one without this one declaring any to them (same
     // namespace), and those it declared links to before and no more: their declarations and
     // the pair's chunks, read only.
-    for (const p of reg.previousPeers) if (!byPeer.has(p) && !declarers.includes(p)) declarers.push(p);
+    for (const p of reg.previousPeers)
+      if (!byPeer.has(p) && !declarers.includes(p) && !readEarly.has(p)) declarers.push(p);
     for (const part of pack(declarers, () => ({ compares: 0, ops: 2, bytes: 0 }), {
       compares: 0,
       ops: 0,

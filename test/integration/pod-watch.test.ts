@@ -12,6 +12,7 @@ import {
   type CniRun,
   type Cluster,
   makeCluster,
+  optInPod,
   type Pod,
   plainPod,
 } from "../support/cluster.ts";
@@ -65,6 +66,43 @@ describe("pods the cache holds", () => {
     expect(since(c, mark)).toEqual([]);
     for (const p of pods) await p.removeNetns();
     await c.assertClean();
+  }, 60_000);
+});
+
+describe("an opt-in pod whose declarer runs on the node", () => {
+  test("its ADD reads the declarations in its first etcd transaction: two round trips, the link built", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    const n = c.node(1);
+    c.putPod(
+      annotatedPod("decl", [
+        {
+          peer: "opt",
+          local_ifname: "h0",
+          peer_ifname: "h1",
+          local_ip: "10.93.0.1/30",
+          peer_ip: "10.93.0.2/30",
+        },
+      ]),
+    );
+    c.putPod(optInPod("opt"));
+    // A pod of the node that names "opt" in its annotation but never ran: a hint, not a
+    // declaration (etcd's peer index does not name it), so nothing comes of it.
+    c.putPod(annotatedPod("never", [{ peer: "opt", local_ifname: "z0", peer_ifname: "z1" }]));
+    const decl = await n.pod("decl");
+    const opt = await n.pod("opt");
+    await agentsWatching(c);
+    expectOk(c, await decl.add(), "ADD decl");
+    expectOk(c, await opt.add(), "ADD opt");
+    expect(await c.ping(decl, "10.93.0.2")).toBe(true);
+    const attached = readFileSync(n.logFile, "utf8")
+      .split("\n")
+      .filter((l) => l.includes('"msg":"attached"') && l.includes('"default/opt"'))
+      .map((l) => JSON.parse(l) as { etcdRoundTrips: number; built: string[] });
+    expect(attached).toHaveLength(1);
+    expect(attached[0]?.built).toEqual(["h1"]);
+    expect(attached[0]?.etcdRoundTrips).toBe(2);
+    expect(await c.ifaceNames(opt)).not.toContain("z1");
+    await stopAll(c, [decl, opt]);
   }, 60_000);
 });
 
