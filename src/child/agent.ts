@@ -85,7 +85,7 @@ export class NodeAgent {
     classify: (p, ctx) => this.classify(p, ctx.deadline),
     attach: (p, ctx) => this.attach(p, ctx),
     booted: async (p) => {
-      if (p.env.pod) this.observer.attached(`${p.env.pod.namespace}/${p.env.pod.name}`, p.boot);
+      this.observer.attached(`${p.pod.namespace}/${p.pod.name}`, p.boot);
       return { ok: true };
     },
     detach: (p) => this.detach(p),

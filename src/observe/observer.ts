@@ -212,8 +212,7 @@ export class Observer implements AgentObserver {
   track<R>(handle: (req: Request, signal: AbortSignal) => Promise<R>) {
     return async (req: Request, signal: AbortSignal): Promise<R> => {
       const env = "env" in req.params ? req.params.env : undefined;
-      // booted follows an ADD's attach: a note, not a command of its own.
-      if (!env || req.method === "booted") return handle(req, signal);
+      if (!env) return handle(req, signal);
       const key = `${env.command}|${env.containerId}`;
       const t0 = performance.now();
       const carried = () => {

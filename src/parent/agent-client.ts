@@ -6,6 +6,7 @@ import type { CniEnv } from "../cni/env.ts";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
 import { Connection, ConnectionLost } from "../rpc/connection.ts";
+import type { StepTimes } from "../steps.ts";
 import { NO_TRACE, type Trace } from "../trace.ts";
 import type { BootNetwork, CallParams, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
@@ -130,7 +131,7 @@ export class ChildAgent implements Agent {
         this.conn ??= await this.trace.span("agent connection", () => connectChild(conf, this.log));
         const conn = this.conn;
         const onSteps = this.trace.on
-          ? (steps: Record<string, [number, number]>) => this.trace.steps(`agent ${method}`, steps)
+          ? (steps: StepTimes) => this.trace.steps(`agent ${method}`, steps)
           : undefined;
         return await this.trace.span(`agent ${method}`, () =>
           conn.call(method, params, REQUEST_TIMEOUT_MS, onSteps),
@@ -171,7 +172,8 @@ export class ChildAgent implements Agent {
   }
 
   async booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void> {
-    await this.call("booted", { ...this.params(env, conf), boot }, conf);
+    if (!env.pod) return;
+    await this.call("booted", { pod: { namespace: env.pod.namespace, name: env.pod.name }, boot }, conf);
   }
 
   async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {

@@ -72,12 +72,12 @@ export class PodCache {
     return this.pods.size;
   }
 
-  /** The pod as last seen, if it is on this node. */
   /** Every pod the cache holds (this node's). */
   all(): IterableIterator<PodInfo> {
     return this.pods.values();
   }
 
+  /** The pod as last seen, if it is on this node. */
   get(namespace: string, name: string): PodInfo | undefined {
     return this.pods.get(`${namespace}/${name}`);
   }

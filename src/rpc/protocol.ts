@@ -48,9 +48,9 @@ export interface Methods {
   };
   /**
    * The boot network's interface, once its plugin has run (beside attach): the default entry
-   * of the pod's network-status annotation.
+   * of the pod's network-status annotation. A note about a pod, not a CNI call of its own.
    */
-  booted: { params: CallParams & { boot: BootNetwork }; result: { ok: true } };
+  booted: { params: { pod: { namespace: string; name: string }; boot: BootNetwork }; result: { ok: true } };
   /** owned: true (ratchet had it), false (never), null (cannot tell). */
   detach: { params: CallParams; result: { owned: boolean | null } };
   check: { params: CallParams; result: { ok: true } };

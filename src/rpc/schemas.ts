@@ -34,8 +34,6 @@ const Env = v.object({
     }),
   ),
 });
-const Call = v.object({ env: Env, conf: NetConf });
-const CallAnyConf = v.object({ env: Env, conf: v.unknown() });
 const Boot = v.object({
   name: v.string(),
   interface: v.string(),
@@ -45,64 +43,64 @@ const Boot = v.object({
 });
 const Empty = v.object({});
 
-/**
- * A request's params, checked: every request of a node carries the same config, so a config
- * checked once (by its exact JSON) is not checked again; the rest always is.
- */
-export function checkParams<M extends Method>(
-  method: M,
-  params: unknown,
-): v.SafeParseResult<v.GenericSchema<unknown, Methods[M]["params"]>> {
-  const conf = (params as { conf?: unknown } | null)?.conf;
-  if (conf === undefined || !(method in withoutConf)) return v.safeParse(paramSchemas[method], params);
-  const key = JSON.stringify(conf);
-  // A config carrying a large prevResult (a CHECK or DEL of a big pod) is checked, not kept.
-  if (key.length > CONF_KEPT_BYTES) return v.safeParse(paramSchemas[method], params);
-  let checked = confsSeen.get(key);
-  if (!checked) {
-    const r = v.safeParse(NetConf, conf);
-    if (!r.success) return v.safeParse(paramSchemas[method], params);
-    checked = r.output;
-    if (confsSeen.size >= CONFS_KEPT) confsSeen.delete(confsSeen.keys().next().value as string);
-    confsSeen.set(key, checked);
-  }
-  const rest = v.safeParse(withoutConf[method as keyof typeof withoutConf], params);
-  if (!rest.success) return rest as v.SafeParseResult<v.GenericSchema<unknown, Methods[M]["params"]>>;
-  return { ...rest, output: { ...rest.output, conf: checked } } as v.SafeParseResult<
-    v.GenericSchema<unknown, Methods[M]["params"]>
-  >;
+/** The params of the methods that carry a CNI call (its env and config), `conf` checking the config. */
+function callSchemas<C extends v.GenericSchema>(conf: C) {
+  const Call = v.object({ env: Env, conf });
+  return {
+    classify: Call,
+    attach: v.object({ ...Call.entries, boot: v.optional(Boot) }),
+    detach: Call,
+    check: Call,
+    status: Call,
+    gc: v.object({
+      ...Call.entries,
+      valid: v.array(v.object({ containerID: v.string(), ifname: v.string() })),
+    }),
+  };
 }
-/** Configs checked already, by their JSON (a node has one or a few). */
-const confsSeen = new Map<string, v.InferOutput<typeof NetConf>>();
-const CONFS_KEPT = 16;
-const CONF_KEPT_BYTES = 16 * 1024;
+/** The same with the config left unchecked: checkParams checks it once per distinct config. */
+const withAnyConf: Partial<Record<Method, v.GenericSchema>> = callSchemas(v.unknown());
 
 type ParamSchemas = { [M in Method]: v.GenericSchema<unknown, Methods[M]["params"]> };
 export const paramSchemas: ParamSchemas = {
   hello: Empty as v.GenericSchema<unknown, Record<string, never>>,
   drain: Empty as v.GenericSchema<unknown, Record<string, never>>,
-  classify: Call,
-  attach: v.object({ ...Call.entries, boot: v.optional(Boot) }),
-  booted: v.object({ ...Call.entries, boot: Boot }),
-  detach: Call,
-  check: Call,
-  status: Call,
-  gc: v.object({
-    ...Call.entries,
-    valid: v.array(v.object({ containerID: v.string(), ifname: v.string() })),
+  booted: v.object({
+    pod: v.object({
+      namespace: valid(namespaceProblem, "pod namespace"),
+      name: valid(podNameProblem, "pod name"),
+    }),
+    boot: Boot,
   }),
+  ...callSchemas(NetConf),
 };
 
-/** The params schemas with the config left to checkParams' memo. */
-const withoutConf = {
-  classify: CallAnyConf,
-  attach: v.object({ ...CallAnyConf.entries, boot: v.optional(Boot) }),
-  booted: v.object({ ...CallAnyConf.entries, boot: Boot }),
-  detach: CallAnyConf,
-  check: CallAnyConf,
-  status: CallAnyConf,
-  gc: v.object({
-    ...CallAnyConf.entries,
-    valid: v.array(v.object({ containerID: v.string(), ifname: v.string() })),
-  }),
-};
+/** Configs checked already, by their JSON (a node has one or a few). */
+const confsSeen = new Map<string, v.InferOutput<typeof NetConf>>();
+const CONFS_KEPT = 16;
+/** A config carrying a large prevResult (a CHECK or DEL of a big pod) is checked, not kept. */
+const CONF_KEPT_BYTES = 16 * 1024;
+
+type Checked<M extends Method> = v.SafeParseResult<v.GenericSchema<unknown, Methods[M]["params"]>>;
+
+/**
+ * A request's params, checked: every request of a node carries the same config, so a config
+ * checked once (by its exact JSON) is not checked again; the rest always is.
+ */
+export function checkParams<M extends Method>(method: M, params: unknown): Checked<M> {
+  const lenient = withAnyConf[method];
+  const conf = (params as { conf?: unknown } | null)?.conf;
+  const key = lenient && conf !== undefined ? JSON.stringify(conf) : undefined;
+  const seen = key === undefined ? undefined : confsSeen.get(key);
+  if (!lenient || !seen) {
+    const full = v.safeParse(paramSchemas[method], params);
+    if (full.success && key !== undefined && key.length <= CONF_KEPT_BYTES) {
+      if (confsSeen.size >= CONFS_KEPT) confsSeen.delete(confsSeen.keys().next().value as string);
+      confsSeen.set(key, (full.output as { conf: v.InferOutput<typeof NetConf> }).conf);
+    }
+    return full;
+  }
+  const rest = v.safeParse(lenient, params);
+  if (!rest.success) return rest as Checked<M>;
+  return { ...rest, output: { ...(rest.output as object), conf: seen } } as Checked<M>;
+}

@@ -9,6 +9,49 @@ import { runParent } from "../../src/parent/main.ts";
 import { run, tempDir, uniqueName } from "../support/env.ts";
 import { linkInfo, makeNetns } from "../support/netns.ts";
 
+/** An agent that answers every call as ratchet's own would, but for the overrides. */
+function stubAgent(overrides: Partial<Agent>): Agent {
+  return {
+    classify: async () => ({ eligible: true }),
+    attach: async () => [],
+    booted: async () => undefined,
+    detach: async () => undefined,
+    check: async () => undefined,
+    status: async () => undefined,
+    gc: async () => undefined,
+    ...overrides,
+  };
+}
+
+/** One ADD through the plugin's code in this process, with `agent` behind it. */
+async function add(
+  conf: Record<string, unknown>,
+  containerId: string,
+  netns: string,
+  agent: Agent,
+): Promise<{ code: number; out: string }> {
+  let out = "";
+  const code = await runParent(
+    [],
+    {
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: "ADD",
+        CNI_CONTAINERID: containerId,
+        CNI_NETNS: netns,
+        CNI_IFNAME: "eth0",
+        CNI_PATH: "/usr/lib/cni",
+      },
+      readStdin: async () => JSON.stringify(conf),
+      write: (s) => {
+        out += s;
+      },
+    },
+    () => agent,
+  );
+  return { code, out };
+}
+
 test("ADD failing after boot_network ADD runs boot_network DEL and reports the failure", async () => {
   using dir = tempDir();
   await using ns = await makeNetns();
@@ -23,37 +66,13 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
     delegate: { type: "loopback" },
     boot_network: { type: "bridge", bridge, ipam: { type: "host-local", subnet: "10.206.0.0/24", dataDir } },
   };
-  const agent: Agent = {
-    classify: async () => ({ eligible: true }),
+  const agent = stubAgent({
     attach: async () => {
       throw new CniError(Code.TryAgainLater, "etcd unreachable (test)");
     },
-    booted: async () => undefined,
-    detach: async () => undefined,
-    check: async () => undefined,
-    status: async () => undefined,
-    gc: async () => undefined,
-  };
-  let out = "";
+  });
   try {
-    const code = await runParent(
-      [],
-      {
-        env: {
-          PATH: process.env.PATH,
-          CNI_COMMAND: "ADD",
-          CNI_CONTAINERID: "rb1",
-          CNI_NETNS: ns.path,
-          CNI_IFNAME: "eth0",
-          CNI_PATH: "/usr/lib/cni",
-        },
-        readStdin: async () => JSON.stringify(conf),
-        write: (s) => {
-          out += s;
-        },
-      },
-      () => agent,
-    );
+    const { code, out } = await add(conf, "rb1", ns.path, agent);
     expect(code).toBe(1);
     expect(JSON.parse(out)).toEqual({ cniVersion: "1.0.0", code: 11, msg: "etcd unreachable (test)" });
     // The boot network's interface and address are gone again.
@@ -78,8 +97,7 @@ test("boot_network ADD failing while the links were attached beside it: the link
     boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "not-a-subnet" } },
   };
   const calls: string[] = [];
-  const agent: Agent = {
-    classify: async () => ({ eligible: true }),
+  const agent = stubAgent({
     attach: async () => {
       calls.push("attach");
       return [{ iface: { name: "net1", sandbox: ns.path }, ips: [] }];
@@ -91,29 +109,8 @@ test("boot_network ADD failing while the links were attached beside it: the link
       calls.push("detach");
       return true;
     },
-    check: async () => undefined,
-    status: async () => undefined,
-    gc: async () => undefined,
-  };
-  let out = "";
-  const code = await runParent(
-    [],
-    {
-      env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: "ADD",
-        CNI_CONTAINERID: "rb2",
-        CNI_NETNS: ns.path,
-        CNI_IFNAME: "eth0",
-        CNI_PATH: "/usr/lib/cni",
-      },
-      readStdin: async () => JSON.stringify(conf),
-      write: (s) => {
-        out += s;
-      },
-    },
-    () => agent,
-  );
+  });
+  const { code, out } = await add(conf, "rb2", ns.path, agent);
   expect(code).toBe(1);
   const err = JSON.parse(out) as { code: number; msg: string };
   expect(err.msg).toContain("not-a-subnet");
