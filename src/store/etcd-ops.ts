@@ -298,7 +298,7 @@ export const sizeOf = (compare: Compare[], ops: Op[]): TxnSize => ({
 });
 
 /** Room kept in every transaction for reads of the failure branch and a few fixed ops. */
-const OPS_BUDGET = MAX_TXN_OPS - 8;
+export const OPS_BUDGET = MAX_TXN_OPS - 8;
 
 /**
  * Packs units (pieces that must commit together), in order, into as few transactions as

@@ -6,8 +6,6 @@ import { podId } from "../links/spec.ts";
 import { GONE } from "./decode.ts";
 import { cmp, type Op, op, pack, sizeOf, txn } from "./etcd-ops.ts";
 import type { LinkReads } from "./link-reads.ts";
-
-type PairRead = Awaited<ReturnType<LinkReads["pairs"]>> extends Map<string, infer R> ? R : never;
 import type { EndpointRecord } from "./records.ts";
 
 const MAX_ATTEMPTS = 8;
@@ -46,8 +44,8 @@ export async function removeRecords(
   const id = podId(endpoint);
   const peerIds = [...new Set(peers)].filter((p) => p !== id);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const missing = attempt === 0 && read ? peerIds.filter((p) => !read.has(p)) : peerIds;
-    const pairs = attempt === 0 && read ? new Map(read) : new Map<string, PairRead>();
+    const pairs: Awaited<ReturnType<LinkReads["pairs"]>> = new Map(attempt === 0 ? read : undefined);
+    const missing = peerIds.filter((p) => !pairs.has(p));
     if (missing.length > 0) for (const [p, r] of await store.pairs(id, missing)) pairs.set(p, r);
     const units = peerIds.map((p) => {
       const pair = pairs.get(p);

@@ -19,16 +19,26 @@ import type { Etcd3 } from "etcd3";
 import type { Build, BuiltLink, Declaration } from "../links/planner.ts";
 import { type LinkSpec, podId } from "../links/spec.ts";
 import { chunked, pairLinks, toDeclChunks } from "./codec.ts";
-import { cmp, keyOf, type Op, op, PAGE, pack, Query, rest, type Slot, sizeOf, txn } from "./etcd-ops.ts";
+import {
+  cmp,
+  keyOf,
+  OPS_BUDGET,
+  type Op,
+  op,
+  PAGE,
+  pack,
+  Query,
+  rest,
+  type Slot,
+  sizeOf,
+  txn,
+} from "./etcd-ops.ts";
 import { Keys, OBSERVED_CHUNK, VNI_BLOCKS } from "./keys.ts";
 import type { PairState } from "./decode.ts";
 import { LinkReads } from "./link-reads.ts";
 import { commitLinks } from "./link-commit.ts";
 import { removeRecords } from "./link-removal.ts";
 import type { BadRecords, EndpointRecord, Observed } from "./records.ts";
-
-/** The first transaction of a registration takes hinted reads up to this many operations. */
-const HINT_OPS_BUDGET = 120;
 
 /** What one registration saw, besides writing the pod's endpoint and declarations. */
 export interface Registration {
@@ -73,8 +83,6 @@ export class LinkStore extends LinkReads {
    * declarations (per peer, in chunks) and its index entry under each peer of its namespace;
    * reads in the same transactions (reads first: they see the state before the writes) what
    * the planner needs. A declaration into another namespace stays under the declaring pod.
-   */
-  /**
    * `hints`: pods believed to declare links to this one (the node's pod cache): their
    * declarations and the pair's chunks are read in the first transaction too, and used only
    * if the peer index read there names them; the others are read after it.
@@ -139,7 +147,7 @@ export class LinkStore extends LinkReads {
       if (head)
         for (const h of hints) {
           if (h === id || byPeer.has(h) || !sameNamespace(h, id) || hinted.has(h)) continue;
-          if (q.ops.length + writes.length + 2 > HINT_OPS_BUDGET) break;
+          if (q.ops.length + writes.length + 2 > OPS_BUDGET) break;
           hinted.set(h, this.pairSlots(q, id, h));
         }
       const r = await txn(this.etcd, { reads: q, writes });
