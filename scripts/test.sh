@@ -85,5 +85,7 @@ case $? in
   *) failed=$((failed+1)) ;;
 esac
 
+# The failures' reasons again, last: a log cut to its end still says why.
+[ -s "$work/junit.xml" ] && "$BUN" scripts/failures.ts "$work/junit.xml" >&2
 echo "$passed passed, $failed failed$([ "$vm_skipped" = 0 ] || echo ", 1 skipped")"
 [ "$failed" = 0 ]

@@ -156,7 +156,14 @@ describe("a 3-member etcd cluster", () => {
       expect(n.logTail(5000)).not.toContain("was not built by ratchet");
       expect(n.logTail(5000)).not.toContain("could not build a tunnel end");
     }
-    for (const p of all) expect((await p.check(results.get(p), conf)).code).toBe(0);
+    for (const p of all) {
+      const r = await p.check(results.get(p), conf);
+      expect({ pod: p.name, code: r.code, stdout: r.code === 0 ? "" : r.stdout }).toEqual({
+        pod: p.name,
+        code: 0,
+        stdout: "",
+      });
+    }
     for (const { a, b } of pods.slice(0, 4))
       expect(await c.ping(a, (await firstPeerIp(b)) as string)).toBe(true);
 
