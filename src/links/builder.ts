@@ -19,6 +19,7 @@ import {
   randomMac,
 } from "../netlink/bulk.ts";
 import {
+  Errno,
   type Impairment,
   type Link as KernelLink,
   listRootQdiscs,
@@ -120,12 +121,38 @@ function add<K, V>(m: Map<K, V[]>, k: K, v: V): void {
 }
 
 /**
+ * How many times a build is made from a fresh read of its netns when the kernel refused a
+ * create with EEXIST or EBUSY. The ifindexes asked for come from one read of each netns
+ * (bulk.ts), and another program may create an interface there before ratchet's creates
+ * arrive: the pod's boot network runs beside ratchet's links, and the node's other CNI calls
+ * create host-side interfaces. The next attempt reads again, so it asks for free ifindexes,
+ * and finds an interface of a wanted name that appeared meanwhile as foreign (left alone).
+ */
+const CREATE_ATTEMPTS = 3;
+
+/** A create lost a race with another program's create (see CREATE_ATTEMPTS). */
+function lostRace(err: unknown): boolean {
+  return err instanceof NetlinkError && (err.errno === Errno.EEXIST || err.errno === Errno.EBUSY);
+}
+
+/**
  * Builds veth pairs between pods of this node, both ends marked, addressed and up; a pair
  * that is already right is kept. All or nothing: on any failure, what this call built is
  * removed again and the first error is thrown (before anything is built when an interface
- * of a wanted name is not ratchet's).
+ * of a wanted name is not ratchet's). A create that lost a race is tried again from a fresh
+ * read. `afterRead` runs after the netns are read, before anything changes (tests race it).
  */
-export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
+export function buildVeths(jobs: VethJob[], afterRead?: () => void): BuiltEnd[] {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return buildVethsOnce(jobs, afterRead);
+    } catch (err) {
+      if (attempt >= CREATE_ATTEMPTS || !lostRace(err)) throw err;
+    }
+  }
+}
+
+function buildVethsOnce(jobs: VethJob[], afterRead: (() => void) | undefined): BuiltEnd[] {
   if (jobs.length === 0) return [];
   using socks = new NetnsSockets();
   const views = new Views(socks);
@@ -184,6 +211,7 @@ export function buildVeths(jobs: VethJob[]): BuiltEnd[] {
     ];
     (out[n] as BuiltEnd).changed = changed;
   }
+  afterRead?.();
   deleteAll(socks, views, doomed);
   const errors = createVethPairs(socks, fresh);
   // Those left down: their qdisc, then up (unless declared down).
@@ -235,9 +263,30 @@ export interface TunnelJob {
 /**
  * Makes this node's ends of VXLAN links match their jobs: created, finished (addresses, up)
  * when right already, or rebuilt when they point elsewhere or `fresh` asks for it. Per job:
- * the end built, or the error (a failed job leaves nothing of what it created).
+ * the end built, or the error (a failed job leaves nothing of what it created). The jobs
+ * whose create lost a race are tried again from a fresh read (CREATE_ATTEMPTS); `afterRead`
+ * as for buildVeths.
  */
-export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
+export function buildTunnelEnds(jobs: TunnelJob[], afterRead?: () => void): Array<BuiltEnd | Error> {
+  const out = buildTunnelEndsOnce(jobs, afterRead);
+  for (let attempt = 2; attempt <= CREATE_ATTEMPTS; attempt++) {
+    const again = out.flatMap((r, n) => (lostRace(r) ? [n] : []));
+    if (again.length === 0) break;
+    const redo = buildTunnelEndsOnce(
+      again.map((n) => jobs[n] as TunnelJob),
+      afterRead,
+    );
+    again.forEach((n, i) => {
+      out[n] = redo[i] as BuiltEnd | Error;
+    });
+  }
+  return out;
+}
+
+function buildTunnelEndsOnce(
+  jobs: TunnelJob[],
+  afterRead: (() => void) | undefined,
+): Array<BuiltEnd | Error> {
   const out: Array<BuiltEnd | Error> = new Array(jobs.length);
   if (jobs.length === 0) return out;
   using socks = new NetnsSockets();
@@ -315,6 +364,7 @@ export function buildTunnelEnds(jobs: TunnelJob[]): Array<BuiltEnd | Error> {
         underlay: j.tunnel.underlay as string,
       };
     });
+    afterRead?.();
     const errors = createVxlans(socks, hostNs, specs);
     list.forEach((n, i) => {
       const s = specs[i] as (typeof specs)[number];

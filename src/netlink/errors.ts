@@ -26,6 +26,7 @@ export const Errno = {
   ENOENT: 2,
   EINTR: 4,
   EAGAIN: 11,
+  EBUSY: 16,
   EEXIST: 17,
   ENODEV: 19,
   ENOTDIR: 20,

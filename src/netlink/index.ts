@@ -3,6 +3,7 @@
 // throws NetlinkError (cniCode 101) subclasses: LinkNotFoundError, NetnsNotFoundError,
 // QdiscKindUnsupported.
 export {
+  Errno,
   ErrnoError,
   LinkNotFoundError,
   NetlinkError,
