@@ -18,6 +18,7 @@ import { LinkStore } from "../store/link-store.ts";
 import { BadRecords } from "../store/records.ts";
 import type { Follower } from "../store/watch.ts";
 import { hello } from "../version.ts";
+import { workKey } from "./server.ts";
 import type { LinkSpec } from "../links/spec.ts";
 import type { PodInfo } from "../pods/kube.ts";
 import { nodeName, PodDirectory } from "../pods/pods.ts";
@@ -58,6 +59,7 @@ export class NodeAgent {
   readonly state: NodeState;
   private readonly bad: BadRecords;
   private deferred: DeferredDel[] = [];
+  private retrying = false;
   private readonly followers = new Set<Follower>();
   private retryTimer: Timer | undefined;
 
@@ -318,6 +320,7 @@ export class NodeAgent {
     const { linker } = await this.store(p.conf);
     // The caller gave up (deadline, hung up): build nothing it will not hear about.
     ctx.signal.throwIfAborted();
+    this.supersede(p.env.containerId);
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links, {
       declarers: this.pods.declarersOf(p.env.pod, p.conf),
@@ -453,23 +456,49 @@ export class NodeAgent {
   }
 
   private async retryDeferred(): Promise<void> {
-    const left: DeferredDel[] = [];
-    for (const d of this.deferred) {
-      try {
-        await (await this.store(d.conf)).linker.detach(d.env);
-        this.log.info("removed the records of a DEL that happened while etcd was away", {
-          containerId: d.env.containerId,
-        });
-      } catch {
-        left.push(d);
+    if (this.retrying) return; // the previous round still waits for etcd
+    this.retrying = true;
+    const done = new Set<DeferredDel>();
+    try {
+      for (const d of [...this.deferred]) {
+        try {
+          // In the pod's turn, as a request: an ADD of the same container that came first
+          // has taken the entry away (supersede), and then it is not run.
+          await this.serialize(workKey(d.env) ?? "", async () => {
+            if (!this.deferred.includes(d)) return;
+            await (await this.store(d.conf)).linker.detach(d.env);
+            this.log.info("removed the records of a DEL that happened while etcd was away", {
+              containerId: d.env.containerId,
+            });
+          });
+          done.add(d);
+        } catch {
+          // still away: the next round
+        }
       }
+    } finally {
+      this.retrying = false;
     }
-    this.deferred = left;
+    // Entries deferred or superseded meanwhile are as they are now.
+    this.deferred = this.deferred.filter((d) => !done.has(d));
     this.saveJournal();
-    if (left.length === 0) {
+    if (this.deferred.length === 0) {
       clearInterval(this.retryTimer);
       this.retryTimer = undefined;
     }
+  }
+
+  /**
+   * An ADD of a container whose DEL is still deferred: that DEL is dropped, not run after
+   * the ADD (it would take the new attachment's records and ends away). The ADD registers
+   * the pod again and its plan takes care of what the old attachment left in etcd.
+   */
+  private supersede(containerId: string): void {
+    const before = this.deferred.length;
+    this.deferred = this.deferred.filter((d) => d.env.containerId !== containerId);
+    if (this.deferred.length === before) return;
+    this.log.info("an ADD of the container supersedes its deferred DEL", { containerId });
+    this.saveJournal();
   }
 
   /** Work that must not be dropped by an idle exit: ratchet pods on this node, DELs to finish. */

@@ -304,8 +304,15 @@ export class Server {
 /** Serialization key: the pod, else the container. */
 export function requestKey(req: Request): string | undefined {
   const p = req.params;
-  if (!("env" in p)) return undefined;
-  if (p.env.pod) return `pod/${p.env.pod.namespace}/${p.env.pod.name}`;
-  if (p.env.containerId) return `ctr/${p.env.containerId}`;
+  return "env" in p ? workKey(p.env) : undefined;
+}
+
+/** The queue key of work on a CNI call's pod (or, without one, its container). */
+export function workKey(env: {
+  pod?: { namespace: string; name: string };
+  containerId: string;
+}): string | undefined {
+  if (env.pod) return `pod/${env.pod.namespace}/${env.pod.name}`;
+  if (env.containerId) return `ctr/${env.containerId}`;
   return undefined;
 }

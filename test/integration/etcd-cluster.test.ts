@@ -3,6 +3,7 @@
 // runtime's retry succeeds), no VNI is given twice, no link is built twice, nothing is left
 // at the end. And an agent whose watch fell behind a compaction reads again and carries on.
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { childPids, waitFor } from "../support/child.ts";
 import type { CniResultJson } from "../support/cni.ts";
 import {
@@ -11,6 +12,7 @@ import {
   type Cluster,
   type CniRun,
   makeCluster,
+  type Node,
   type Pod,
 } from "../support/cluster.ts";
 import { startEtcdCluster, type TestEtcdCluster } from "../support/etcd-cluster.ts";
@@ -158,7 +160,14 @@ describe("a 3-member etcd cluster", () => {
     }
     for (const p of all) {
       const r = await p.check(results.get(p), conf);
-      expect({ pod: p.name, code: r.code, stdout: r.code === 0 ? "" : r.stdout }).toEqual({
+      // On failure: what the agents logged of the pod.
+      const logged = (n: Node) =>
+        readFileSync(n.logFile, "utf8")
+          .split("\n")
+          .filter((l) => l.includes(`/${p.name}"`) || l.includes(`-${p.name}-`));
+      const log = r.code === 0 ? [] : c.nodes.flatMap(logged);
+      expect({ pod: p.name, code: r.code, stdout: r.code === 0 ? "" : r.stdout, log }).toEqual({
+        log: [],
         pod: p.name,
         code: 0,
         stdout: "",

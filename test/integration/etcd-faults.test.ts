@@ -3,6 +3,7 @@
 // etcd, killed and restarted on the same port and data.
 import { describe, expect, test } from "bun:test";
 import { Etcd3 } from "etcd3";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { waitFor } from "../support/child.ts";
 import { makeCluster, type Cluster } from "../support/cluster.ts";
@@ -58,6 +59,46 @@ describe("etcd faults", () => {
     );
     expect((await pair.del(conf)).code).toBe(0);
     await pair.removeNetns();
+    expect(await records(etcd, c)).toEqual([]);
+  }, 120_000);
+
+  test("a DEL deferred while etcd was away is dropped by a later ADD of the same container, not run after it", async () => {
+    await using etcd = await startEtcd();
+    await using c = await makeCluster({ nodes: 1 });
+    c.loadPods(EXAMPLE);
+    const n = c.node(1);
+    const conf = etcd.conf();
+    const primary = await n.pod("primary-pod");
+    const pair = await n.pod("pair-pod");
+    expect((await primary.add(conf)).code).toBe(0);
+    expect((await pair.add(conf)).code).toBe(0);
+    // The DEL cannot reach etcd: it is journaled. The agent stops before etcd is back.
+    await etcd.down();
+    expect((await primary.del(conf)).code).toBe(0);
+    const journal = `${n.socket}.deferred-del.jsonl`;
+    expect(readFileSync(journal, "utf8")).toContain(primary.containerId);
+    for (const pid of n.agents()) process.kill(pid, "SIGTERM");
+    await waitFor("the agent to stop", () => n.agents().length === 0, 10_000);
+    await etcd.up();
+    // The runtime ADDs the same container again: the agent it starts reads the journal, whose
+    // first retry comes 2 s later; the ADD comes first and takes the DEL's place.
+    expect((await primary.add(conf)).code).toBe(0);
+    await waitFor(
+      "the superseded DEL's log line",
+      async () => n.logTail(200).includes("an ADD of the container supersedes its deferred DEL"),
+      5000,
+    );
+    await Bun.sleep(3000); // past the journal's first retry round
+    expect(await c.iface(primary, "in1")).toBeDefined();
+    expect(await c.iface(pair, "in2")).toBeDefined();
+    expect(await c.ping(pair, "192.168.2.100")).toBe(true);
+    expect(await records(etcd, c)).toContain(`${c.etcdPrefix}/v1/endpoints/default/primary-pod`);
+    expect(readFileSync(journal, "utf8")).toBe("");
+    expect(n.logTail(200)).not.toContain("removed the records of a DEL that happened while etcd was away");
+    for (const p of [primary, pair]) {
+      expect((await p.del(conf)).code).toBe(0);
+      await p.removeNetns();
+    }
     expect(await records(etcd, c)).toEqual([]);
   }, 120_000);
 
