@@ -320,11 +320,12 @@ export class NodeAgent {
     const { linker } = await this.store(p.conf);
     // The caller gave up (deadline, hung up): build nothing it will not hear about.
     ctx.signal.throwIfAborted();
-    this.supersede(p.env.containerId);
     const before = stats.roundTrips;
     const interfaces = await linker.attach(p.env, c.links, {
       declarers: this.pods.declarersOf(p.env.pod, p.conf),
     });
+    // After the ADD's success only: a failed ADD leaves the DEL to do its work.
+    this.supersede(p.env.containerId);
     this.observer.attached(`${c.pod.namespace}/${c.pod.name}`, p.boot);
     this.log.info("attached", {
       pod: `${c.pod.namespace}/${c.pod.name}`,
