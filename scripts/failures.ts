@@ -22,15 +22,17 @@ const fromXml = (s: string) =>
 
 const xml = readFileSync(file, "utf8");
 const out: string[] = [];
-// Suites nest (describe blocks); a test case names its file, and its failure is inside it.
-const cases = xml.matchAll(/<testcase name="([^"]*)"[^>]*?file="([^"]*)"[^>]*>([\s\S]*?)<\/testcase>/g);
-for (const [, name, path, body] of cases) {
-  const failure = /<failure[^>]*>([\s\S]*?)<\/failure>/.exec(body ?? "");
+// Suites nest (describe blocks); a test case names its file. A passing case is one empty
+// element; a failing one holds its failure.
+const cases = xml.matchAll(/<testcase\b([^>]*?)(?:\/>|>([\s\S]*?)<\/testcase>)/g);
+for (const [, attrs = "", body = ""] of cases) {
+  const failure = /<failure[^>]*>([\s\S]*?)<\/failure>/.exec(body);
   if (!failure) continue;
+  const attr = (name: string) => fromXml(new RegExp(`\\b${name}="([^"]*)"`).exec(attrs)?.[1] ?? "");
   const text = fromXml(failure[1] ?? "")
     .trimEnd()
     .split("\n");
-  out.push(`--- ${path}: ${fromXml(name ?? "")}`);
+  out.push(`--- ${attr("file")}: ${attr("name")}`);
   out.push(...text.slice(0, perFailure).map((l) => `    ${l}`));
   if (text.length > perFailure) out.push(`    ... (${text.length - perFailure} more lines)`);
 }

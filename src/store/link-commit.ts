@@ -1,7 +1,7 @@
 // Round trip 2 of an ADD (more for many peers): the links a pod builds are recorded, one
 // unit per pair chunk (its record, the VNI block it takes, its tunnel entries), packed into
 // transactions within etcd's limits, each guarded by the pod's endpoint (a newer ADD wins).
-import { randomUUID } from "node:crypto";
+import { randomInt, randomUUID } from "node:crypto";
 import { CniError, Code } from "../cni/errors.ts";
 import type { Build } from "../links/planner.ts";
 import { podId } from "../links/spec.ts";
@@ -11,7 +11,13 @@ import { VNI_BLOCKS, vniOf } from "./keys.ts";
 import type { Committed, LinkStore, Registration } from "./link-store.ts";
 import type { EndpointRecord, PairChunk, TunnelChunk } from "./records.ts";
 
-const MAX_COMMIT_ATTEMPTS = 8;
+const MAX_COMMIT_ATTEMPTS = 12;
+/**
+ * After a conflict, new VNI blocks are tried at a random distance past the hint, within a
+ * window that doubles per attempt (8, 16, ... 512 blocks): ADDs that read the same hint at
+ * once would otherwise all ask for the same block again, and only one of them wins a round.
+ */
+const spread = (attempt: number) => Math.min(512, 8 << attempt);
 
 /**
  * Records the links this pod builds, one unit per pair chunk (VNI blocks allocated
@@ -173,8 +179,11 @@ export async function commitLinks(
           break;
         }
         const hint = Number(r.one(nextSlot)?.value.toString());
-        // VNI blocks from firstBlock on may be taken: try after them (and after the hint).
-        block = Math.max(block, Number.isInteger(hint) ? hint : 0) % VNI_BLOCKS;
+        // VNI blocks from firstBlock on may be taken: try after them (and after the hint),
+        // spread out from the others that failed with this one; then a moment's pause.
+        const from = Math.max(block, Number.isInteger(hint) ? hint : 0);
+        block = (from + randomInt(spread(attempt))) % VNI_BLOCKS;
+        if (attempt > 0) await Bun.sleep(randomInt(2 * attempt + 1));
         live.forEach((u, k) => {
           const kv = r.one(chunkSlots[k] as Slot);
           const rev = kv?.mod_revision ?? "0";

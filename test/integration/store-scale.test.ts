@@ -119,4 +119,49 @@ describe("the store with thousands of links", () => {
       etcd.close();
     }
   }, 300_000);
+
+  test("32 pods record a VXLAN link each at the same moment: every commit succeeds, every VNI once", async () => {
+    // All of them read the same VNI hint at registration, so all ask for the same block
+    // first; the ones that lose must not keep colliding until they give up (code 11).
+    const etcd = new Etcd3({ hosts: etcdEndpoints() });
+    const prefix = `/rt-test/${uniqueName("v")}`;
+    const bad: string[] = [];
+    const store = new LinkStore(etcd, prefix, new BadRecords((k, p) => bad.push(`${k}: ${p}`)));
+    const PODS = 32;
+    try {
+      const jobs = [];
+      for (let i = 0; i < PODS; i++) {
+        await store.register(endpoint(`far${i}`, "10.0.0.2"), []);
+        const me = endpoint(`near${i}`, "10.0.0.1");
+        const declared = links(`near${i}`, [`far${i}`], 1);
+        const reg = await store.register(me, declared);
+        const p = plan({
+          id: `lab/near${i}`,
+          containerId: me.containerId,
+          cniIfname: "eth0",
+          node: me.node,
+          vtep: me.vtep,
+          declared,
+          ...reg,
+        });
+        expect(p.builds.map((b) => b.kind)).toEqual(["vxlan"]);
+        jobs.push({ me, reg, p });
+      }
+      expect(new Set(jobs.map((j) => j.reg.vniNext)).size).toBe(1);
+      const results = await Promise.allSettled(
+        jobs.map((j) => store.commit(j.me, j.reg, j.p.builds, j.p.stale)),
+      );
+      const failed = results.flatMap((r) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
+      expect(failed).toEqual([]);
+      const vnis = results.flatMap((r) =>
+        r.status === "fulfilled" ? r.value.committed.flatMap((c) => c.links.map((l) => l.vni)) : [],
+      );
+      expect(vnis).toHaveLength(PODS);
+      expect(new Set(vnis).size).toBe(PODS);
+      expect(bad).toEqual([]);
+    } finally {
+      await etcd.delete().prefix(`${prefix}/`);
+      etcd.close();
+    }
+  }, 120_000);
 });
