@@ -21,17 +21,23 @@ async function records(etcd: TestEtcd, c: Cluster): Promise<string[]> {
   }
 }
 
+/** primary-pod and pair-pod of pod_specs/example.yaml on the cluster's node 1, both ADDed. */
+async function examplePair(etcd: TestEtcd, c: Cluster) {
+  c.loadPods(EXAMPLE);
+  const n = c.node(1);
+  const conf = etcd.conf();
+  const primary = await n.pod("primary-pod");
+  const pair = await n.pod("pair-pod");
+  expect((await primary.add(conf)).code).toBe(0);
+  expect((await pair.add(conf)).code).toBe(0);
+  return { n, conf, primary, pair };
+}
+
 describe("etcd faults", () => {
   test("DEL with etcd down succeeds and removes the ends now; the records go when etcd is back", async () => {
     await using etcd = await startEtcd();
     await using c = await makeCluster({ nodes: 1 });
-    c.loadPods(EXAMPLE);
-    const n = c.node(1);
-    const conf = etcd.conf();
-    const primary = await n.pod("primary-pod");
-    const pair = await n.pod("pair-pod");
-    expect((await primary.add(conf)).code).toBe(0);
-    expect((await pair.add(conf)).code).toBe(0);
+    const { n, conf, primary, pair } = await examplePair(etcd, c);
     expect(await c.iface(primary, "in1")).toBeDefined();
 
     await etcd.down();
@@ -65,13 +71,7 @@ describe("etcd faults", () => {
   test("a DEL deferred while etcd was away is dropped by a later ADD of the same container, not run after it", async () => {
     await using etcd = await startEtcd();
     await using c = await makeCluster({ nodes: 1 });
-    c.loadPods(EXAMPLE);
-    const n = c.node(1);
-    const conf = etcd.conf();
-    const primary = await n.pod("primary-pod");
-    const pair = await n.pod("pair-pod");
-    expect((await primary.add(conf)).code).toBe(0);
-    expect((await pair.add(conf)).code).toBe(0);
+    const { n, conf, primary, pair } = await examplePair(etcd, c);
     // The DEL cannot reach etcd: it is journaled. The agent stops before etcd is back.
     await etcd.down();
     expect((await primary.del(conf)).code).toBe(0);
