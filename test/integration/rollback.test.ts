@@ -23,6 +23,19 @@ function stubAgent(overrides: Partial<Agent>): Agent {
   };
 }
 
+/** A standalone ratchet config (loopback delegate) logging under `dir`, with this boot network. */
+function ratchetConf(dir: string, boot: Record<string, unknown>): Record<string, unknown> {
+  return {
+    cniVersion: "1.0.0",
+    name: "rb",
+    type: "ratchet",
+    etcd_host: "127.0.0.1",
+    log_file: join(dir, "log"),
+    delegate: { type: "loopback" },
+    boot_network: boot,
+  };
+}
+
 /** One ADD through the plugin's code in this process, with `agent` behind it. */
 async function add(
   conf: Record<string, unknown>,
@@ -57,15 +70,11 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
   await using ns = await makeNetns();
   const bridge = uniqueName("b");
   const dataDir = join(dir.path, "ipam");
-  const conf = {
-    cniVersion: "1.0.0",
-    name: "rb",
-    type: "ratchet",
-    etcd_host: "127.0.0.1",
-    log_file: join(dir.path, "log"),
-    delegate: { type: "loopback" },
-    boot_network: { type: "bridge", bridge, ipam: { type: "host-local", subnet: "10.206.0.0/24", dataDir } },
-  };
+  const conf = ratchetConf(dir.path, {
+    type: "bridge",
+    bridge,
+    ipam: { type: "host-local", subnet: "10.206.0.0/24", dataDir },
+  });
   const agent = stubAgent({
     attach: async () => {
       throw new CniError(Code.TryAgainLater, "etcd unreachable (test)");
@@ -86,16 +95,8 @@ test("ADD failing after boot_network ADD runs boot_network DEL and reports the f
 test("boot_network ADD failing while the links were attached beside it: the links are detached, the plugin's failure reported", async () => {
   using dir = tempDir();
   await using ns = await makeNetns();
-  const conf = {
-    cniVersion: "1.0.0",
-    name: "rb",
-    type: "ratchet",
-    etcd_host: "127.0.0.1",
-    log_file: join(dir.path, "log"),
-    delegate: { type: "loopback" },
-    // host-local refuses a range it cannot parse: the boot network fails after it started.
-    boot_network: { type: "ptp", ipam: { type: "host-local", subnet: "not-a-subnet" } },
-  };
+  // host-local refuses a range it cannot parse: the boot network fails after it started.
+  const conf = ratchetConf(dir.path, { type: "ptp", ipam: { type: "host-local", subnet: "not-a-subnet" } });
   const calls: string[] = [];
   const agent = stubAgent({
     attach: async () => {
