@@ -15,28 +15,16 @@ import {
 } from "../../src/links/builder.ts";
 import { addresses, ipIn, linkInfo, makeNetns } from "../support/netns.ts";
 
-/** Takes ifindexes from..to in a netns with veth pairs named <tag>N (synchronously). */
+/** `ip -n netns ...`, synchronously (the builder's afterRead is synchronous); throws on failure. */
+function ipSync(netns: string, args: string): void {
+  const r = Bun.spawnSync(["ip", "-n", netns, ...args.split(" ")], { stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`ip -n ${netns} ${args}: ${r.stderr.toString()}`);
+}
+
+/** Takes ifindexes from..to in a netns with veth pairs named <tag>N. */
 function takeIndexes(netns: string, tag: string, from: number, to: number): void {
-  for (let i = from; i < to; i += 2) {
-    const r = Bun.spawnSync([
-      "ip",
-      "-n",
-      netns,
-      "link",
-      "add",
-      `${tag}${i}`,
-      "index",
-      String(i),
-      "type",
-      "veth",
-      "peer",
-      "name",
-      `${tag}${i + 1}`,
-      "index",
-      String(i + 1),
-    ]);
-    if (r.exitCode !== 0) throw new Error(`ip link add ${tag}${i}: ${r.stderr.toString()}`);
-  }
+  for (let i = from; i < to; i += 2)
+    ipSync(netns, `link add ${tag}${i} index ${i} type veth peer name ${tag}${i + 1} index ${i + 1}`);
 }
 
 /** Runs fn once, on the first call only. */
@@ -100,7 +88,7 @@ describe("an interface created by another program between the builder's read and
       buildVeths(
         [vethJob(a.path, b.path)],
         once(() => {
-          Bun.spawnSync(["ip", "-n", a.name, "link", "add", "net1", "type", "veth", "peer", "name", "other"]);
+          ipSync(a.name, "link add net1 type veth peer name other");
         }),
       ),
     ).toThrow(/interface "net1" .* already exists \(veth\) and was not built by ratchet/);
