@@ -4,7 +4,7 @@ import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import { isMethod, LineReader, type Request, type Response } from "../rpc/protocol.ts";
+import { isMethod, isNote, LineReader, type Request, type Response } from "../rpc/protocol.ts";
 import { firstIssue } from "../rpc/results.ts";
 import { checkParams } from "../rpc/schemas.ts";
 import { type StepTimes, withSteps } from "../steps.ts";
@@ -186,6 +186,7 @@ export class Server {
         throw new Error("a request needs a numeric id and deadline");
       }
       if (!isMethod(raw.method)) throw new Error(`unknown method ${JSON.stringify(raw.method)}`);
+      if (raw.note === true && !isNote(raw.method)) throw new Error(`${raw.method} is not a note`);
       const params = checkParams(raw.method, raw.params);
       if (!params.success) throw new Error(`${raw.method}: ${firstIssue(params.issues)}`);
       req = {
@@ -194,6 +195,7 @@ export class Server {
         deadline: raw.deadline,
         params: params.output,
         ...(raw.trace === true ? { trace: true } : {}),
+        ...(raw.note === true ? { note: true } : {}),
       };
     } catch (err) {
       this.send(
@@ -202,6 +204,7 @@ export class Server {
       );
       return;
     }
+    if (req.note) return this.serveNote(req);
     this.inFlight++;
     s.data.inFlight++;
     let res: Response;
@@ -244,6 +247,22 @@ export class Server {
     this.send(s, `${JSON.stringify(res)}\n`);
   }
 
+  /**
+   * A note: run in the same per-pod order and limits as requests, never answered, and not
+   * bound to its connection (the plugin sends it and exits). A failure is only logged.
+   */
+  private async serveNote(req: Request): Promise<void> {
+    try {
+      await this.serialize(this.opts.keyOf(req), () =>
+        this.limiter.run(() =>
+          this.opts.handle(req, AbortSignal.timeout(Math.max(0, req.deadline - Date.now()))),
+        ),
+      );
+    } catch (err) {
+      this.opts.log.warn(`${req.method} note failed`, { error: (err as Error).message });
+    }
+  }
+
   /** Writes a line; what the socket does not take at once (a large answer) waits for drain. */
   private send(s: Bun.Socket<ConnState>, line: string): void {
     s.data.pending.push(new TextEncoder().encode(line));
@@ -269,7 +288,7 @@ export class Server {
   }
 
   /** Runs work of the agent's own (a live link change) in the same per-pod order as requests. */
-  serialize<T>(key: string, task: () => Promise<T>): Promise<T> {
+  serialize<T>(key: string | undefined, task: () => Promise<T>): Promise<T> {
     this.inFlight++;
     return this.queue.run(key, task).finally(() => {
       this.inFlight--;
@@ -304,7 +323,10 @@ export class Server {
 /** Serialization key: the pod, else the container. */
 export function requestKey(req: Request): string | undefined {
   const p = req.params;
-  return "env" in p ? workKey(p.env) : undefined;
+  if ("env" in p) return workKey(p.env);
+  // A note about a pod (booted) takes its turn after the pod's ADD, before a later DEL.
+  if ("pod" in p) return `pod/${p.pod.namespace}/${p.pod.name}`;
+  return undefined;
 }
 
 /** The queue key of work on a CNI call's pod (or, without one, its container). */

@@ -17,6 +17,8 @@ import type { Agent, Classification } from "./classify.ts";
 export const START_TIMEOUT_MS = 5000;
 /** How long one request may take before the parent gives up (the runtime retries the call). */
 export const REQUEST_TIMEOUT_MS = 30_000;
+/** How long the parent waits for a note (booted) to reach the agent's socket. */
+export const NOTE_TIMEOUT_MS = 2000;
 
 /** The ratchet-child next to this binary, unless the config names one. */
 export function childPath(conf: NetConf): string {
@@ -119,7 +121,7 @@ export class ChildAgent implements Agent {
     private readonly trace: Trace = NO_TRACE,
   ) {}
 
-  private async call<M extends "classify" | "attach" | "booted" | "detach" | "check" | "status" | "gc">(
+  private async call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
     method: M,
     params: Methods[M]["params"],
     conf: NetConf,
@@ -171,9 +173,12 @@ export class ChildAgent implements Agent {
       .interfaces;
   }
 
-  async booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void> {
-    if (!env.pod) return;
-    await this.call("booted", { pod: { namespace: env.pod.namespace, name: env.pod.name }, boot }, conf);
+  /** A note on the connection of the ADD's attach: the plugin does not wait for the agent. */
+  async booted(env: CniEnv, _conf: NetConf, boot: BootNetwork): Promise<void> {
+    if (!env.pod || !this.conn) return;
+    const conn = this.conn;
+    const params = { pod: { namespace: env.pod.namespace, name: env.pod.name }, boot };
+    await this.trace.span("agent booted note", () => conn.note("booted", params, NOTE_TIMEOUT_MS));
   }
 
   async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {

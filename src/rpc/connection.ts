@@ -2,7 +2,14 @@
 // after another, every reply checked against the method's schema.
 import * as v from "valibot";
 import { AgentUnavailableError, CniError, Code } from "../cni/errors.ts";
-import { LineReader, MAX_REPLY_BYTES, type Method, type Methods, type Response } from "./protocol.ts";
+import {
+  LineReader,
+  MAX_REPLY_BYTES,
+  type Method,
+  type Methods,
+  type NoteMethod,
+  type Response,
+} from "./protocol.ts";
 import type { StepTimes } from "../steps.ts";
 import { firstIssue, resultSchemas, StepTimesSchema } from "./results.ts";
 
@@ -17,6 +24,8 @@ export class Connection {
   private next = 1;
   private readonly reader = new LineReader(MAX_REPLY_BYTES);
   private waiting: { resolve: (r: unknown) => void; reject: (e: Error) => void } | undefined;
+  /** Who waits for the pending output to reach the socket (a note before the plugin exits). */
+  private written: Array<() => void> = [];
   private closed: Error | undefined;
   /** What the socket did not take yet (a large request, e.g. a CHECK's prevResult). */
   private pending: Uint8Array | undefined;
@@ -61,6 +70,7 @@ export class Connection {
     if (!buf || !this.sock) return;
     const n = this.sock.write(buf);
     this.pending = n < buf.byteLength ? buf.subarray(Math.max(0, n)) : undefined;
+    if (!this.pending) for (const w of this.written.splice(0)) w();
   }
 
   private fail(err: Error): void {
@@ -68,6 +78,7 @@ export class Connection {
     const w = this.waiting;
     this.waiting = undefined;
     w?.reject(err);
+    for (const done of this.written.splice(0)) done();
   }
 
   /**
@@ -119,6 +130,31 @@ export class Connection {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * A note: sent, never answered. Resolves once the socket has taken the whole line (the
+   * kernel delivers it after this process exits), at most `timeoutMs` later; throws only
+   * when the connection is already broken.
+   */
+  async note<M extends NoteMethod>(
+    method: M,
+    params: Methods[M]["params"],
+    timeoutMs: number,
+  ): Promise<void> {
+    if (this.closed) throw this.closed;
+    const deadline = Date.now() + timeoutMs;
+    this.pending = new TextEncoder().encode(
+      `${JSON.stringify({ id: this.next++, method, deadline, params, note: true })}\n`,
+    );
+    this.flush();
+    if (!this.pending) return;
+    let timer: Timer | undefined;
+    await new Promise<void>((resolve) => {
+      this.written.push(resolve);
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    clearTimeout(timer);
   }
 
   close(): void {

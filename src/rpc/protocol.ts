@@ -48,7 +48,8 @@ export interface Methods {
   };
   /**
    * The boot network's interface, once its plugin has run (beside attach): the default entry
-   * of the pod's network-status annotation. A note about a pod, not a CNI call of its own.
+   * of the pod's network-status annotation. A note about a pod, not a CNI call of its own:
+   * sent with `note: true`, never answered, so the plugin does not wait for it.
    */
   booted: { params: { pod: { namespace: string; name: string }; boot: BootNetwork }; result: { ok: true } };
   /** owned: true (ratchet had it), false (never), null (cannot tell). */
@@ -75,6 +76,14 @@ export function isMethod(m: unknown): m is Method {
   return typeof m === "string" && Object.hasOwn(KNOWN, m);
 }
 
+/** The methods the plugin may send as a note (no answer): what it tells, not what it asks. */
+export const NOTES = { booted: true } as const satisfies Partial<Record<Method, true>>;
+export type NoteMethod = keyof typeof NOTES;
+
+export function isNote(m: Method): m is NoteMethod {
+  return Object.hasOwn(NOTES, m);
+}
+
 export interface Request<M extends Method = Method> {
   id: number;
   method: M;
@@ -83,6 +92,8 @@ export interface Request<M extends Method = Method> {
   params: Methods[M]["params"];
   /** RATCHET_TRACE=1: the answer carries the agent's time by kind of work (`steps`). */
   trace?: boolean;
+  /** A note (a NoteMethod): the agent runs it and sends no answer, even when the caller has gone. */
+  note?: boolean;
 }
 
 export interface WireError {

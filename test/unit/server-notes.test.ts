@@ -1,0 +1,124 @@
+// Notes on the agent's socket: the plugin tells the agent something (the boot network's
+// interface) without waiting for an answer, and exits at once.
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { requestKey, Server } from "../../src/child/server.ts";
+import { Logger } from "../../src/log.ts";
+import type { Request } from "../../src/rpc/protocol.ts";
+
+const BOOT = { name: "boot", interface: "eth0", ips: ["10.1.2.3"] };
+const POD = { namespace: "lab", name: "r1" };
+
+let dir: string;
+let server: Server;
+let handled: Request[];
+let gate: PromiseWithResolvers<void>;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "ratchet-notes-"));
+  handled = [];
+  gate = Promise.withResolvers<void>();
+  server = new Server({
+    socket: join(dir, "agent.sock"),
+    log: new Logger("test", "error"),
+    keyOf: requestKey,
+    handle: async (req) => {
+      handled.push(req);
+      return { ok: true };
+    },
+  });
+  server.listen();
+});
+
+afterEach(() => {
+  server.stopListening();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A raw client: writes lines, collects every line the agent answers. */
+async function client() {
+  const lines: string[] = [];
+  let buf = "";
+  const sock = await Bun.connect({
+    unix: join(dir, "agent.sock"),
+    socket: {
+      data(_s, chunk) {
+        buf += new TextDecoder().decode(chunk);
+        const parts = buf.split("\n");
+        buf = parts.pop() ?? "";
+        lines.push(...parts);
+      },
+    },
+  });
+  const send = (o: unknown) => sock.write(`${JSON.stringify(o)}\n`);
+  return { sock, lines, send };
+}
+
+const until = async (what: string, ok: () => boolean) => {
+  for (let i = 0; i < 200 && !ok(); i++) await Bun.sleep(5);
+  if (!ok()) throw new Error(`timed out waiting for ${what}`);
+};
+
+describe("notes", () => {
+  test("a note is served after the caller has hung up, and never answered", async () => {
+    const c = await client();
+    c.send({
+      id: 1,
+      method: "booted",
+      deadline: Date.now() + 5000,
+      params: { pod: POD, boot: BOOT },
+      note: true,
+    });
+    c.sock.end();
+    await until("the note", () => handled.length === 1);
+    expect(handled[0]?.method).toBe("booted");
+    expect(handled[0]?.params).toEqual({ pod: POD, boot: BOOT });
+
+    // The same request as a question gets its answer.
+    const d = await client();
+    d.send({ id: 2, method: "booted", deadline: Date.now() + 5000, params: { pod: POD, boot: BOOT } });
+    await until("the answer", () => d.lines.length === 1);
+    expect(JSON.parse(d.lines[0] as string)).toMatchObject({ id: 2, ok: true });
+    // The note's connection never had an answer on it.
+    expect(c.lines).toEqual([]);
+    d.sock.end();
+  });
+
+  test("a note about a pod waits for the pod's turn", async () => {
+    // Work of the pod's own holds its turn (an ADD still running) until the gate opens.
+    expect(
+      requestKey({ id: 1, method: "booted", deadline: 0, params: { pod: POD, boot: BOOT }, note: true }),
+    ).toBe("pod/lab/r1");
+    const held = server.serialize("pod/lab/r1", () => gate.promise);
+    const c = await client();
+    c.send({
+      id: 1,
+      method: "booted",
+      deadline: Date.now() + 5000,
+      params: { pod: POD, boot: BOOT },
+      note: true,
+    });
+    await Bun.sleep(50);
+    expect(handled).toEqual([]);
+    gate.resolve();
+    await held;
+    await until("the note", () => handled.length === 1);
+    c.sock.end();
+  });
+
+  test("only a note method may be sent as a note; bad params are refused", async () => {
+    const c = await client();
+    c.send({ id: 1, method: "classify", deadline: Date.now() + 5000, params: {}, note: true });
+    c.send({ id: 2, method: "booted", deadline: Date.now() + 5000, params: { pod: POD }, note: true });
+    await until("two refusals", () => c.lines.length === 2);
+    const [a, b] = c.lines.map((l) => JSON.parse(l));
+    expect(a.ok).toBe(false);
+    expect(a.error.msg).toContain("classify is not a note");
+    expect(b.ok).toBe(false);
+    expect(b.error.msg).toContain("booted:");
+    expect(handled).toEqual([]);
+    c.sock.end();
+  });
+});
