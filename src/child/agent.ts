@@ -10,7 +10,7 @@ import { Linker, nodeSettings } from "../links/linker.ts";
 import { NodeState } from "../links/node-state.ts";
 import type { Logger } from "../log.ts";
 import { type AgentObserver, quietObserver } from "../observe/link-observer.ts";
-import type { CallParams, Method, Methods } from "../rpc/protocol.ts";
+import type { CallParams, Interim, InterimOf, Method, Methods } from "../rpc/protocol.ts";
 import { paramSchemas } from "../rpc/schemas.ts";
 import { stats, storeError } from "../store/etcd-ops.ts";
 import { describeEtcdError, openEtcd } from "../store/etcd.ts";
@@ -44,6 +44,8 @@ export interface CallContext {
   deadline: number;
   /** Aborted when the caller's deadline passes or it hangs up. */
   signal: AbortSignal;
+  /** Says something before the answer (the method's InterimOf); absent for the agent's own work. */
+  interim?: Interim;
 }
 
 type Handlers = {
@@ -90,7 +92,7 @@ export class NodeAgent {
       this.observer.attached(`${p.pod.namespace}/${p.pod.name}`, p.boot);
       return { ok: true };
     },
-    detach: (p) => this.detach(p),
+    detach: (p, ctx) => this.detach(p, ctx.interim),
     check: async (p) => {
       await (await this.store(p.conf)).linker.check(p.env);
       return { ok: true };
@@ -338,7 +340,7 @@ export class NodeAgent {
     return { interfaces };
   }
 
-  private async detach(p: CallParams): Promise<Methods["detach"]["result"]> {
+  private async detach(p: CallParams, interim?: Interim): Promise<Methods["detach"]["result"]> {
     // A plain pod's DEL waits for neither etcd nor the API server: every container ratchet
     // attaches is in this node's state before anything of it reaches etcd or the kernel, so
     // one that is not there, of a pod the synced cache knows without ratchet's label, was
@@ -349,6 +351,13 @@ export class NodeAgent {
       this.pods.knownEligible(p.env.pod, p.conf) === false
     )
       return { owned: false };
+    // This agent attached the container: ratchet's, whatever etcd holds. The plugin may
+    // start the boot network's DEL while the links go.
+    const mine = this.state.get(p.env.containerId);
+    if (interim && p.env.pod && mine?.pod === `${p.env.pod.namespace}/${p.env.pod.name}`) {
+      const early: InterimOf<"detach"> = { owned: true };
+      interim(early);
+    }
     let owned: boolean | undefined;
     try {
       owned = await (await this.store(p.conf)).linker.detach(p.env);

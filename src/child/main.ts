@@ -144,10 +144,10 @@ async function serve(conf: NetConf, opts: { foreground: boolean; takeover: boole
   server = new Server({
     socket: conf.child_socket,
     log,
-    handle: observer.track(async (req, signal) =>
+    handle: observer.track(async (req, signal, interim) =>
       req.method === "hello"
         ? hello()
-        : (await loading).handle(req.method, req.params, { deadline: req.deadline, signal }),
+        : (await loading).handle(req.method, req.params, { deadline: req.deadline, signal, interim }),
     ),
     keyOf: requestKey,
   });

@@ -4,12 +4,13 @@ import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { CniError, Code, toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import { isMethod, isNote, LineReader, type Request, type Response } from "../rpc/protocol.ts";
+import { type Interim, isMethod, isNote, LineReader, type Request, type Response } from "../rpc/protocol.ts";
 import { firstIssue } from "../rpc/results.ts";
 import { checkParams } from "../rpc/schemas.ts";
 import { type StepTimes, withSteps } from "../steps.ts";
 
-export type Handler = (req: Request, signal: AbortSignal) => Promise<unknown>;
+/** `interim`: a line before the answer (see InterimOf); dropped once the caller has gone. */
+export type Handler = (req: Request, signal: AbortSignal, interim: Interim) => Promise<unknown>;
 
 /** At most this many connections at once; more are closed at once. */
 export const MAX_CONNECTIONS = 128;
@@ -219,8 +220,12 @@ export class Server {
           if (left <= 0)
             throw new CniError(Code.TryAgainLater, `request ${req.method} expired before it could start`);
           s.data.gone.signal.throwIfAborted();
+          const interim: Interim = (payload) => {
+            if (!s.data.gone.signal.aborted)
+              this.send(s, `${JSON.stringify({ id: req.id, interim: payload })}\n`);
+          };
           const handle = () =>
-            this.opts.handle(req, AbortSignal.any([AbortSignal.timeout(left), s.data.gone.signal]));
+            this.opts.handle(req, AbortSignal.any([AbortSignal.timeout(left), s.data.gone.signal]), interim);
           if (!steps) return handle();
           steps["waiting its turn"] = [performance.now() - arrived, 1];
           return withSteps(steps, handle);
@@ -255,7 +260,7 @@ export class Server {
     try {
       await this.serialize(this.opts.keyOf(req), () =>
         this.limiter.run(() =>
-          this.opts.handle(req, AbortSignal.timeout(Math.max(0, req.deadline - Date.now()))),
+          this.opts.handle(req, AbortSignal.timeout(Math.max(0, req.deadline - Date.now())), () => undefined),
         ),
       );
     } catch (err) {

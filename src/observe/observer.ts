@@ -3,7 +3,7 @@
 // annotation current. The agent binds it to its node state and API client once loaded.
 import { toCniError } from "../cni/errors.ts";
 import type { Logger } from "../log.ts";
-import type { Request } from "../rpc/protocol.ts";
+import type { Interim, Request } from "../rpc/protocol.ts";
 import { COMMIT, VERSION } from "../version.ts";
 import { EventBatcher } from "./event-batch.ts";
 import { EventRecorder, type EventType } from "./events.ts";
@@ -209,10 +209,10 @@ export class Observer implements AgentObserver {
   // ---- CNI requests -----------------------------------------------------------------------
 
   /** Wraps the agent's request handler: counts and times each CNI command as the agent sees it. */
-  track<R>(handle: (req: Request, signal: AbortSignal) => Promise<R>) {
-    return async (req: Request, signal: AbortSignal): Promise<R> => {
+  track<R>(handle: (req: Request, signal: AbortSignal, interim: Interim) => Promise<R>) {
+    return async (req: Request, signal: AbortSignal, interim: Interim = () => undefined): Promise<R> => {
       const env = "env" in req.params ? req.params.env : undefined;
-      if (!env) return handle(req, signal);
+      if (!env) return handle(req, signal, interim);
       const key = `${env.command}|${env.containerId}`;
       const t0 = performance.now();
       const carried = () => {
@@ -221,7 +221,7 @@ export class Observer implements AgentObserver {
         return c;
       };
       try {
-        const r = await handle(req, signal);
+        const r = await handle(req, signal, interim);
         const seconds = (performance.now() - t0) / 1000;
         if (req.method === "classify" && (r as { eligible?: unknown }).eligible === true) {
           // An attach (ADD) or check (CHECK) follows: the command ends there.

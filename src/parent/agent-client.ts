@@ -8,7 +8,7 @@ import type { Logger } from "../log.ts";
 import { Connection, ConnectionLost } from "../rpc/connection.ts";
 import type { StepTimes } from "../steps.ts";
 import { NO_TRACE, type Trace } from "../trace.ts";
-import type { BootNetwork, CallParams, Methods } from "../rpc/protocol.ts";
+import type { BootNetwork, CallParams, InterimOf, Methods } from "../rpc/protocol.ts";
 import { BUILD_ID, BUILD_TIME } from "../version.ts";
 import type { AttachedInterface } from "../cni/result.ts";
 import type { Agent, Classification } from "./classify.ts";
@@ -125,6 +125,7 @@ export class ChildAgent implements Agent {
     method: M,
     params: Methods[M]["params"],
     conf: NetConf,
+    onInterim?: (interim: InterimOf<M>) => void,
   ): Promise<Methods[M]["result"]> {
     // An agent that dies mid-request (killed, crashed) drops the connection: start a new one
     // and ask again, once. Every request is safe to repeat (attach rebuilds, detach is idempotent).
@@ -136,7 +137,7 @@ export class ChildAgent implements Agent {
           ? (steps: StepTimes) => this.trace.steps(`agent ${method}`, steps)
           : undefined;
         return await this.trace.span(`agent ${method}`, () =>
-          conn.call(method, params, REQUEST_TIMEOUT_MS, onSteps),
+          conn.call(method, params, REQUEST_TIMEOUT_MS, onSteps, onInterim),
         );
       } catch (err) {
         if (err instanceof CniError && !(err instanceof AgentUnavailableError)) throw err;
@@ -181,10 +182,10 @@ export class ChildAgent implements Agent {
     await this.trace.span("agent booted note", () => conn.note("booted", params, NOTE_TIMEOUT_MS));
   }
 
-  async detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined> {
+  async detach(env: CniEnv, conf: NetConf, onOwned?: () => void): Promise<boolean | undefined> {
     // ratchet only attaches pods it could look up: without a pod it never had this container.
     if (!env.pod) return false;
-    const r = await this.call("detach", this.params(env, conf), conf);
+    const r = await this.call("detach", this.params(env, conf), conf, onOwned && (() => onOwned()));
     return r.owned ?? undefined;
   }
 

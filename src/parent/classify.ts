@@ -21,8 +21,11 @@ export interface Agent {
   attach(env: CniEnv, conf: NetConf, boot?: BootNetwork): Promise<AttachedInterface[]>;
   /** The boot network's interface, when its plugin ran beside attach (network-status). */
   booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void>;
-  /** Removes the container's links and records; true when ratchet had attached it. */
-  detach(env: CniEnv, conf: NetConf): Promise<boolean | undefined>;
+  /**
+   * Removes the container's links and records; true when ratchet had attached it. `onOwned`
+   * hears as soon as the agent knows it attached the container, before the links are gone.
+   */
+  detach(env: CniEnv, conf: NetConf, onOwned?: () => void): Promise<boolean | undefined>;
   /** Throws when a link of this container is missing or wrong. */
   check(env: CniEnv, conf: NetConf): Promise<void>;
   /** Throws code 50 when etcd or the API server cannot be reached. */

@@ -177,20 +177,37 @@ function servingPlugins(conf: NetConf, ratchetOwned: boolean | undefined): Plugi
 export async function cmdDel(ctx: Context): Promise<void> {
   let owned: boolean | undefined;
   let failure: unknown;
+  // The boot network's DEL, started once the agent says it attached the container: like at
+  // ADD, the boot network and the links do not depend on each other, so both go at once.
+  const boot = chained(ctx.conf) ? undefined : ctx.conf.boot_network;
+  let early: Promise<unknown> | undefined;
+  const onOwned = boot
+    ? () => {
+        early ??= run(ctx, boot, "DEL").then(
+          () => undefined,
+          (err: unknown) => err as Error,
+        );
+      }
+    : undefined;
   try {
-    owned = await ctx.agent.detach(ctx.env, ctx.conf);
+    owned = await ctx.agent.detach(ctx.env, ctx.conf, onOwned);
   } catch (err) {
     // The plugins' DEL still runs (the pod's network is released either way); then DEL
     // reports what is left, so the runtime retries and the agent finishes it.
     failure = err;
   }
+  const bootFailed = (await early) as Error | undefined;
+  const started = JSON.stringify(boot);
+  const rest = servingPlugins(ctx.conf, owned).filter((sub) => !early || JSON.stringify(sub) !== started);
   if (failure === undefined) {
-    for (const sub of servingPlugins(ctx.conf, owned)) await run(ctx, sub, "DEL");
+    if (bootFailed) throw bootFailed;
+    for (const sub of rest) await run(ctx, sub, "DEL");
     return;
   }
   // The agent's failure is the one to report; a plugin's failure goes along in details.
   const also: string[] = [];
-  for (const sub of servingPlugins(ctx.conf, owned)) {
+  if (bootFailed && boot) also.push(`${boot.type}: ${bootFailed.message}`);
+  for (const sub of rest) {
     await run(ctx, sub, "DEL").catch((err: unknown) => also.push(`${sub.type}: ${(err as Error).message}`));
   }
   if (also.length > 0 && failure instanceof CniError) {

@@ -6,12 +6,13 @@ import {
   LineReader,
   MAX_REPLY_BYTES,
   type Method,
+  type InterimOf,
   type Methods,
   type NoteMethod,
   type Response,
 } from "./protocol.ts";
 import type { StepTimes } from "../steps.ts";
-import { firstIssue, resultSchemas, StepTimesSchema } from "./results.ts";
+import { firstIssue, interimSchemas, resultSchemas, StepTimesSchema } from "./results.ts";
 
 type Sock = Awaited<ReturnType<typeof Bun.connect>>;
 
@@ -23,7 +24,9 @@ export class ConnectionLost extends Error {
 export class Connection {
   private next = 1;
   private readonly reader = new LineReader(MAX_REPLY_BYTES);
-  private waiting: { resolve: (r: unknown) => void; reject: (e: Error) => void } | undefined;
+  private waiting:
+    | { resolve: (r: unknown) => void; reject: (e: Error) => void; interim?: (line: unknown) => void }
+    | undefined;
   /** Who waits for the pending output to reach the socket (a note before the plugin exits). */
   private written: Array<() => void> = [];
   private closed: Error | undefined;
@@ -55,9 +58,14 @@ export class Connection {
   private onData(chunk: Uint8Array): void {
     try {
       for (const line of this.reader.push(chunk)) {
+        const msg = JSON.parse(line) as { interim?: unknown } | null;
+        if (msg && typeof msg === "object" && "interim" in msg) {
+          this.waiting?.interim?.(msg);
+          continue;
+        }
         const w = this.waiting;
         this.waiting = undefined;
-        w?.resolve(JSON.parse(line));
+        w?.resolve(msg);
       }
     } catch (err) {
       this.fail(new ConnectionLost(`bad answer from the node agent: ${(err as Error).message}`));
@@ -91,12 +99,25 @@ export class Connection {
     timeoutMs: number,
     /** Asks the agent for its time by kind of work (RATCHET_TRACE=1) and receives it. */
     onSteps?: (steps: StepTimes) => void,
+    /** What the agent says before its answer (the method's InterimOf), once checked. */
+    onInterim?: (interim: InterimOf<M>) => void,
   ): Promise<Methods[M]["result"]> {
     if (this.closed) throw this.closed;
     const id = this.next++;
     const deadline = Date.now() + timeoutMs;
+    const schema = interimSchemas[method];
+    const interim =
+      onInterim && schema
+        ? (line: unknown) => {
+            const m = line as { id?: unknown; interim?: unknown };
+            if (m.id !== id) return;
+            const checked = v.safeParse(schema, m.interim);
+            // A malformed interim line is ignored: the answer still says it all.
+            if (checked.success) onInterim(checked.output as InterimOf<M>);
+          }
+        : undefined;
     const reply = new Promise<unknown>((resolve, reject) => {
-      this.waiting = { resolve, reject };
+      this.waiting = { resolve, reject, ...(interim ? { interim } : {}) };
     });
     const trace = onSteps ? { trace: true } : {};
     this.pending = new TextEncoder().encode(

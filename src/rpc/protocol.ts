@@ -52,8 +52,12 @@ export interface Methods {
    * sent with `note: true`, never answered, so the plugin does not wait for it.
    */
   booted: { params: { pod: { namespace: string; name: string }; boot: BootNetwork }; result: { ok: true } };
-  /** owned: true (ratchet had it), false (never), null (cannot tell). */
-  detach: { params: CallParams; result: { owned: boolean | null } };
+  /**
+   * owned: true (ratchet had it), false (never), null (cannot tell). The agent says `owned:
+   * true` early, in an interim line, when it attached the container itself: the plugin
+   * starts the boot network's DEL then, beside the removal of the links.
+   */
+  detach: { params: CallParams; result: { owned: boolean | null }; interim: { owned: true } };
   check: { params: CallParams; result: { ok: true } };
   status: { params: CallParams; result: { ok: true } };
   gc: { params: CallParams & { valid: Attachment[] }; result: { removed: number } };
@@ -106,6 +110,10 @@ export type Response<M extends Method = Method> = (
   | { id: number; ok: true; result: Methods[M]["result"] }
   | { id: number; ok: false; error: WireError }
 ) & { steps?: StepTimes };
+
+/** What a method may say before its answer (a line `{ id, interim }`), and its handler's way to. */
+export type InterimOf<M extends Method> = Methods[M] extends { interim: infer I } ? I : never;
+export type Interim = (payload: Record<string, unknown>) => void;
 
 /** Splits a byte stream into lines; throws when a line grows past the frame limit. */
 export class LineReader {

@@ -33,6 +33,11 @@ export const resultSchemas: ResultSchemas = {
   gc: v.object({ removed: v.number() }),
 };
 
+/** Schemas of what a method may say before its answer (protocol.ts, InterimOf). */
+export const interimSchemas: Partial<Record<Method, v.GenericSchema>> = {
+  detach: v.object({ owned: v.literal(true) }),
+};
+
 /** The first problem of a failed parse, as "field: message". */
 export function firstIssue(issues: [v.BaseIssue<unknown>, ...v.BaseIssue<unknown>[]]): string {
   const i = issues[0];

@@ -1,11 +1,13 @@
-// Notes on the agent's socket: the plugin tells the agent something (the boot network's
-// interface) without waiting for an answer, and exits at once.
+// Notes and interim lines on the agent's socket: the plugin tells the agent something (the
+// boot network's interface) without waiting for an answer, and exits at once; the agent
+// says something before its answer (a DEL's "this container is mine").
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { requestKey, Server } from "../../src/child/server.ts";
 import { Logger } from "../../src/log.ts";
+import { Connection } from "../../src/rpc/connection.ts";
 import type { Request } from "../../src/rpc/protocol.ts";
 
 const BOOT = { name: "boot", interface: "eth0", ips: ["10.1.2.3"] };
@@ -24,8 +26,14 @@ beforeEach(() => {
     socket: join(dir, "agent.sock"),
     log: new Logger("test", "error"),
     keyOf: requestKey,
-    handle: async (req) => {
+    handle: async (req, _signal, interim) => {
       handled.push(req);
+      if (req.method === "detach") {
+        interim({ owned: "yes" }); // not what the schema allows: ignored
+        interim({ owned: true });
+        await gate.promise;
+        return { owned: true };
+      }
       return { ok: true };
     },
   });
@@ -120,5 +128,30 @@ describe("notes", () => {
     expect(b.error.msg).toContain("booted:");
     expect(handled).toEqual([]);
     c.sock.end();
+  });
+});
+
+describe("interim lines", () => {
+  test("the caller hears the agent's interim line before the answer; a malformed one is ignored", async () => {
+    const conn = await Connection.open(join(dir, "agent.sock"));
+    const heard: unknown[] = [];
+    const params = {
+      env: {
+        command: "DEL",
+        containerId: "c1",
+        netns: "/var/run/netns/x",
+        ifname: "eth0",
+        path: [],
+        pod: POD,
+      },
+      conf: { cniVersion: "1.0.0", name: "t", type: "ratchet", etcd_endpoints: ["http://127.0.0.1:2379"] },
+    } as never;
+    const answer = conn.call("detach", params, 5000, undefined, (i) => heard.push(i));
+    await until("the interim line", () => heard.length === 1);
+    expect(heard).toEqual([{ owned: true }]);
+    gate.resolve();
+    expect(await answer).toEqual({ owned: true });
+    expect(heard).toHaveLength(1);
+    conn.close();
   });
 });
