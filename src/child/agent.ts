@@ -360,7 +360,15 @@ export class NodeAgent {
     }
     let owned: boolean | undefined;
     try {
-      owned = await (await this.store(p.conf)).linker.detach(p.env);
+      const { linker } = await this.store(p.conf);
+      // A container this agent attached: its ends go now and the answer follows; its records
+      // leave etcd right after, in the pod's turn (journaled first: a restart finishes them).
+      const handled = linker.detachLocal(p.env);
+      if (handled) {
+        this.finishLater(p, handled);
+        return { owned: true };
+      }
+      owned = await linker.detach(p.env);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
       // etcd is away: our ends are gone already (detach removes them first); the records
@@ -443,13 +451,59 @@ export class NodeAgent {
     this.scheduleRetry();
   }
 
+  /** Links a DEL's kernel half dealt with already, by journal entry (not kept across restarts). */
+  private readonly handled = new Map<DeferredDel, Set<string>>();
+
+  /**
+   * The records' half of a DEL whose ends are gone: journaled, then run at once in the pod's
+   * turn (before any later request of the pod). Left to the retry loop when etcd is away.
+   */
+  private finishLater(d: DeferredDel, handled: Set<string>): void {
+    this.deferred.push(d);
+    this.handled.set(d, handled);
+    this.saveJournal();
+    void this.serialize(workKey(d.env) ?? "", async () => {
+      if (!this.deferred.includes(d)) return; // superseded by an ADD of the container
+      try {
+        await (await this.store(d.conf)).linker.detach(d.env, handled);
+      } catch (err) {
+        this.log.warn("could not remove the records of a DEL yet: retrying", {
+          containerId: d.env.containerId,
+          error: (err as Error).message,
+        });
+        this.scheduleRetry();
+        return;
+      }
+      this.forget(d);
+      this.saveJournal();
+    }).catch((err: unknown) =>
+      this.log.error("the records of a DEL failed", { containerId: d.env.containerId, error: String(err) }),
+    );
+  }
+
+  private forget(d: DeferredDel): void {
+    this.deferred = this.deferred.filter((x) => x !== d);
+    this.handled.delete(d);
+  }
+
+  /** Journal lines, made once per entry: the journal is written again at every change. */
+  private readonly lines = new WeakMap<DeferredDel, string>();
+  private lineOf(d: DeferredDel): string {
+    let line = this.lines.get(d);
+    if (line === undefined) {
+      line = `${JSON.stringify(d)}\n`;
+      this.lines.set(d, line);
+    }
+    return line;
+  }
+
   /** Writes the journal to a temp file, fsyncs it and renames it over the old one. */
   private saveJournal(): void {
     const tmp = `${this.journal}.tmp`;
     try {
       const fd = openSync(tmp, "w", 0o600);
       try {
-        for (const d of this.deferred) writeSync(fd, `${JSON.stringify(d)}\n`);
+        for (const d of this.deferred) writeSync(fd, this.lineOf(d));
         fsyncSync(fd);
       } finally {
         closeSync(fd);
@@ -476,7 +530,7 @@ export class NodeAgent {
           // has taken the entry away (supersede), and then it is not run.
           await this.serialize(workKey(d.env) ?? "", async () => {
             if (!this.deferred.includes(d)) return;
-            await (await this.store(d.conf)).linker.detach(d.env);
+            await (await this.store(d.conf)).linker.detach(d.env, this.handled.get(d));
             this.log.info("removed the records of a DEL that happened while etcd was away", {
               containerId: d.env.containerId,
             });
@@ -490,7 +544,7 @@ export class NodeAgent {
       this.retrying = false;
     }
     // Entries deferred or superseded meanwhile are as they are now.
-    this.deferred = this.deferred.filter((d) => !done.has(d));
+    for (const d of done) this.forget(d);
     this.saveJournal();
     if (this.deferred.length === 0) {
       clearInterval(this.retryTimer);
@@ -504,9 +558,9 @@ export class NodeAgent {
    * the pod again and its plan takes care of what the old attachment left in etcd.
    */
   private supersede(containerId: string): void {
-    const before = this.deferred.length;
-    this.deferred = this.deferred.filter((d) => d.env.containerId !== containerId);
-    if (this.deferred.length === before) return;
+    const gone = this.deferred.filter((d) => d.env.containerId === containerId);
+    if (gone.length === 0) return;
+    for (const d of gone) this.forget(d);
     this.log.info("an ADD of the container supersedes its deferred DEL", { containerId });
     this.saveJournal();
   }

@@ -152,11 +152,42 @@ export class Linker extends LinkerBase {
   // ---- DEL -------------------------------------------------------------------------------
 
   /**
+   * The kernel's half of a DEL of a container this agent attached: its link ends go (a veth
+   * takes its peer's end along) and the container leaves the node state, without a word to
+   * etcd. Returns the links it dealt with (detach, run after it for the records, skips them);
+   * undefined when this agent did not attach the container. Throws when an end could not be
+   * removed: the state stays, so the runtime's retry finds them.
+   */
+  detachLocal(env: Call): Set<string> | undefined {
+    if (!env.pod) return undefined;
+    const id = podOf(env);
+    const local = this.place(id, env.containerId) ? this.state.get(env.containerId) : undefined;
+    if (!local) return undefined;
+    const netns = env.netns || local.netns;
+    const links = Object.entries(local.links);
+    if (netns && links.length > 0) {
+      const r = removeEnds(
+        { pod: id, netns },
+        links.map(([link, ifname]) => ({ link, ifname })),
+        this.log,
+      );
+      if (r.removed.length > 0) this.log.info("removed link ends", { pod: id, ends: r.removed.length });
+      for (const [k] of links) this.observer.linkRemoved(id, k, podsOf(k).find((p) => p !== id) ?? id);
+      if (r.failures.length > 0) {
+        throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${r.failures.join("; ")}`);
+      }
+    }
+    this.state.delete(env.containerId);
+    this.state.flush();
+    return new Set(links.map(([k]) => k));
+  }
+
+  /**
    * Removes the container's link ends and, if its endpoint is still this container's, its
    * records. True when ratchet had attached it, undefined when it cannot tell. Fails when an
    * end could not be removed (the records stay, so a retry finds it).
    */
-  async detach(env: Call): Promise<boolean | undefined> {
+  async detach(env: Call, handled?: Set<string>): Promise<boolean | undefined> {
     if (!env.pod) return false;
     const id = podOf(env);
     const local = this.place(id, env.containerId) ? this.state.get(env.containerId) : undefined;
@@ -191,7 +222,8 @@ export class Linker extends LinkerBase {
         this.log,
       );
       if (r.removed.length > 0) this.log.info("removed link ends", { pod: id, ends: r.removed.length });
-      for (const k of links.keys()) this.observer.linkRemoved(id, k, podsOf(k).find((p) => p !== id) ?? id);
+      for (const k of links.keys())
+        if (!handled?.has(k)) this.observer.linkRemoved(id, k, podsOf(k).find((p) => p !== id) ?? id);
       if (r.failures.length > 0) {
         throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${r.failures.join("; ")}`);
       }

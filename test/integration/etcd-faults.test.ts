@@ -102,6 +102,35 @@ describe("etcd faults", () => {
     expect(await records(etcd, c)).toEqual([]);
   }, 120_000);
 
+  test("the agent killed after a DEL's answer, before its records went: the next agent removes them", async () => {
+    await using etcd = await startEtcd();
+    await using c = await makeCluster({ nodes: 1 });
+    const { n, conf, primary, pair } = await examplePair(etcd, c);
+    // etcd away holds the records where they are: the DEL's answer has come, its journal
+    // line is written, and then the agent dies.
+    await etcd.down();
+    expect((await primary.del(conf)).code).toBe(0);
+    expect(await c.iface(pair, "in2")).toBeUndefined();
+    const journal = `${n.socket}.deferred-del.jsonl`;
+    expect(readFileSync(journal, "utf8")).toContain(primary.containerId);
+    for (const pid of n.agents()) process.kill(pid, "SIGKILL");
+    await waitFor("the agent to die", () => n.agents().length === 0, 10_000);
+    await primary.removeNetns();
+    await etcd.up();
+    expect(await records(etcd, c)).toContain(`${c.etcdPrefix}/v1/endpoints/default/primary-pod`);
+    // The next CNI call starts an agent; it reads the journal and finishes the DEL.
+    expect((await n.status(conf)).code).toBe(0);
+    await waitFor(
+      "primary-pod's records to be removed",
+      async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")),
+      20_000,
+    );
+    await waitFor("the journal to empty", () => readFileSync(journal, "utf8") === "", 5000);
+    expect((await pair.del(conf)).code).toBe(0);
+    await pair.removeNetns();
+    expect(await records(etcd, c)).toEqual([]);
+  }, 120_000);
+
   test("etcd restarted while a link is pending: when the peer comes, both ends are built", async () => {
     await using etcd = await startEtcd();
     await using c = await makeCluster({ nodes: 2 });

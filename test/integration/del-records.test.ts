@@ -1,0 +1,44 @@
+// A DEL of a container this node's agent attached answers once its link ends are gone; its
+// records leave etcd right after, in the pod's turn, from a journal written before the answer.
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { waitFor } from "../support/child.ts";
+import { makeCluster } from "../support/cluster.ts";
+import { REPO } from "../support/env.ts";
+
+const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
+
+describe("a DEL's records", () => {
+  test("go before the pod's next ADD, which they never undo", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    c.loadPods(EXAMPLE);
+    const n = c.node(1);
+    const primary = await n.pod("primary-pod");
+    const first = await n.pod("pair-pod");
+    expect((await primary.add()).code).toBe(0);
+    expect((await first.add()).code).toBe(0);
+    expect(await c.ping(first, "192.168.2.100")).toBe(true);
+
+    // The pair's sandbox goes and a new one comes at once, as a restarted pod's does.
+    expect((await first.del()).code).toBe(0);
+    expect(await c.iface(primary, "in1")).toBeUndefined();
+    await first.removeNetns();
+    const again = await n.pod("pair-pod");
+    expect((await again.add()).code).toBe(0);
+
+    // The link is back, and etcd names the new container, not the old one.
+    expect(await c.iface(again, "in2")).toBeDefined();
+    expect(await c.ping(again, "192.168.2.100")).toBe(true);
+    const entries = await c.etcdEntries();
+    const endpoint = entries.get(`${c.etcdPrefix}/v1/endpoints/default/pair-pod`);
+    expect(JSON.parse(endpoint ?? "{}").containerId).toBe(again.containerId);
+    for (const [k, value] of entries) expect(`${k} ${value}`).not.toContain(first.containerId);
+    // Nothing is left in the journal once the records went.
+    await waitFor(
+      "the journal to empty",
+      () => readFileSync(`${n.socket}.deferred-del.jsonl`, "utf8") === "",
+    );
+    await c.stopAllAndAssertClean();
+  });
+});
