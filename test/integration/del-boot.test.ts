@@ -6,8 +6,8 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { CniError, Code } from "../../src/cni/errors.ts";
 import type { Agent } from "../../src/parent/classify.ts";
-import { runParent } from "../../src/parent/main.ts";
 import { tempDir } from "../support/env.ts";
+import { runInProcess, stubAgent } from "../support/in-process.ts";
 import { linkInfo, makeNetns } from "../support/netns.ts";
 
 function conf(dir: string): Record<string, unknown> {
@@ -25,44 +25,9 @@ function conf(dir: string): Record<string, unknown> {
   };
 }
 
-async function call(
-  command: "ADD" | "DEL",
-  c: Record<string, unknown>,
-  netns: string,
-  agent: Partial<Agent>,
-): Promise<{ code: number; out: string }> {
-  let out = "";
-  const full: Agent = {
-    classify: async () => ({ eligible: true }),
-    attach: async () => [],
-    booted: async () => undefined,
-    detach: async () => true,
-    check: async () => undefined,
-    status: async () => undefined,
-    gc: async () => undefined,
-    ...agent,
-  };
-  const code = await runParent(
-    [],
-    {
-      env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: "db1",
-        CNI_NETNS: netns,
-        CNI_IFNAME: "eth0",
-        CNI_PATH: "/usr/lib/cni",
-        CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=db",
-      },
-      readStdin: async () => JSON.stringify(c),
-      write: (s) => {
-        out += s;
-      },
-    },
-    () => full,
-  );
-  return { code, out };
-}
+const ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=db";
+const call = (command: "ADD" | "DEL", c: Record<string, unknown>, netns: string, agent: Partial<Agent>) =>
+  runInProcess(command, c, { containerId: "db1", netns, args: ARGS }, stubAgent(agent));
 
 const leases = (dir: string) => readdirSync(join(dir, "ipam", "db")).filter((f) => /^\d/.test(f));
 

@@ -5,23 +5,9 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { CniError, Code } from "../../src/cni/errors.ts";
 import type { Agent } from "../../src/parent/classify.ts";
-import { runParent } from "../../src/parent/main.ts";
 import { run, tempDir, uniqueName } from "../support/env.ts";
+import { runInProcess, stubAgent } from "../support/in-process.ts";
 import { linkInfo, makeNetns } from "../support/netns.ts";
-
-/** An agent that answers every call as ratchet's own would, but for the overrides. */
-function stubAgent(overrides: Partial<Agent>): Agent {
-  return {
-    classify: async () => ({ eligible: true }),
-    attach: async () => [],
-    booted: async () => undefined,
-    detach: async () => undefined,
-    check: async () => undefined,
-    status: async () => undefined,
-    gc: async () => undefined,
-    ...overrides,
-  };
-}
 
 /** A standalone ratchet config (loopback delegate) logging under `dir`, with this boot network. */
 function ratchetConf(dir: string, boot: Record<string, unknown>): Record<string, unknown> {
@@ -37,33 +23,8 @@ function ratchetConf(dir: string, boot: Record<string, unknown>): Record<string,
 }
 
 /** One ADD through the plugin's code in this process, with `agent` behind it. */
-async function add(
-  conf: Record<string, unknown>,
-  containerId: string,
-  netns: string,
-  agent: Agent,
-): Promise<{ code: number; out: string }> {
-  let out = "";
-  const code = await runParent(
-    [],
-    {
-      env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: "ADD",
-        CNI_CONTAINERID: containerId,
-        CNI_NETNS: netns,
-        CNI_IFNAME: "eth0",
-        CNI_PATH: "/usr/lib/cni",
-      },
-      readStdin: async () => JSON.stringify(conf),
-      write: (s) => {
-        out += s;
-      },
-    },
-    () => agent,
-  );
-  return { code, out };
-}
+const add = (conf: Record<string, unknown>, containerId: string, netns: string, agent: Agent) =>
+  runInProcess("ADD", conf, { containerId, netns }, agent);
 
 test("ADD failing after boot_network ADD runs boot_network DEL and reports the failure", async () => {
   using dir = tempDir();

@@ -69,16 +69,19 @@ const until = async (what: string, ok: () => boolean) => {
   if (!ok()) throw new Error(`timed out waiting for ${what}`);
 };
 
+/** The plugin's note of the boot network's interface, as it sends it. */
+const bootedNote = () => ({
+  id: 1,
+  method: "booted",
+  deadline: Date.now() + 5000,
+  params: { pod: POD, boot: BOOT },
+  note: true,
+});
+
 describe("notes", () => {
   test("a note is served after the caller has hung up, and never answered", async () => {
     const c = await client();
-    c.send({
-      id: 1,
-      method: "booted",
-      deadline: Date.now() + 5000,
-      params: { pod: POD, boot: BOOT },
-      note: true,
-    });
+    c.send(bootedNote());
     c.sock.end();
     await until("the note", () => handled.length === 1);
     expect(handled[0]?.method).toBe("booted");
@@ -101,13 +104,7 @@ describe("notes", () => {
     ).toBe("pod/lab/r1");
     const held = server.serialize("pod/lab/r1", () => gate.promise);
     const c = await client();
-    c.send({
-      id: 1,
-      method: "booted",
-      deadline: Date.now() + 5000,
-      params: { pod: POD, boot: BOOT },
-      note: true,
-    });
+    c.send(bootedNote());
     await Bun.sleep(50);
     expect(handled).toEqual([]);
     gate.resolve();
