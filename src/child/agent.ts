@@ -32,6 +32,8 @@ export { bindObserver } from "./observe.ts";
 const PROBE_MS = 3000;
 /** How often DELs that could not reach etcd are retried. */
 const RETRY_MS = 2000;
+/** A journaled DEL that fails this many times while etcd answers is given up (left to GC). */
+const GIVE_UP_AFTER = 30;
 
 interface NodeStore {
   etcd: Etcd3;
@@ -112,6 +114,13 @@ export class NodeAgent {
 
   /** The linker for this config's etcd, prefix and node; made (and reconciled, watched) once. */
   private async store(conf: NetConf): Promise<NodeStore> {
+    const s = this.opened(conf);
+    await s.ready;
+    return s;
+  }
+
+  /** The node store for this config, made (and its start begun) if need be, not waited for. */
+  private opened(conf: NetConf): NodeStore {
     const settings = nodeSettings(conf, nodeName(conf, process.env).name);
     const key = JSON.stringify([
       conf.etcd_endpoints,
@@ -143,7 +152,6 @@ export class NodeAgent {
         etcd.close();
       });
     }
-    await s.ready;
     return s;
   }
 
@@ -354,25 +362,28 @@ export class NodeAgent {
     // This agent attached the container: ratchet's, whatever etcd holds. The plugin may
     // start the boot network's DEL while the links go.
     const mine = this.state.get(p.env.containerId);
-    if (interim && p.env.pod && mine?.pod === `${p.env.pod.namespace}/${p.env.pod.name}`) {
+    const attached = p.env.pod !== undefined && mine?.pod === `${p.env.pod.namespace}/${p.env.pod.name}`;
+    if (interim && attached) {
       const early: InterimOf<"detach"> = { owned: true };
       interim(early);
     }
     let owned: boolean | undefined;
     try {
-      const { linker } = await this.store(p.conf);
-      // A container this agent attached: its ends go now and the answer follows; its records
-      // leave etcd right after, in the pod's turn (journaled first: a restart finishes them).
-      const handled = linker.detachLocal(p.env);
+      // A container this agent attached: its ends go now, etcd or not, and the answer
+      // follows; its records leave etcd right after, in the pod's turn (journaled first: a
+      // restart finishes them).
+      const handled = attached ? this.opened(p.conf).linker.detachLocal(p.env) : undefined;
       if (handled) {
-        this.finishLater(p, handled);
+        if (this.journalFirst(p, handled)) return { owned: true };
+        // The journal could not be written: the records go now, before the answer.
+        await (await this.store(p.conf)).linker.detach(p.env, handled);
         return { owned: true };
       }
-      owned = await linker.detach(p.env);
+      owned = await (await this.store(p.conf)).linker.detach(p.env);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
-      // etcd is away: our ends are gone already (detach removes them first); the records
-      // are removed when etcd is back.
+      // etcd is away: the ends of a container this agent attached are gone already (detach
+      // removes them first); the records are removed when etcd is back.
       this.log.warn("etcd unreachable during DEL: records will be removed later", {
         containerId: p.env.containerId,
         error: err.message,
@@ -453,15 +464,21 @@ export class NodeAgent {
 
   /** Links a DEL's kernel half dealt with already, by journal entry (not kept across restarts). */
   private readonly handled = new Map<DeferredDel, Set<string>>();
+  /** Failures of a journaled DEL other than etcd being away, by entry. */
+  private readonly failures = new Map<DeferredDel, number>();
 
   /**
    * The records' half of a DEL whose ends are gone: journaled, then run at once in the pod's
-   * turn (before any later request of the pod). Left to the retry loop when etcd is away.
+   * turn (before any later request of the pod); left to the retry loop when it fails. False
+   * when the journal could not be written: then the caller removes the records itself.
    */
-  private finishLater(d: DeferredDel, handled: Set<string>): void {
+  private journalFirst(d: DeferredDel, handled: Set<string>): boolean {
     this.deferred.push(d);
     this.handled.set(d, handled);
-    this.saveJournal();
+    if (!this.saveJournal()) {
+      this.forget(d);
+      return false;
+    }
     void this.serialize(workKey(d.env) ?? "", async () => {
       if (!this.deferred.includes(d)) return; // superseded by an ADD of the container
       try {
@@ -471,6 +488,7 @@ export class NodeAgent {
           containerId: d.env.containerId,
           error: (err as Error).message,
         });
+        this.failedOnce(d, err);
         this.scheduleRetry();
         return;
       }
@@ -479,11 +497,32 @@ export class NodeAgent {
     }).catch((err: unknown) =>
       this.log.error("the records of a DEL failed", { containerId: d.env.containerId, error: String(err) }),
     );
+    return true;
+  }
+
+  /**
+   * A journaled DEL failed for another reason than etcd being away (which is waited out
+   * however long it takes): after GIVE_UP_AFTER such failures it is dropped, logged, and
+   * its records are left to the runtime's CNI GC.
+   */
+  private failedOnce(d: DeferredDel, err: unknown): void {
+    if (err instanceof StoreUnavailableError) return;
+    const n = (this.failures.get(d) ?? 0) + 1;
+    this.failures.set(d, n);
+    if (n < GIVE_UP_AFTER) return;
+    this.log.error("giving up on the records of a DEL: they stay until GC removes them", {
+      containerId: d.env.containerId,
+      attempts: n,
+      error: (err as Error).message,
+    });
+    this.forget(d);
+    this.saveJournal();
   }
 
   private forget(d: DeferredDel): void {
     this.deferred = this.deferred.filter((x) => x !== d);
     this.handled.delete(d);
+    this.failures.delete(d);
   }
 
   /** Journal lines, made once per entry: the journal is written again at every change. */
@@ -497,8 +536,8 @@ export class NodeAgent {
     return line;
   }
 
-  /** Writes the journal to a temp file, fsyncs it and renames it over the old one. */
-  private saveJournal(): void {
+  /** Writes the journal to a temp file, fsyncs it and renames it over the old one; false on failure. */
+  private saveJournal(): boolean {
     const tmp = `${this.journal}.tmp`;
     try {
       const fd = openSync(tmp, "w", 0o600);
@@ -509,8 +548,10 @@ export class NodeAgent {
         closeSync(fd);
       }
       renameSync(tmp, this.journal);
+      return true;
     } catch (err) {
       this.log.warn("could not save the deferred DEL journal", { error: (err as Error).message });
+      return false;
     }
   }
 
@@ -536,8 +577,8 @@ export class NodeAgent {
             });
           });
           done.add(d);
-        } catch {
-          // still away: the next round
+        } catch (err) {
+          this.failedOnce(d, err); // etcd still away: the next round
         }
       }
     } finally {

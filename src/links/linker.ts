@@ -197,7 +197,9 @@ export class Linker extends LinkerBase {
     let unreachable: unknown;
     // The pairs with the peers this node knows of are read alongside the pod's own records
     // (one round trip, not two): the removal below needs them.
-    const known = [...new Set([...links.keys()].flatMap((k) => podsOf(k)).filter((p) => p !== id))];
+    const known = [
+      ...new Set([...links.keys(), ...(handled ?? [])].flatMap((k) => podsOf(k)).filter((p) => p !== id)),
+    ];
     let pairs: Awaited<ReturnType<Linker["store"]["pairs"]>> | undefined;
     try {
       [own, pairs] = await Promise.all([

@@ -174,12 +174,27 @@ export class ChildAgent implements Agent {
       .interfaces;
   }
 
-  /** A note on the connection of the ADD's attach: the plugin does not wait for the agent. */
-  async booted(env: CniEnv, _conf: NetConf, boot: BootNetwork): Promise<void> {
-    if (!env.pod || !this.conn) return;
-    const conn = this.conn;
+  /**
+   * A note on the connection of the ADD's attach: the plugin does not wait for the agent.
+   * A connection closed meanwhile (the agent closes idle ones after 5 s, a slow boot plugin
+   * outlasts that) is made again, once.
+   */
+  async booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void> {
+    if (!env.pod) return;
     const params = { pod: { namespace: env.pod.namespace, name: env.pod.name }, boot };
-    await this.trace.span("agent booted note", () => conn.note("booted", params, NOTE_TIMEOUT_MS));
+    await this.trace.span("agent booted note", async () => {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          this.conn ??= await connectChild(conf, this.log);
+          await this.conn.note("booted", params, NOTE_TIMEOUT_MS);
+          return;
+        } catch (err) {
+          this.conn?.close();
+          this.conn = undefined;
+          if (attempt > 0 || !(err instanceof ConnectionLost)) throw err;
+        }
+      }
+    });
   }
 
   async detach(env: CniEnv, conf: NetConf, onOwned?: () => void): Promise<boolean | undefined> {

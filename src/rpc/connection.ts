@@ -113,7 +113,7 @@ export class Connection {
             if (m.id !== id) return;
             const checked = v.safeParse(schema, m.interim);
             // A malformed interim line is ignored: the answer still says it all.
-            if (checked.success) onInterim(checked.output as InterimOf<M>);
+            if (checked.success) onInterim(checked.output);
           }
         : undefined;
     const reply = new Promise<unknown>((resolve, reject) => {

@@ -2,7 +2,7 @@
 // answer of the agent against them. Kept apart from the params' schemas (schemas.ts), which
 // only the agent needs: the plugin loads this file on every CNI call.
 import * as v from "valibot";
-import type { Method, Methods } from "./protocol.ts";
+import type { InterimOf, Method, Methods } from "./protocol.ts";
 
 const Ok = v.object({ ok: v.literal(true) });
 
@@ -34,7 +34,7 @@ export const resultSchemas: ResultSchemas = {
 };
 
 /** Schemas of what a method may say before its answer (protocol.ts, InterimOf). */
-export const interimSchemas: Partial<Record<Method, v.GenericSchema>> = {
+export const interimSchemas: { [M in Method]?: v.GenericSchema<unknown, InterimOf<M>> } = {
   detach: v.object({ owned: v.literal(true) }),
 };
 

@@ -1,7 +1,7 @@
 // A DEL of a container this node's agent attached answers once its link ends are gone; its
 // records leave etcd right after, in the pod's turn, from a journal written before the answer.
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { waitFor } from "../support/child.ts";
 import { makeCluster } from "../support/cluster.ts";
@@ -39,6 +39,31 @@ describe("a DEL's records", () => {
       "the journal to empty",
       () => readFileSync(`${n.socket}.deferred-del.jsonl`, "utf8") === "",
     );
+    await c.stopAllAndAssertClean();
+  });
+
+  test("go before the answer when the journal cannot be written: an answered DEL never leaves them behind", async () => {
+    await using c = await makeCluster({ nodes: 1 });
+    c.loadPods(EXAMPLE);
+    const n = c.node(1);
+    const primary = await n.pod("primary-pod");
+    const pair = await n.pod("pair-pod");
+    expect((await primary.add()).code).toBe(0);
+    expect((await pair.add()).code).toBe(0);
+    // A directory where the journal's temporary file goes: the journal cannot be written.
+    const blocker = `${n.socket}.deferred-del.jsonl.tmp`;
+    mkdirSync(blocker);
+    try {
+      expect((await pair.del()).code).toBe(0);
+      // Read at once, no waiting: the records went before the answer.
+      const keys = await c.recordKeys();
+      expect(keys.filter((k) => k.includes("/endpoints/default/pair-pod"))).toEqual([]);
+      expect(keys.some((k) => k.includes("/endpoints/default/primary-pod"))).toBe(true);
+      expect(n.logTail(100)).toContain("could not save the deferred DEL journal");
+    } finally {
+      rmSync(blocker, { recursive: true, force: true });
+    }
+    await pair.removeNetns();
     await c.stopAllAndAssertClean();
   });
 });

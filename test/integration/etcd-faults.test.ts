@@ -139,6 +139,29 @@ describe("etcd faults", () => {
     await noRecords(etcd, c);
   }, 120_000);
 
+  test("DEL to a restarted agent while etcd is down: the ends go at once, the records when etcd is back", async () => {
+    await using etcd = await startEtcd();
+    await using c = await makeCluster({ nodes: 1 });
+    const { n, conf, primary, pair } = await examplePair(etcd, c);
+    for (const pid of n.agents()) process.kill(pid, "SIGTERM");
+    await waitFor("the agent to stop", () => n.agents().length === 0, 10_000);
+    await etcd.down();
+    // The DEL starts a new agent, which knows the container from its node state file.
+    expect((await primary.del(conf)).code).toBe(0);
+    expect(await c.iface(primary, "in1")).toBeUndefined();
+    expect(await c.iface(pair, "in2")).toBeUndefined();
+    await primary.removeNetns();
+    await etcd.up();
+    await waitFor(
+      "primary-pod's records to be removed",
+      async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")),
+      20_000,
+    );
+    expect((await pair.del(conf)).code).toBe(0);
+    await pair.removeNetns();
+    await noRecords(etcd, c);
+  }, 120_000);
+
   test("etcd restarted while a link is pending: when the peer comes, both ends are built", async () => {
     await using etcd = await startEtcd();
     await using c = await makeCluster({ nodes: 2 });

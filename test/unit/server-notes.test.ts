@@ -6,7 +6,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { requestKey, Server } from "../../src/child/server.ts";
+import { parseNetConf } from "../../src/cni/config.ts";
 import { Logger } from "../../src/log.ts";
+import { ChildAgent } from "../../src/parent/agent-client.ts";
+import { hello } from "../../src/version.ts";
 import { Connection } from "../../src/rpc/connection.ts";
 import type { Request } from "../../src/rpc/protocol.ts";
 
@@ -26,8 +29,12 @@ beforeEach(() => {
     socket: join(dir, "agent.sock"),
     log: new Logger("test", "error"),
     keyOf: requestKey,
+    // Connections with nothing in flight are closed soon (5 s in the agent).
+    idleConnectionMs: 100,
     handle: async (req, _signal, interim) => {
+      if (req.method === "hello") return hello();
       handled.push(req);
+      if (req.method === "classify") return { eligible: true, links: 0 };
       if (req.method === "detach") {
         interim({ owned: "yes" }); // not what the schema allows: ignored
         interim({ owned: true });
@@ -150,5 +157,37 @@ describe("interim lines", () => {
     expect(await answer).toEqual({ owned: true });
     expect(heard).toHaveLength(1);
     conn.close();
+  });
+});
+
+describe("the plugin's booted note", () => {
+  test("reaches the agent when the agent closed the ADD's connection meanwhile (a slow boot plugin)", async () => {
+    const conf = parseNetConf({
+      cniVersion: "1.0.0",
+      name: "t",
+      type: "ratchet",
+      etcd_endpoints: ["http://127.0.0.1:2379"],
+      child_socket: join(dir, "agent.sock"),
+      log_file: join(dir, "log"),
+    });
+    const env = {
+      command: "ADD" as const,
+      containerId: "c1",
+      netns: "/var/run/netns/x",
+      ifname: "eth0",
+      path: ["/usr/lib/cni"],
+      pod: POD,
+      args: {},
+    };
+    const agent = new ChildAgent(new Logger("test", "error", join(dir, "log")));
+    try {
+      expect((await agent.classify(env as never, conf)).eligible).toBe(true);
+      await Bun.sleep(400); // the agent's reaper closes the idle connection
+      await agent.booted(env as never, conf, BOOT);
+      await until("the note", () => handled.some((r) => r.method === "booted"));
+      expect(handled.find((r) => r.method === "booted")?.params).toEqual({ pod: POD, boot: BOOT });
+    } finally {
+      agent.close();
+    }
   });
 });
