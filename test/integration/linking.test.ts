@@ -1,13 +1,10 @@
-// Issue 6, end to end: pods linked by veth (one node) or VXLAN (two nodes), whatever order
-// and however late they come; DEL, CHECK, GC and STATUS. Black-box: every step goes through
-// the installed binary as a container runtime runs it (env + stdin, K8S_POD_* in CNI_ARGS),
-// pods are served by the stand-in API server, and outcomes are read from the kernel (ip,
-// ping) and from etcd (nothing left under the cluster's prefix). Every test ends with
-// cluster.assertClean() (issue test 10); the cluster's dispose cleans up when one fails.
-//
-// Not here yet (they need an etcd the test can stop and restart; see the report of the
-// linkbed branch): DEL with etcd stopped then back (records cleaned by the agent), and an
-// etcd restart while links are pending (all links complete).
+// End to end: pods linked by veth (one node) or VXLAN (two nodes), whatever order and
+// however late they come; DEL, CHECK, GC and STATUS. Black-box: every step goes through the
+// installed binary as a container runtime runs it (env + stdin, K8S_POD_* in CNI_ARGS), pods
+// are served by the stand-in API server, and outcomes are read from the kernel (ip, ping)
+// and from etcd (nothing left under the cluster's prefix). Every test ends with
+// cluster.assertClean(); the cluster's dispose cleans up when one fails. DEL with etcd
+// stopped, and an etcd restart while links are pending, are in etcd-faults.test.ts.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { killChildren, waitFor } from "../support/child.ts";
@@ -215,7 +212,7 @@ async function stopPair(c: Cluster, first: Pod, second: Pod): Promise<void> {
 
 // --- 1, 2: the original pair ----------------------------------------------------------------------
 
-describe("issue 6.1: the example pair on one node (veth)", () => {
+describe("the example pair on one node (veth)", () => {
   for (const first of ["primary-pod", "pair-pod"] as const) {
     test(`${first} first: in1 and in2 exist with their addresses, ping each other; DEL cleans`, async () => {
       await using c = await makeCluster({ nodes: 2 });
@@ -244,7 +241,7 @@ describe("issue 6.1: the example pair on one node (veth)", () => {
   }
 });
 
-describe("issue 6.1: ADD results in every CNI version, standalone and chained", () => {
+describe("ADD results in every CNI version, standalone and chained", () => {
   test("each version: the second pod's result lists its end (name, kernel MAC, sandbox, IPs)", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const n = c.node(1);
@@ -330,7 +327,7 @@ describe("issue 6.1: ADD results in every CNI version, standalone and chained", 
   });
 });
 
-describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
+describe("the example pair on two nodes (VXLAN)", () => {
   for (const first of ["primary-pod", "pair-pod"] as const) {
     test(`${first} first: one VNI on both ends, remotes are the other node, ping; DEL cleans`, async () => {
       await using c = await makeCluster({ nodes: 2 });
@@ -375,7 +372,7 @@ describe("issue 6.2: the example pair on two nodes (VXLAN)", () => {
 
 // --- 3: three links ------------------------------------------------------------------------------
 
-describe("issue 6.3: one pod, three links to peers on both nodes", () => {
+describe("one pod, three links to peers on both nodes", () => {
   test("IPv4 and IPv6, custom MTU and MAC, veth and two VXLANs with distinct VNIs; all ping", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
@@ -508,10 +505,10 @@ describe("issue 6.3: one pod, three links to peers on both nodes", () => {
 
 // --- 4: late peer --------------------------------------------------------------------------------
 
-/** Seconds between the first pod and its peer; the issue's 180 with RATCHET_TEST_LATE_PEER_SECONDS=180. */
+/** Seconds between the first pod and its peer; 180 with RATCHET_TEST_LATE_PEER_SECONDS=180. */
 const LATE_S = Number(process.env.RATCHET_TEST_LATE_PEER_SECONDS ?? 5);
 
-describe("issue 6.4: the peer comes late", () => {
+describe("the peer comes late", () => {
   test(
     `${LATE_S} s later, on one node and across nodes, with agents that idle out after 1 s: links complete`,
     async () => {
@@ -574,7 +571,7 @@ describe("issue 6.4: the peer comes late", () => {
 
 const ROUNDS = Number(process.env.RATCHET_TEST_RACE_ROUNDS ?? 100);
 
-describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
+describe("both pods of a pair ADD at the same instant", () => {
   for (const across of [false, true]) {
     test(`${ROUNDS} rounds ${across ? "across nodes" : "on one node"}: one link that works`, async () => {
       await using c = await makeCluster({ nodes: 2 });
@@ -628,7 +625,7 @@ describe("issue 6.5: both pods of a pair ADD at the same instant", () => {
 
 // --- 6: DEL ------------------------------------------------------------------------------------
 
-describe("issue 6.6: DEL", () => {
+describe("DEL", () => {
   for (const across of [false, true]) {
     test(`${across ? "across nodes" : "one node"}: DEL a pod, re-ADD, new container: link back`, async () => {
       await using c = await makeCluster({ nodes: 2 });
@@ -717,7 +714,7 @@ describe("issue 6.6: DEL", () => {
 
 // --- 7: a peer that moves ----------------------------------------------------------------------
 
-describe("issue 6.7: a peer recreated on another node", () => {
+describe("a peer recreated on another node", () => {
   test("veth becomes VXLAN, VXLAN follows the peer to a third node, and back to veth", async () => {
     await using c = await makeCluster({ nodes: 3 });
     c.loadPods(EXAMPLE);
@@ -757,7 +754,7 @@ describe("issue 6.7: a peer recreated on another node", () => {
 
 // --- 8: agent killed ---------------------------------------------------------------------------
 
-describe("issue 6.8: kill -9 of the node agent while links are pending", () => {
+describe("kill -9 of the node agent while links are pending", () => {
   test("same node: the peer's ADD starts a new agent, which builds the veth from etcd", async () => {
     await using c = await makeCluster({ nodes: 2 });
     c.loadPods(EXAMPLE);
@@ -836,7 +833,7 @@ function expectCheckError(c: Cluster, r: CniRun, mentions: string[]): void {
   for (const m of mentions) expect(text).toContain(m);
 }
 
-describe("issue 6.9: CHECK", () => {
+describe("CHECK", () => {
   test("ok while every link is in place; names what is missing or different after hand changes", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const MTU = 1400;
@@ -899,7 +896,7 @@ describe("issue 6.9: CHECK", () => {
   });
 });
 
-describe("issue 6.9: GC", () => {
+describe("GC", () => {
   test("removes the node's endpoints not in cni.dev/valid-attachments, their links, no others", async () => {
     await using c = await makeCluster({ nodes: 2 });
     const [n1, n2] = [c.node(1), c.node(2)];
@@ -934,8 +931,8 @@ describe("issue 6.9: GC", () => {
     done(c, await n1.gc([a, b]), "GC node1 without gone-c");
     expect(await c.iface(gone, "g0")).toBeUndefined();
     // keep-a/keep-b untouched; far-d is node 2's and stays registered. (Its VXLAN end may
-    // stay, as a surviving end does after its peer's DEL: the issue only says it is updated
-    // when the peer comes back.)
+    // stay, as a surviving end does after its peer's DEL: it is updated when the peer comes
+    // back.)
     await expectEnd(c, a, "k0", { kind: "veth", ips: ["10.64.1.1/24"] });
     await expectPing(c, a, "10.64.1.2");
     done(c, await far.check(rFar), "CHECK far-d: peer no longer registered");
