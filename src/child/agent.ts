@@ -18,8 +18,8 @@ import { LinkStore } from "../store/link-store.ts";
 import { BadRecords } from "../store/records.ts";
 import type { Follower } from "../store/watch.ts";
 import { hello } from "../version.ts";
-import { workKey } from "./server.ts";
-import type { LinkSpec } from "../links/spec.ts";
+import { podKey, workKey } from "./server.ts";
+import { type LinkSpec, podId } from "../links/spec.ts";
 import type { PodInfo } from "../pods/kube.ts";
 import { nodeName, PodDirectory } from "../pods/pods.ts";
 import { step } from "../steps.ts";
@@ -188,7 +188,7 @@ export class NodeAgent {
     try {
       const cache = this.pods.cache(conf);
       const apply = (pod: PodInfo) => {
-        const key = `pod/${pod.namespace}/${pod.name}`;
+        const key = podKey(pod);
         void this.serialize(key, () => this.applyLive(pod, conf)).catch((err: unknown) =>
           this.log.error("could not apply a change of a running pod", {
             pod: `${pod.namespace}/${pod.name}`,
@@ -362,7 +362,8 @@ export class NodeAgent {
     // This agent attached the container: ratchet's, whatever etcd holds. The plugin may
     // start the boot network's DEL while the links go.
     const mine = this.state.get(p.env.containerId);
-    const attached = p.env.pod !== undefined && mine?.pod === `${p.env.pod.namespace}/${p.env.pod.name}`;
+    const attached =
+      p.env.pod !== undefined && mine?.pod === podId({ namespace: p.env.pod.namespace, pod: p.env.pod.name });
     if (interim && attached) {
       const early: InterimOf<"detach"> = { owned: true };
       interim(early);
@@ -372,11 +373,11 @@ export class NodeAgent {
       // A container this agent attached: its ends go now, etcd or not, and the answer
       // follows; its records leave etcd right after, in the pod's turn (journaled first: a
       // restart finishes them).
-      const handled = attached ? this.opened(p.conf).linker.detachLocal(p.env) : undefined;
-      if (handled) {
-        if (this.journalFirst(p, handled)) return { owned: true };
+      const former = attached ? this.opened(p.conf).linker.detachLocal(p.env) : undefined;
+      if (former) {
+        if (this.journalFirst(p, former)) return { owned: true };
         // The journal could not be written: the records go now, before the answer.
-        await (await this.store(p.conf)).linker.detach(p.env, handled);
+        await (await this.store(p.conf)).linker.detach(p.env, former);
         return { owned: true };
       }
       owned = await (await this.store(p.conf)).linker.detach(p.env);
@@ -462,8 +463,8 @@ export class NodeAgent {
     this.scheduleRetry();
   }
 
-  /** Links a DEL's kernel half dealt with already, by journal entry (not kept across restarts). */
-  private readonly handled = new Map<DeferredDel, Set<string>>();
+  /** The links a DEL's kernel half took out of the node state, by journal entry (not kept across restarts). */
+  private readonly former = new Map<DeferredDel, Record<string, string>>();
   /** Failures of a journaled DEL other than etcd being away, by entry. */
   private readonly failures = new Map<DeferredDel, number>();
 
@@ -472,32 +473,40 @@ export class NodeAgent {
    * turn (before any later request of the pod); left to the retry loop when it fails. False
    * when the journal could not be written: then the caller removes the records itself.
    */
-  private journalFirst(d: DeferredDel, handled: Set<string>): boolean {
+  private journalFirst(d: DeferredDel, former: Record<string, string>): boolean {
     this.deferred.push(d);
-    this.handled.set(d, handled);
+    this.former.set(d, former);
     if (!this.saveJournal()) {
       this.forget(d);
       return false;
     }
-    void this.serialize(workKey(d.env) ?? "", async () => {
-      if (!this.deferred.includes(d)) return; // superseded by an ADD of the container
-      try {
-        await (await this.store(d.conf)).linker.detach(d.env, handled);
-      } catch (err) {
+    this.finish(d).then(
+      () => {
+        this.forget(d);
+        this.saveJournal();
+      },
+      (err: unknown) => {
         this.log.warn("could not remove the records of a DEL yet: retrying", {
           containerId: d.env.containerId,
           error: (err as Error).message,
         });
         this.failedOnce(d, err);
         this.scheduleRetry();
-        return;
-      }
-      this.forget(d);
-      this.saveJournal();
-    }).catch((err: unknown) =>
-      this.log.error("the records of a DEL failed", { containerId: d.env.containerId, error: String(err) }),
+      },
     );
     return true;
+  }
+
+  /**
+   * Runs a journaled DEL in the pod's turn, as a request: an ADD of the same container that
+   * came first has taken the entry away (supersede), and then it is not run (false).
+   */
+  private finish(d: DeferredDel): Promise<boolean> {
+    return this.serialize(workKey(d.env) ?? "", async () => {
+      if (!this.deferred.includes(d)) return false;
+      await (await this.store(d.conf)).linker.detach(d.env, this.former.get(d));
+      return true;
+    });
   }
 
   /**
@@ -521,7 +530,7 @@ export class NodeAgent {
 
   private forget(d: DeferredDel): void {
     this.deferred = this.deferred.filter((x) => x !== d);
-    this.handled.delete(d);
+    this.former.delete(d);
     this.failures.delete(d);
   }
 
@@ -567,15 +576,10 @@ export class NodeAgent {
     try {
       for (const d of [...this.deferred]) {
         try {
-          // In the pod's turn, as a request: an ADD of the same container that came first
-          // has taken the entry away (supersede), and then it is not run.
-          await this.serialize(workKey(d.env) ?? "", async () => {
-            if (!this.deferred.includes(d)) return;
-            await (await this.store(d.conf)).linker.detach(d.env, this.handled.get(d));
+          if (await this.finish(d))
             this.log.info("removed the records of a DEL that happened while etcd was away", {
               containerId: d.env.containerId,
             });
-          });
           done.add(d);
         } catch (err) {
           this.failedOnce(d, err); // etcd still away: the next round

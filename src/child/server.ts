@@ -330,7 +330,7 @@ export function requestKey(req: Request): string | undefined {
   const p = req.params;
   if ("env" in p) return workKey(p.env);
   // A note about a pod (booted) takes its turn after the pod's ADD, before a later DEL.
-  if ("pod" in p) return `pod/${p.pod.namespace}/${p.pod.name}`;
+  if ("pod" in p) return podKey(p.pod);
   return undefined;
 }
 
@@ -339,7 +339,12 @@ export function workKey(env: {
   pod?: { namespace: string; name: string };
   containerId: string;
 }): string | undefined {
-  if (env.pod) return `pod/${env.pod.namespace}/${env.pod.name}`;
+  if (env.pod) return podKey(env.pod);
   if (env.containerId) return `ctr/${env.containerId}`;
   return undefined;
+}
+
+/** The queue key of a pod's work: its CNI calls, notes and live changes. */
+export function podKey(pod: { namespace: string; name: string }): string {
+  return `pod/${pod.namespace}/${pod.name}`;
 }

@@ -158,48 +158,51 @@ export class Linker extends LinkerBase {
    * undefined when this agent did not attach the container. Throws when an end could not be
    * removed: the state stays, so the runtime's retry finds them.
    */
-  detachLocal(env: Call): Set<string> | undefined {
+  detachLocal(env: Call): Record<string, string> | undefined {
     if (!env.pod) return undefined;
     const id = podOf(env);
     const local = this.place(id, env.containerId) ? this.state.get(env.containerId) : undefined;
     if (!local) return undefined;
     const netns = env.netns || local.netns;
-    const links = Object.entries(local.links);
-    if (netns && links.length > 0) {
-      const r = removeEnds(
-        { pod: id, netns },
-        links.map(([link, ifname]) => ({ link, ifname })),
-        this.log,
-      );
-      if (r.removed.length > 0) this.log.info("removed link ends", { pod: id, ends: r.removed.length });
-      for (const [k] of links) this.observer.linkRemoved(id, k, podsOf(k).find((p) => p !== id) ?? id);
-      if (r.failures.length > 0) {
-        throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${r.failures.join("; ")}`);
-      }
-    }
+    if (netns) this.removeOwnEnds({ pod: id, netns }, new Map(Object.entries(local.links)));
     this.state.delete(env.containerId);
     this.state.flush();
-    return new Set(links.map(([k]) => k));
+    return local.links;
+  }
+
+  /** A DEL's removal of the pod's ends (a veth takes its peer's along); throws when one stays. */
+  private removeOwnEnds(at: Place, links: Map<string, string>): void {
+    if (links.size === 0) return;
+    const r = removeEnds(
+      at,
+      [...links].map(([link, ifname]) => ({ link, ifname })),
+      this.log,
+    );
+    if (r.removed.length > 0) this.log.info("removed link ends", { pod: at.pod, ends: r.removed.length });
+    for (const k of links.keys())
+      this.observer.linkRemoved(at.pod, k, podsOf(k).find((p) => p !== at.pod) ?? at.pod);
+    if (r.failures.length > 0) {
+      throw new CniError(Code.Netlink, `DEL of pod ${at.pod}: could not remove ${r.failures.join("; ")}`);
+    }
   }
 
   /**
    * Removes the container's link ends and, if its endpoint is still this container's, its
    * records. True when ratchet had attached it, undefined when it cannot tell. Fails when an
-   * end could not be removed (the records stay, so a retry finds it).
+   * end could not be removed (the records stay, so a retry finds it). `former`: the links
+   * the container had when detachLocal took it out of the node state.
    */
-  async detach(env: Call, handled?: Set<string>): Promise<boolean | undefined> {
+  async detach(env: Call, former?: Record<string, string>): Promise<boolean | undefined> {
     if (!env.pod) return false;
     const id = podOf(env);
     const local = this.place(id, env.containerId) ? this.state.get(env.containerId) : undefined;
     const at: Place = { pod: id, netns: env.netns || local?.netns || "" };
-    const links = new Map<string, string>(Object.entries(local?.links ?? {}));
+    const links = new Map<string, string>(Object.entries(local?.links ?? former ?? {}));
     let own: Awaited<ReturnType<Linker["store"]["own"]>> | undefined;
     let unreachable: unknown;
     // The pairs with the peers this node knows of are read alongside the pod's own records
     // (one round trip, not two): the removal below needs them.
-    const known = [
-      ...new Set([...links.keys(), ...(handled ?? [])].flatMap((k) => podsOf(k)).filter((p) => p !== id)),
-    ];
+    const known = [...new Set([...links.keys()].flatMap((k) => podsOf(k)).filter((p) => p !== id))];
     let pairs: Awaited<ReturnType<Linker["store"]["pairs"]>> | undefined;
     try {
       [own, pairs] = await Promise.all([
@@ -217,19 +220,7 @@ export class Linker extends LinkerBase {
       }
     }
     // Local first: our ends go now, whatever happens to the records.
-    if (at.netns && (local || ours)) {
-      const r = removeEnds(
-        at,
-        [...links].map(([link, ifname]) => ({ link, ifname })),
-        this.log,
-      );
-      if (r.removed.length > 0) this.log.info("removed link ends", { pod: id, ends: r.removed.length });
-      for (const k of links.keys())
-        if (!handled?.has(k)) this.observer.linkRemoved(id, k, podsOf(k).find((p) => p !== id) ?? id);
-      if (r.failures.length > 0) {
-        throw new CniError(Code.Netlink, `DEL of pod ${id}: could not remove ${r.failures.join("; ")}`);
-      }
-    }
+    if (at.netns && (local || ours)) this.removeOwnEnds(at, links);
     if (unreachable) throw unreachable;
     if (ours && own?.endpoint) {
       const peers = new Set(own.peers);

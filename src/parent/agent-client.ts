@@ -121,35 +121,44 @@ export class ChildAgent implements Agent {
     private readonly trace: Trace = NO_TRACE,
   ) {}
 
-  private async call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
+  private call<M extends "classify" | "attach" | "detach" | "check" | "status" | "gc">(
     method: M,
     params: Methods[M]["params"],
     conf: NetConf,
     onInterim?: (interim: InterimOf<M>) => void,
   ): Promise<Methods[M]["result"]> {
-    // An agent that dies mid-request (killed, crashed) drops the connection: start a new one
-    // and ask again, once. Every request is safe to repeat (attach rebuilds, detach is idempotent).
+    const onSteps = this.trace.on
+      ? (steps: StepTimes) => this.trace.steps(`agent ${method}`, steps)
+      : undefined;
+    return this.onAgent(method, conf, (conn) =>
+      this.trace.span(`agent ${method}`, () =>
+        conn.call(method, params, REQUEST_TIMEOUT_MS, onSteps, onInterim),
+      ),
+    );
+  }
+
+  /**
+   * `send` on the connection to the agent, made when there is none. An agent that dies
+   * mid-request (killed, crashed) or closed the connection drops it: a new one is made and
+   * `send` runs again, once. Every request is safe to repeat (attach rebuilds, detach is
+   * idempotent, a note only tells).
+   */
+  private async onAgent<T>(what: string, conf: NetConf, send: (conn: Connection) => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
         this.conn ??= await this.trace.span("agent connection", () => connectChild(conf, this.log));
-        const conn = this.conn;
-        const onSteps = this.trace.on
-          ? (steps: StepTimes) => this.trace.steps(`agent ${method}`, steps)
-          : undefined;
-        return await this.trace.span(`agent ${method}`, () =>
-          conn.call(method, params, REQUEST_TIMEOUT_MS, onSteps, onInterim),
-        );
+        return await send(this.conn);
       } catch (err) {
         if (err instanceof CniError && !(err instanceof AgentUnavailableError)) throw err;
         this.conn?.close();
         this.conn = undefined;
         if (err instanceof ConnectionLost && attempt === 0) {
-          this.log.warn("the node agent went away mid-request; asking a new one", { method });
+          this.log.warn("the node agent went away mid-request; asking a new one", { method: what });
           continue;
         }
         if (err instanceof AgentUnavailableError) throw err;
         throw new AgentUnavailableError(
-          `the node agent failed to answer ${method}: ${(err as Error).message}`,
+          `the node agent failed to answer ${what}: ${(err as Error).message}`,
           "",
           { cause: err },
         );
@@ -177,24 +186,14 @@ export class ChildAgent implements Agent {
   /**
    * A note on the connection of the ADD's attach: the plugin does not wait for the agent.
    * A connection closed meanwhile (the agent closes idle ones after 5 s, a slow boot plugin
-   * outlasts that) is made again, once.
+   * outlasts that) is made again.
    */
   async booted(env: CniEnv, conf: NetConf, boot: BootNetwork): Promise<void> {
     if (!env.pod) return;
     const params = { pod: { namespace: env.pod.namespace, name: env.pod.name }, boot };
-    await this.trace.span("agent booted note", async () => {
-      for (let attempt = 0; ; attempt++) {
-        try {
-          this.conn ??= await connectChild(conf, this.log);
-          await this.conn.note("booted", params, NOTE_TIMEOUT_MS);
-          return;
-        } catch (err) {
-          this.conn?.close();
-          this.conn = undefined;
-          if (attempt > 0 || !(err instanceof ConnectionLost)) throw err;
-        }
-      }
-    });
+    await this.onAgent("booted", conf, (conn) =>
+      this.trace.span("agent booted note", () => conn.note("booted", params, NOTE_TIMEOUT_MS)),
+    );
   }
 
   async detach(env: CniEnv, conf: NetConf, onOwned?: () => void): Promise<boolean | undefined> {

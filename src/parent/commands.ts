@@ -180,7 +180,7 @@ export async function cmdDel(ctx: Context): Promise<void> {
   // The boot network's DEL, started once the agent says it attached the container: like at
   // ADD, the boot network and the links do not depend on each other, so both go at once.
   const boot = chained(ctx.conf) ? undefined : ctx.conf.boot_network;
-  let early: Promise<unknown> | undefined;
+  let early: Promise<Error | undefined> | undefined;
   const onOwned = boot
     ? () => {
         early ??= run(ctx, boot, "DEL").then(
@@ -196,7 +196,7 @@ export async function cmdDel(ctx: Context): Promise<void> {
     // reports what is left, so the runtime retries and the agent finishes it.
     failure = err;
   }
-  const bootFailed = (await early) as Error | undefined;
+  const bootFailed = await early;
   const started = JSON.stringify(boot);
   const rest = servingPlugins(ctx.conf, owned).filter((sub) => !early || JSON.stringify(sub) !== started);
   if (failure === undefined) {

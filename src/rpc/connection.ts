@@ -81,6 +81,12 @@ export class Connection {
     if (!this.pending) for (const w of this.written.splice(0)) w();
   }
 
+  /** Writes one request line (the previous one has been taken: requests go one at a time). */
+  private send(request: Record<string, unknown>): void {
+    this.pending = new TextEncoder().encode(`${JSON.stringify(request)}\n`);
+    this.flush();
+  }
+
   private fail(err: Error): void {
     this.closed ??= err;
     const w = this.waiting;
@@ -119,11 +125,7 @@ export class Connection {
     const reply = new Promise<unknown>((resolve, reject) => {
       this.waiting = { resolve, reject, ...(interim ? { interim } : {}) };
     });
-    const trace = onSteps ? { trace: true } : {};
-    this.pending = new TextEncoder().encode(
-      `${JSON.stringify({ id, method, deadline, params, ...trace })}\n`,
-    );
-    this.flush();
+    this.send({ id, method, deadline, params, ...(onSteps ? { trace: true } : {}) });
     let timer: Timer | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -164,11 +166,7 @@ export class Connection {
     timeoutMs: number,
   ): Promise<void> {
     if (this.closed) throw this.closed;
-    const deadline = Date.now() + timeoutMs;
-    this.pending = new TextEncoder().encode(
-      `${JSON.stringify({ id: this.next++, method, deadline, params, note: true })}\n`,
-    );
-    this.flush();
+    this.send({ id: this.next++, method, deadline: Date.now() + timeoutMs, params, note: true });
     if (!this.pending) return;
     let timer: Timer | undefined;
     await new Promise<void>((resolve) => {
