@@ -2,22 +2,13 @@
 // records leave etcd right after, in the pod's turn, from a journal written before the answer.
 import { describe, expect, test } from "bun:test";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
 import { waitFor } from "../support/child.ts";
-import { makeCluster } from "../support/cluster.ts";
-import { REPO } from "../support/env.ts";
-
-const EXAMPLE = join(REPO, "pod_specs", "example.yaml");
+import { addExamplePair, makeCluster } from "../support/cluster.ts";
 
 describe("a DEL's records", () => {
   test("go before the pod's next ADD, which they never undo", async () => {
     await using c = await makeCluster({ nodes: 1 });
-    c.loadPods(EXAMPLE);
-    const n = c.node(1);
-    const primary = await n.pod("primary-pod");
-    const first = await n.pod("pair-pod");
-    expect((await primary.add()).code).toBe(0);
-    expect((await first.add()).code).toBe(0);
+    const { n, primary, pair: first } = await addExamplePair(c);
     expect(await c.ping(first, "192.168.2.100")).toBe(true);
 
     // The pair's sandbox goes and a new one comes at once, as a restarted pod's does.
@@ -44,12 +35,7 @@ describe("a DEL's records", () => {
 
   test("go before the answer when the journal cannot be written: an answered DEL never leaves them behind", async () => {
     await using c = await makeCluster({ nodes: 1 });
-    c.loadPods(EXAMPLE);
-    const n = c.node(1);
-    const primary = await n.pod("primary-pod");
-    const pair = await n.pod("pair-pod");
-    expect((await primary.add()).code).toBe(0);
-    expect((await pair.add()).code).toBe(0);
+    const { n, pair } = await addExamplePair(c);
     // A directory where the journal's temporary file goes: the journal cannot be written.
     const blocker = `${n.socket}.deferred-del.jsonl.tmp`;
     mkdirSync(blocker);

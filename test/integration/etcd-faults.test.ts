@@ -6,7 +6,7 @@ import { Etcd3 } from "etcd3";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { waitFor } from "../support/child.ts";
-import { makeCluster, type Cluster } from "../support/cluster.ts";
+import { addExamplePair, makeCluster, type Cluster, type Pod } from "../support/cluster.ts";
 import { REPO } from "../support/env.ts";
 import { startEtcd, type TestEtcd } from "../support/etcd.ts";
 
@@ -29,16 +29,28 @@ async function noRecords(etcd: TestEtcd, c: Cluster): Promise<void> {
   expect(await records(etcd, c)).toEqual([]);
 }
 
+/** Waits until etcd no longer holds the pod's endpoint (a DEL's records gone). */
+async function endpointGone(etcd: TestEtcd, c: Cluster, pod: string): Promise<void> {
+  await waitFor(
+    `${pod}'s records to be removed`,
+    async () => !(await records(etcd, c)).some((k) => k.includes(`/endpoints/default/${pod}`)),
+    20_000,
+  );
+}
+
+/** The pod's DEL with etcd down: it succeeds, and the records' removal waits in the journal. */
+async function delWithEtcdDown(etcd: TestEtcd, conf: Record<string, unknown>, pod: Pod): Promise<string> {
+  await etcd.down();
+  expect((await pod.del(conf)).code).toBe(0);
+  const journal = `${pod.node.socket}.deferred-del.jsonl`;
+  expect(readFileSync(journal, "utf8")).toContain(pod.containerId);
+  return journal;
+}
+
 /** primary-pod and pair-pod of pod_specs/example.yaml on the cluster's node 1, both ADDed. */
 async function examplePair(etcd: TestEtcd, c: Cluster) {
-  c.loadPods(EXAMPLE);
-  const n = c.node(1);
   const conf = etcd.conf();
-  const primary = await n.pod("primary-pod");
-  const pair = await n.pod("pair-pod");
-  expect((await primary.add(conf)).code).toBe(0);
-  expect((await pair.add(conf)).code).toBe(0);
-  return { n, conf, primary, pair };
+  return { ...(await addExamplePair(c, conf)), conf };
 }
 
 describe("etcd faults", () => {
@@ -60,11 +72,7 @@ describe("etcd faults", () => {
 
     await etcd.up();
     // The agent retries the record removal by itself: primary-pod's endpoint disappears.
-    await waitFor(
-      "primary-pod's records to be removed",
-      async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")),
-      20_000,
-    );
+    await endpointGone(etcd, c, "primary-pod");
     // (the agent logs it right after the transaction that the wait above saw)
     await waitFor(
       "the agent's log line",
@@ -81,12 +89,8 @@ describe("etcd faults", () => {
     await using c = await makeCluster({ nodes: 1 });
     const { n, conf, primary, pair } = await examplePair(etcd, c);
     // The DEL cannot reach etcd: it is journaled. The agent stops before etcd is back.
-    await etcd.down();
-    expect((await primary.del(conf)).code).toBe(0);
-    const journal = `${n.socket}.deferred-del.jsonl`;
-    expect(readFileSync(journal, "utf8")).toContain(primary.containerId);
-    for (const pid of n.agents()) process.kill(pid, "SIGTERM");
-    await waitFor("the agent to stop", () => n.agents().length === 0, 10_000);
+    const journal = await delWithEtcdDown(etcd, conf, primary);
+    expect(await n.stopAgents("SIGTERM")).toEqual([]);
     await etcd.up();
     // The runtime ADDs the same container again: the agent it starts reads the journal, whose
     // first retry comes 2 s later; the ADD comes first and takes the DEL's place.
@@ -116,23 +120,15 @@ describe("etcd faults", () => {
     const { n, conf, primary, pair } = await examplePair(etcd, c);
     // etcd away holds the records where they are: the DEL's answer has come, its journal
     // line is written, and then the agent dies.
-    await etcd.down();
-    expect((await primary.del(conf)).code).toBe(0);
+    const journal = await delWithEtcdDown(etcd, conf, primary);
     expect(await c.iface(pair, "in2")).toBeUndefined();
-    const journal = `${n.socket}.deferred-del.jsonl`;
-    expect(readFileSync(journal, "utf8")).toContain(primary.containerId);
-    for (const pid of n.agents()) process.kill(pid, "SIGKILL");
-    await waitFor("the agent to die", () => n.agents().length === 0, 10_000);
+    expect(await n.stopAgents("SIGKILL")).toEqual([]);
     await primary.removeNetns();
     await etcd.up();
     expect(await records(etcd, c)).toContain(`${c.etcdPrefix}/v1/endpoints/default/primary-pod`);
     // The next CNI call starts an agent; it reads the journal and finishes the DEL.
     expect((await n.status(conf)).code).toBe(0);
-    await waitFor(
-      "primary-pod's records to be removed",
-      async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")),
-      20_000,
-    );
+    await endpointGone(etcd, c, "primary-pod");
     await waitFor("the journal to empty", () => readFileSync(journal, "utf8") === "", 5000);
     expect((await pair.del(conf)).code).toBe(0);
     await pair.removeNetns();
@@ -143,8 +139,7 @@ describe("etcd faults", () => {
     await using etcd = await startEtcd();
     await using c = await makeCluster({ nodes: 1 });
     const { n, conf, primary, pair } = await examplePair(etcd, c);
-    for (const pid of n.agents()) process.kill(pid, "SIGTERM");
-    await waitFor("the agent to stop", () => n.agents().length === 0, 10_000);
+    expect(await n.stopAgents("SIGTERM")).toEqual([]);
     await etcd.down();
     // The DEL starts a new agent, which knows the container from its node state file.
     expect((await primary.del(conf)).code).toBe(0);
@@ -152,11 +147,7 @@ describe("etcd faults", () => {
     expect(await c.iface(pair, "in2")).toBeUndefined();
     await primary.removeNetns();
     await etcd.up();
-    await waitFor(
-      "primary-pod's records to be removed",
-      async () => !(await records(etcd, c)).some((k) => k.includes("/endpoints/default/primary-pod")),
-      20_000,
-    );
+    await endpointGone(etcd, c, "primary-pod");
     expect((await pair.del(conf)).code).toBe(0);
     await pair.removeNetns();
     await noRecords(etcd, c);

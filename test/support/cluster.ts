@@ -14,6 +14,7 @@ import {
   etcdEndpoints,
   hiddenCheckout,
   installedBin,
+  REPO,
   run,
   tempDir,
   uniqueName,
@@ -211,6 +212,11 @@ export class Node {
   /** The node agents running for this node (those logging to its log file). */
   agents(): number[] {
     return childPids(this.logFile);
+  }
+
+  /** Signals this node's agents and waits for them to exit; the pids it had to SIGKILL after 10 s. */
+  stopAgents(signal: "SIGTERM" | "SIGKILL"): Promise<number[]> {
+    return stopAgents(this.logFile, signal, 10_000);
   }
 
   /** The last lines of this node's log (for failure messages). */
@@ -591,6 +597,22 @@ async function stopAgents(logFile: string, signal: "SIGTERM" | "SIGKILL", waitMs
     await waitFor("node agents to die", () => childPids(logFile).length === 0, 5000);
     return left;
   }
+}
+
+/**
+ * primary-pod and pair-pod of pod_specs/example.yaml, both on node 1 and ADDed with `conf`
+ * (a veth between them); throws with the plugin's output when an ADD fails.
+ */
+export async function addExamplePair(c: Cluster, conf: Record<string, unknown> = {}) {
+  c.loadPods(join(REPO, "pod_specs", "example.yaml"));
+  const n = c.node(1);
+  const primary = await n.pod("primary-pod");
+  const pair = await n.pod("pair-pod");
+  for (const p of [primary, pair]) {
+    const r = await p.add(conf);
+    if (r.code !== 0) throw new Error(`ADD ${p.name}: code ${r.code}: ${r.stdout}`);
+  }
+  return { n, primary, pair };
 }
 
 /** A cluster of `nodes` nodes; dispose (await using) removes everything it made. */
